@@ -1,0 +1,86 @@
+"""The application factory: ``create_app(settings)`` builds the aiohttp application used by
+``fhir-gateway serve``, ``fhir-gateway demo`` and every test.
+
+Each long-lived resource lives in its own cleanup context and cleans up only what it started: the
+MongoDB client, then the upstream ``ClientSession``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from pymongo import AsyncMongoClient
+
+from gateway import health
+from gateway.appkeys import METRICS, MONGO, REWRITER, SETTINGS, UPSTREAM
+from gateway.metrics import Metrics
+from gateway.middleware import add_request_id, fhir_errors, request_context, request_limits
+from gateway.proxy import handle_fhir
+from gateway.rewrite import UrlRewriter
+from gateway.settings import Settings, SettingsError
+from gateway.upstream import Upstream, create_session
+
+
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """Options for ``web.AppRunner``/``TestServer``. The HTTP parser's own limits sit well above the
+    gateway's, so that an oversized URL or header set reaches ``request_limits`` and gets a FHIR
+    answer (414/431) instead of the parser's bare 400."""
+    return {
+        "max_line_size": max(65536, settings.max_url_bytes * 4),
+        "max_field_size": max(65536, settings.max_header_bytes * 4),
+        "max_headers": max(1024, settings.max_header_count * 4),
+    }
+
+
+async def _mongo_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongodb_uri, serverSelectionTimeoutMS=5000, tz_aware=True
+    )
+    app[MONGO] = client
+    try:
+        yield
+    finally:
+        await client.close()
+
+
+async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    session = create_session(settings)
+    app[UPSTREAM] = Upstream(session, settings)
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the gateway for these settings."""
+    if settings.upstream_url is None:
+        raise SettingsError("FHIR_GATEWAY_UPSTREAM_URL (TOML key 'upstream_url') is required")
+    if settings.mongodb_uri is None:
+        raise SettingsError(
+            "FHIR_GATEWAY_MONGODB_URI or MONGODB_URI (TOML key 'mongodb_uri') is required; "
+            "'fhir-gateway demo' starts an embedded database for trying the gateway out"
+        )
+    app = web.Application(
+        middlewares=[request_context, fhir_errors, request_limits],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[REWRITER] = UrlRewriter(
+        [settings.upstream_url, *settings.upstream_aliases], settings.fhir_base_url
+    )
+    app.cleanup_ctx.append(_mongo_context)
+    app.cleanup_ctx.append(_upstream_context)
+    app.on_response_prepare.append(add_request_id)
+
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", health.metrics)
+    app.router.add_route("*", "/fhir", handle_fhir)
+    app.router.add_route("*", "/fhir/{path:.*}", handle_fhir)
+    return app

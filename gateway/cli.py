@@ -1,0 +1,114 @@
+"""The ``fhir-gateway`` command.
+
+``serve`` runs the gateway from its settings (environment and an optional TOML file).
+``demo`` starts the embedded MongoDB and the seeded local FHIR server, then the gateway on
+127.0.0.1:8080, prints where everything is, and stops all three on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.app import create_app, runner_options
+from gateway.embedded import EmbeddedError, local_stack
+from gateway.logs import AccessLogger, configure_logging
+from gateway.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("gateway")
+
+
+def _run(settings: Settings) -> None:
+    app = create_app(settings)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log_class=AccessLogger,
+        print=None,
+        **runner_options(settings),
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    configure_logging(settings.log_level)
+    log.info(
+        "FHIR gateway listening on %s:%s, FHIR base %s",
+        settings.host,
+        settings.port,
+        settings.fhir_base_url,
+    )
+    _run(settings)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    public = f"http://{args.host}:{args.port}"
+    print("Starting the embedded MongoDB and the local FHIR server...", flush=True)
+    with local_stack(args.data_dir) as (mongo_uri, upstream, _mongo):
+        settings = load_settings(
+            args.config,
+            host=args.host,
+            port=args.port,
+            public_base_url=public,
+            upstream_url=upstream.base_url,
+            mongodb_uri=mongo_uri,
+        )
+        configure_logging(settings.log_level)
+        print(
+            "\nThe FHIR consent gateway demo is running (synthetic data only).\n"
+            f"  FHIR base:        {settings.fhir_base_url}\n"
+            f"  Capabilities:     {settings.fhir_base_url}/metadata\n"
+            f"  Try:              curl -s '{settings.fhir_base_url}/Patient?_count=2'\n"
+            f"  Health / metrics: {public}/healthz  {public}/readyz  {public}/metrics\n"
+            "Press Ctrl-C to stop the gateway, the FHIR server and the database.\n",
+            flush=True,
+        )
+        _run(settings)
+    print("Stopped.", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fhir-gateway", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway from its settings")
+    serve.add_argument(
+        "--config", type=Path, help="a TOML settings file (environment wins over it)"
+    )
+    serve.set_defaults(func=_serve)
+
+    demo = commands.add_parser(
+        "demo", help="run the gateway with an embedded database and FHIR server"
+    )
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--config", type=Path, help="a TOML settings file for other settings")
+    demo.add_argument(
+        "--data-dir", type=Path, help="keep the demo database here (default: a temporary directory)"
+    )
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"fhir-gateway: {exc}", file=sys.stderr)
+        return 2
+    except EmbeddedError as exc:
+        print(f"fhir-gateway: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

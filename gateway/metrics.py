@@ -1,0 +1,46 @@
+"""Prometheus metrics (text exposition format at ``/metrics``), one registry per application so
+that several gateways in one process (tests) never share counters."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The gateway's counters and histograms."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "fhir_gateway_requests",
+            "Requests answered, by FHIR interaction (or endpoint) and HTTP status.",
+            ["interaction", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "fhir_gateway_request_duration_seconds",
+            "Time from request received to response ready, by interaction and status.",
+            ["interaction", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_latency = Histogram(
+            "fhir_gateway_upstream_duration_seconds",
+            "Time the upstream FHIR server took to answer, by interaction.",
+            ["interaction"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_request(self, interaction: str, status: int, seconds: float) -> None:
+        code = str(status)
+        self.requests.labels(interaction, code).inc()
+        self.latency.labels(interaction, code).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,184 @@
+"""The FHIR REST handler under ``/fhir``: parse the request, forward it to the upstream, relay the
+answer with every upstream URL rewritten to the gateway's base.
+
+Content rules: the gateway speaks FHIR JSON only. A caller that accepts only XML gets 406; a body
+that is not JSON gets 415 (wrong media type) or 400 (not parseable); bodies are checked for the
+basic FHIR shape (``resourceType`` agrees with the URL, an update's ``id`` agrees with the URL).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from aiohttp import web
+
+from gateway.appkeys import INTERACTION, METRIC_LABEL, METRICS, REQUEST_ID, REWRITER, UPSTREAM
+from gateway.errors import (
+    BadRequest,
+    NotAcceptable,
+    UnsupportedMediaType,
+    UpstreamUnavailable,
+)
+from gateway.headers import request_headers, response_headers
+from gateway.interaction import FhirInteraction, Kind, parse
+from gateway.middleware import fhir_response
+from gateway.rewrite import UrlRewriter
+from gateway.upstream import UpstreamResponse
+
+log = logging.getLogger(__name__)
+
+_JSON_TYPES = frozenset({"application/fhir+json", "application/json"})
+_PATCH_TYPES = frozenset({"application/json-patch+json"})
+_FORM = "application/x-www-form-urlencoded"
+_FORMAT_JSON = frozenset({"json", "application/json", "application/fhir+json", "text/json"})
+_ACCEPT_JSON = frozenset({"*/*", "application/*", "application/json", "application/fhir+json"})
+_BODY_KINDS = frozenset(
+    {Kind.CREATE, Kind.UPDATE, Kind.PATCH, Kind.BATCH, Kind.TRANSACTION, Kind.OPERATION}
+)
+
+
+def _media_type(value: str) -> str:
+    return value.split(";")[0].strip().lower()
+
+
+def negotiate(request: web.Request) -> None:
+    """Refuse (406) a caller who will take nothing but a format other than FHIR JSON."""
+    for fmt in request.query.getall("_format", []):
+        if _media_type(fmt) not in _FORMAT_JSON:
+            raise NotAcceptable(f"_format={fmt} is not supported; this server speaks FHIR JSON")
+    accept = request.headers.get("Accept", "")
+    if not accept.strip():
+        return
+    for item in accept.split(","):
+        parts = [p.strip() for p in item.split(";")]
+        quality = next((p[2:] for p in parts[1:] if p.startswith("q=")), "1")
+        if parts[0].lower() in _ACCEPT_JSON and quality not in ("0", "0.0", "0.00", "0.000"):
+            return
+    raise NotAcceptable("this server answers application/fhir+json only; XML is not supported")
+
+
+def _json_body(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc.msg}") from None
+
+
+def _check_resource_body(interaction: FhirInteraction, body: Any) -> None:
+    if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+        raise BadRequest(
+            "the request body must be a FHIR resource (a JSON object with resourceType)"
+        )
+    if interaction.kind in (Kind.CREATE, Kind.UPDATE) and body["resourceType"] != (
+        interaction.resource_type
+    ):
+        raise BadRequest(
+            f"the body is a {body['resourceType']} but the URL is for {interaction.resource_type}"
+        )
+    if interaction.kind is Kind.UPDATE and body.get("id") != interaction.resource_id:
+        raise BadRequest("an update's body must carry the same id as the URL")
+
+
+async def _read_form(request: web.Request) -> list[tuple[str, str]]:
+    if not request.path.endswith("/_search") or request.method != "POST":
+        return []
+    if _media_type(request.headers.get("Content-Type", _FORM)) != _FORM:
+        raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded")
+    form = await request.post()
+    return [(key, value) for key, value in form.items() if isinstance(value, str)]
+
+
+async def _read_body(
+    request: web.Request, interaction: FhirInteraction
+) -> tuple[FhirInteraction, bytes | None, str | None]:
+    """The request body to forward (and its media type); refines batch into transaction."""
+    if interaction.kind not in _BODY_KINDS or interaction.method in ("GET", "DELETE"):
+        return interaction, None, None
+    if interaction.kind is Kind.OPERATION and not request.can_read_body:
+        return interaction, None, None
+    media = _media_type(request.headers.get("Content-Type", ""))
+    allowed = _JSON_TYPES | (_PATCH_TYPES if interaction.kind is Kind.PATCH else frozenset())
+    if media not in allowed:
+        raise UnsupportedMediaType(
+            f"a {interaction.kind} body must be {' or '.join(sorted(allowed))}, "
+            f"not '{media or 'none'}'"
+        )
+    raw = await request.read()
+    body = _json_body(raw)
+    if interaction.kind is Kind.PATCH:
+        if media in _PATCH_TYPES and not isinstance(body, list):
+            raise BadRequest("a JSON Patch body is an array of operations")
+        if media in _JSON_TYPES:
+            _check_resource_body(interaction, body)
+    elif interaction.kind in (Kind.BATCH, Kind.TRANSACTION):
+        if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+            raise BadRequest("POST to the FHIR base takes a batch or transaction Bundle")
+        bundle_type = body.get("type")
+        if bundle_type not in ("batch", "transaction"):
+            raise BadRequest("the Bundle's type must be 'batch' or 'transaction'")
+        interaction = FhirInteraction(
+            Kind.TRANSACTION if bundle_type == "transaction" else Kind.BATCH, "POST"
+        )
+    else:
+        _check_resource_body(interaction, body)
+    return interaction, raw, media
+
+
+def relay(upstream: UpstreamResponse, rewriter: UrlRewriter) -> web.Response:
+    """The caller's response: upstream status, allowed headers, body with URLs rewritten."""
+    if upstream.status >= 500:
+        log.warning("upstream answered %s", upstream.status)
+        raise UpstreamUnavailable(
+            f"the upstream FHIR server failed to process the request (status {upstream.status})"
+        )
+    headers = response_headers(upstream.headers)
+    for name in ("Location", "Content-Location"):
+        if name in headers:
+            rewritten = rewriter.url_to_public(headers[name])
+            if rewritten is None:
+                del headers[name]
+            else:
+                headers[name] = rewritten
+    body = upstream.body
+    if not body.strip():
+        return web.Response(status=upstream.status, headers=headers)
+    if not upstream.is_json:
+        log.warning("upstream answered a non-JSON body (%s)", upstream.content_type)
+        raise UpstreamUnavailable("the upstream FHIR server answered in a format other than JSON")
+    return fhir_response(upstream.status, rewriter.body_to_public(body), headers)
+
+
+async def handle_fhir(request: web.Request) -> web.StreamResponse:
+    """Every FHIR REST interaction under ``/fhir``."""
+    request[METRIC_LABEL] = "fhir"
+    negotiate(request)
+    form = await _read_form(request)
+    interaction = parse(
+        request.method, request.match_info.get("path", ""), request.query.items(), form
+    )
+    interaction, body, media = await _read_body(request, interaction)
+    request[INTERACTION] = interaction
+    request[METRIC_LABEL] = interaction.kind.value
+
+    rewriter = request.app[REWRITER]
+    params: list[tuple[str, str]] = list(interaction.params)
+    if body is not None:
+        body = rewriter.body_to_upstream(body)
+    elif interaction.form_post:
+        body, media, params = urlencode(params).encode(), _FORM, []
+
+    upstream = request.app[UPSTREAM]
+    answer = await upstream.send(
+        interaction.method,
+        interaction.upstream_path,
+        params=params,
+        body=body,
+        content_type=media,
+        headers=request_headers(request.headers),
+        request_id=request[REQUEST_ID],
+    )
+    request.app[METRICS].upstream_latency.labels(interaction.kind.value).observe(answer.seconds)
+    return relay(answer, rewriter)

@@ -1,0 +1,195 @@
+"""The gateway's settings: one typed object, read from ``FHIR_GATEWAY_*`` environment variables and
+an optional TOML file (environment wins over the file, the file over the defaults).
+
+A bad value stops start-up with a :class:`SettingsError` that names the setting, both as the
+environment variable and as the TOML key, so an operator can find it in either place.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from yarl import URL
+
+ENV_PREFIX = "FHIR_GATEWAY_"
+
+_toml_values: ContextVar[dict[str, Any] | None] = ContextVar("_toml_values", default=None)
+
+
+class SettingsError(Exception):
+    """Raised when the settings cannot be loaded; the message names the offending setting."""
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """The TOML file's values, already read by :func:`load_settings`."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return (_toml_values.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_toml_values.get() or {})
+
+
+def _split_list(value: object) -> object:
+    """Accept ``a,b`` as well as a TOML/JSON list for list settings."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _http_base(value: str, name: str) -> str:
+    url = URL(value)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{name} must be an absolute http(s) URL")
+    if url.query_string or url.fragment:
+        raise ValueError(f"{name} must not have a query or fragment")
+    return str(url).rstrip("/")
+
+
+class Settings(BaseSettings):
+    """Every setting of the gateway. Field names are the TOML keys; ``FHIR_GATEWAY_`` + the
+    upper-cased name is the environment variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, populate_by_name=True
+    )
+
+    # --- where the gateway listens and how callers reach it
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_base_url: str = Field(
+        default="http://127.0.0.1:8080",
+        description="The gateway's public origin as callers see it; the FHIR base is this + /fhir.",
+    )
+
+    # --- the upstream FHIR server
+    upstream_url: str | None = Field(default=None, description="The upstream FHIR base URL.")
+    upstream_aliases: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Other base URLs the upstream writes into its responses (rewritten too).",
+    )
+    upstream_auth: Literal["none", "bearer", "basic"] = "none"
+    upstream_bearer_token: SecretStr | None = None
+    upstream_username: str | None = None
+    upstream_password: SecretStr | None = None
+    upstream_timeout_seconds: float = Field(default=30.0, gt=0)
+    upstream_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    upstream_max_connections: int = Field(default=100, ge=1)
+    upstream_verify_tls: bool = True
+    upstream_ca_file: Path | None = None
+    upstream_client_cert_file: Path | None = None
+    upstream_client_key_file: Path | None = None
+
+    # --- MongoDB
+    mongodb_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(f"{ENV_PREFIX}MONGODB_URI", "MONGODB_URI", "mongodb_uri"),
+    )
+    mongodb_database: str = Field(default="fhir_gateway", pattern=r"^[A-Za-z0-9_-]{1,63}$")
+
+    # --- request limits (P-12)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_url_bytes: int = Field(default=8192, ge=256)
+    max_header_count: int = Field(default=100, ge=10)
+    max_header_bytes: int = Field(default=16384, ge=1024)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("upstream_aliases", mode="before")
+    @classmethod
+    def _aliases_list(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_base(cls, value: str) -> str:
+        return _http_base(value, "public_base_url")
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _upstream(cls, value: str | None) -> str | None:
+        return None if value is None else _http_base(value, "upstream_url")
+
+    @field_validator("upstream_aliases")
+    @classmethod
+    def _aliases(cls, value: list[str]) -> list[str]:
+        return [_http_base(v, "upstream_aliases") for v in value]
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Settings:
+        if self.upstream_auth == "bearer" and self.upstream_bearer_token is None:
+            raise ValueError("upstream_auth = bearer needs upstream_bearer_token")
+        if self.upstream_auth == "basic" and (
+            self.upstream_username is None or self.upstream_password is None
+        ):
+            raise ValueError("upstream_auth = basic needs upstream_username and upstream_password")
+        if (self.upstream_client_cert_file is None) != (self.upstream_client_key_file is None):
+            raise ValueError("upstream_client_cert_file and upstream_client_key_file go together")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+    @property
+    def fhir_base_url(self) -> str:
+        """The gateway's FHIR base URL, the ``aud`` of its tokens."""
+        return f"{self.public_base_url}/fhir"
+
+
+def _describe(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "settings"
+    name = str(loc[0])
+    if name in Settings.model_fields:
+        return f"{ENV_PREFIX}{name.upper()} (TOML key '{name}')"
+    if name.upper().startswith(ENV_PREFIX) or name == "MONGODB_URI":
+        return name
+    return f"'{name}'"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings: ``overrides`` > environment > ``config_file`` (TOML) > defaults."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            values = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SettingsError(f"cannot read the configuration file {config_file}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"the configuration file {config_file} is not TOML: {exc}") from exc
+        unknown = sorted(set(values) - set(Settings.model_fields))
+        if unknown:
+            raise SettingsError(f"unknown setting(s) in {config_file}: {', '.join(unknown)}")
+    token = _toml_values.set(values)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [f"{_describe(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+    finally:
+        _toml_values.reset(token)
