@@ -199,8 +199,7 @@ def test_each_patient_has_a_full_record(patient_id: str) -> None:
     for o in observations:
         assert o["encounter"]["reference"].startswith("Encounter/")
         assert o["performer"][0]["reference"].startswith("Practitioner/")
-    if patient_id != "pat-leo-garcia":
-        assert any(o["category"][0]["coding"][0]["code"] == "laboratory" for o in observations)
+    assert any(o["category"][0]["coding"][0]["code"] == "laboratory" for o in observations)
 
 
 def test_blood_pressure_has_components() -> None:
