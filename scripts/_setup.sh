@@ -1,0 +1,40 @@
+# Shared set-up for scripts/demo and scripts/test: a virtualenv with the project installed and the
+# local FHIR server's Node packages. Idempotent: each step is skipped when its inputs are unchanged.
+# Sourced, not run: expects ROOT and EXTRAS to be set.
+set -euo pipefail
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  say "Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)"; exit 1
+fi
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  say "Node.js 20 or newer (with npm) is needed for the local FHIR server"; exit 1
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  say "Node.js 20 or newer is needed (found $(node --version))"; exit 1
+fi
+
+VENV="$ROOT/.venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  say "Creating the virtualenv in .venv"
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.installed-$EXTRAS"
+want=$(sha256sum < "$ROOT/pyproject.toml" | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  say "Installing the gateway and its dependencies ($EXTRAS)"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRAS]"
+  echo "$want" > "$stamp"
+fi
+
+UPSTREAM="$ROOT/fixtures/upstream"
+lock=$(sha256sum "$UPSTREAM/package-lock.json" | cut -c1-16)
+if [ ! -f "$UPSTREAM/node_modules/.lock-$lock" ]; then
+  say "Installing the local FHIR server (npm ci)"
+  (cd "$UPSTREAM" && npm ci --no-audit --no-fund --loglevel=error)
+  touch "$UPSTREAM/node_modules/.lock-$lock"
+fi

@@ -1,0 +1,54 @@
+"""The revocation list shared by the authorization server (which writes it) and every gateway
+instance (which reads it on every FHIR request): RFC 7009 revocation, refresh-token family replay
+(S-19, S-31), "sign out everywhere" (P-06) and consent withdrawal (C-13) all end here.
+
+Entries are keyed ``jti:<jti>`` (one access token) or ``grant:<grant_id>`` (every token issued under
+one authorization: the code, its access tokens and every rotated refresh token). An entry lives
+until the last token it covers has expired (a TTL index removes it then), so the check is a single
+``_id $in`` lookup with no in-process cache: a revocation is seen by the very next request on any
+instance (S-25).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+COLLECTION = "revocations"
+
+
+class RevocationList:
+    """Revoked access tokens and revoked grants (token families)."""
+
+    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+        self._entries: AsyncCollection[dict[str, Any]] = db[COLLECTION]
+
+    async def ensure_indexes(self) -> None:
+        await self._entries.create_index("expires_at", expireAfterSeconds=0)
+
+    async def _add(self, key: str, expires_at: datetime, reason: str) -> None:
+        await self._entries.update_one(
+            {"_id": key},
+            {
+                "$max": {"expires_at": expires_at},
+                "$setOnInsert": {"revoked_at": datetime.now(UTC), "reason": reason},
+            },
+            upsert=True,
+        )
+
+    async def revoke_token(self, jti: str, expires_at: datetime, reason: str = "revoked") -> None:
+        """Revoke one access token until it would have expired anyway."""
+        await self._add(f"jti:{jti}", expires_at, reason)
+
+    async def revoke_grant(
+        self, grant_id: str, expires_at: datetime, reason: str = "revoked"
+    ) -> None:
+        """Revoke every token of one grant; ``expires_at`` must cover its longest-lived token."""
+        await self._add(f"grant:{grant_id}", expires_at, reason)
+
+    async def is_revoked(self, jti: str, grant_id: str | None = None) -> bool:
+        keys = [f"jti:{jti}"] + ([f"grant:{grant_id}"] if grant_id else [])
+        return await self._entries.find_one({"_id": {"$in": keys}}, {"_id": 1}) is not None
