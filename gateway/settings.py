@@ -110,6 +110,32 @@ class Settings(BaseSettings):
     max_header_count: int = Field(default=100, ge=10)
     max_header_bytes: int = Field(default=16384, ge=1024)
 
+    # --- the SMART authorization server (SMART.md S-12, S-16, S-21, S-32; SECURITY.md P-04 .. P-06)
+    access_token_lifetime_seconds: int = Field(default=3600, ge=60, le=3600)
+    backend_token_lifetime_seconds: int = Field(default=300, ge=30, le=300)
+    authorization_code_lifetime_seconds: int = Field(default=60, ge=5, le=60)
+    refresh_token_idle_seconds: int = Field(
+        default=30 * 86400, ge=60, description="A refresh token unused this long expires (S-32)."
+    )
+    refresh_token_max_seconds: int = Field(
+        default=365 * 86400, ge=60, description="No token family outlives this, whatever is picked."
+    )
+    session_idle_seconds: int = Field(default=15 * 60, ge=1)
+    session_absolute_seconds: int = Field(default=12 * 3600, ge=1)
+    session_cookie_secure: bool | None = Field(
+        default=None, description="Secure cookies; unset = on whenever public_base_url is https."
+    )
+    mfa_required_for_patients: bool = False
+    signing_key_rotation_days: int = Field(default=30, ge=1)
+    login_max_failures: int = Field(
+        default=5, ge=1, description="Failed logins per account or address before a lock."
+    )
+    login_lock_seconds: int = Field(
+        default=60, ge=1, description="The first lock; each further failure doubles it."
+    )
+    launch_context_lifetime_seconds: int = Field(default=300, ge=10, le=3600)
+    client_jwks_max_cache_seconds: int = Field(default=3600, ge=0)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("upstream_aliases", mode="before")
@@ -143,6 +169,21 @@ class Settings(BaseSettings):
         if (self.upstream_client_cert_file is None) != (self.upstream_client_key_file is None):
             raise ValueError("upstream_client_cert_file and upstream_client_key_file go together")
         return self
+
+    @model_validator(mode="after")
+    def _session_times(self) -> Settings:
+        if self.session_idle_seconds > self.session_absolute_seconds:
+            raise ValueError("session_idle_seconds must not exceed session_absolute_seconds")
+        if self.refresh_token_idle_seconds > self.refresh_token_max_seconds:
+            raise ValueError("refresh_token_idle_seconds must not exceed refresh_token_max_seconds")
+        return self
+
+    @property
+    def cookies_secure(self) -> bool:
+        """Whether session cookies carry ``Secure`` (P-06)."""
+        if self.session_cookie_secure is not None:
+            return self.session_cookie_secure
+        return self.public_base_url.startswith("https:")
 
     @classmethod
     def settings_customise_sources(
