@@ -1,0 +1,234 @@
+"""The consent decision: may this resource be released to this request? (FHIR R4 Consent 10.4.4
+"Consent evaluation"; CONSENT.md C-03 to C-11; the evaluation order of the LEAP Consent Decision
+Service).
+
+A pure function of the patient's consents, the request and the resource::
+
+    decide(consents, request, resource) -> Decision
+
+``compile_consents(consents, request)`` does the request-only work once (which consents are in
+force, which provisions name this actor, purpose and action) and returns an :class:`Evaluator`
+that decides each resource of a response cheaply; ``decide`` and ``decide_many`` are built on it.
+
+The rules:
+
+- C-06 A consent counts when ``status`` is active, ``scope`` is patient-privacy, ``patient`` is the
+  request's patient, and its root ``provision.period`` contains ``request.now``.
+- C-07 A provision matches when every attribute it has matches (AND); an attribute's list is an OR
+  (any actor, any purpose, any class...); an absent attribute matches anything. Nested provisions
+  are looked at only inside a matching parent; the deepest matching provisions decide (a nested
+  provision overrides its parent's type; a nested provision without a type inherits it), and
+  matching siblings all count (OR).
+- C-08 Deny overrides permit, across the provisions of a consent and across all consents of the
+  patient.
+- C-09 ``class`` (resource types, system ``http://hl7.org/fhir/resource-types``), ``code`` (the
+  resource's codes), ``securityLabel`` (its labels), ``dataPeriod`` (its clinical date) and
+  ``data`` (``instance``: that resource; ``dependents``: it or a resource referring to it) limit
+  which resources a provision is about. ``action`` is compared with ``request.action`` (reads and
+  searches are ``access``).
+- Unknown is not permitted: when the request or the resource lacks what an attribute needs (the
+  request declares no purpose, the resource has no date, ``data.meaning`` is ``related`` or
+  ``authoredby`` which needs other resources to evaluate), a permit provision does not match and
+  a deny provision does.
+- Sensitive resources (labels and codes in ``consent/data/sensitive-labels.json``) are released
+  only under a permit whose provision chain names each of their sensitivity codes and a
+  confidentiality at least as high as theirs in ``securityLabel``. This holds under opt-out too.
+- C-03 No matching permit: deny ("no consent"). C-04 A trusted client runs under opt-out: permit
+  unless a deny matches.
+- C-11 Every decision names the Consent id and provision path that decided (none for the base
+  policy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from consent.codes import ACCESS
+from consent.facts import facts
+from consent.model import client_key
+from consent.provision import Compiler, Provision, covers, deepest
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAttributes:
+    """Who asks for whose data, why and when (a read-only view of the request)."""
+
+    patient_id: str
+    """The patient whose data is released."""
+    client_id: str
+    """The SMART client; it matches an actor reference whose identifier is
+    ``{"system": CLIENT_SYSTEM, "value": client_id}``."""
+    now: datetime
+    """An aware datetime."""
+    actors: tuple[str, ...] = ()
+    """Further actor reference keys: ``Practitioner/abc`` for a user token, ``system|value``."""
+    purposes: tuple[str, ...] = ()
+    """The client's purposes of use (v3-ActReason codes)."""
+    trusted: bool = False
+    """The client runs under opt-out (C-04)."""
+    action: str = ACCESS
+    """The consentaction code of the interaction (``access`` for reads and searches)."""
+
+
+class Basis(StrEnum):
+    """Why a decision came out as it did."""
+
+    PERMIT = "permit"
+    """A permit provision matched (and covers the resource's sensitive labels)."""
+    DENY = "deny"
+    """A deny provision matched (C-08)."""
+    SENSITIVE = "sensitive"
+    """Sensitive labels no matching permit names (C-09)."""
+    NO_CONSENT = "no-consent"
+    """Opt-in and no permit matched (C-03)."""
+    OPT_OUT = "opt-out"
+    """Trusted client, no deny matched (C-04)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome for one resource, with its explanation (C-11) and obligations."""
+
+    permitted: bool
+    basis: Basis
+    reason: str
+    consent_id: str | None = None
+    """The Consent that decided (``None`` under the base policy)."""
+    provision: str | None = None
+    """Its provision that decided, e.g. ``provision.provision[1]``."""
+    purposes: tuple[str, ...] = ()
+    """Purposes of use the resource is released for: apply their minimisation profiles (C-15)."""
+    labels: tuple[str, ...] = ()
+    """The resource's sensitive labels (released under an explicit permit, or why it was not)."""
+
+
+def _where(node: Provision) -> str:
+    return f"Consent/{node.consent_id} {node.path}"
+
+
+class Evaluator:
+    """The patient's consents compiled for one request; ``decide`` is cheap per resource."""
+
+    def __init__(self, roots: Sequence[Provision], request: RequestAttributes) -> None:
+        self.request = request
+        self._roots = tuple(roots)
+        self._references = any(root.uses_dependents() for root in roots)
+
+    @property
+    def consent_ids(self) -> tuple[str, ...]:
+        """The consents that apply to this request (in force, naming its actor and purpose)."""
+        return tuple(root.consent_id for root in self._roots)
+
+    def refusal(self) -> Decision | None:
+        """A decision that holds for every resource of this request, when there is one: a
+        blanket deny, or (opt-in) no permit anywhere. Lets the gateway refuse without fetching."""
+        for root in self._roots:
+            if root.is_blanket_deny():
+                return Decision(
+                    False, Basis.DENY, f"denied by {_where(root)}", root.consent_id, root.path
+                )
+        if not self.request.trusted and not any(root.has_permit() for root in self._roots):
+            return _no_consent()
+        return None
+
+    def decide(self, resource: Mapping[str, Any]) -> Decision:
+        seen = facts(resource, with_references=self._references)
+        found: list[Provision] = []
+        for root in self._roots:
+            deepest(root, seen, found)
+        sensitive = tuple(sorted(seen.sensitive))
+        for node in found:
+            if node.deny:
+                reason = f"denied by {_where(node)} (deny overrides permit)"
+                return Decision(
+                    False, Basis.DENY, reason, node.consent_id, node.path, labels=sensitive
+                )
+        permits = found  # no deny matched
+        for node in permits:
+            if covers(node, seen):
+                purposes = self.request.purposes
+                if node.chain_purposes is not None:
+                    purposes = tuple(p for p in purposes if p in node.chain_purposes)
+                return Decision(
+                    True,
+                    Basis.PERMIT,
+                    f"permitted by {_where(node)}",
+                    node.consent_id,
+                    node.path,
+                    purposes,
+                    sensitive,
+                )
+        if permits or (sensitive and self.request.trusted):
+            first = permits[0] if permits else None
+            reason = (
+                f"sensitive data ({', '.join(sensitive)}) needs a permit that names "
+                "these labels in securityLabel"
+            )
+            return Decision(
+                False,
+                Basis.SENSITIVE,
+                reason,
+                first.consent_id if first else None,
+                first.path if first else None,
+                labels=sensitive,
+            )
+        if self.request.trusted:
+            return Decision(
+                True,
+                Basis.OPT_OUT,
+                "permitted under opt-out: no deny applies",
+                purposes=self.request.purposes,
+            )
+        return _no_consent()
+
+    def decide_many(self, resources: Iterable[Mapping[str, Any]]) -> list[Decision]:
+        return [self.decide(resource) for resource in resources]
+
+
+def _no_consent() -> Decision:
+    return Decision(
+        False, Basis.NO_CONSENT, "no consent: no active Consent of the patient permits this app"
+    )
+
+
+def compile_consents(
+    consents: Iterable[Mapping[str, Any]], request: RequestAttributes
+) -> Evaluator:
+    """Compile the patient's consents for one request (the per-request part of the decision)."""
+    compiler = Compiler(
+        request.patient_id,
+        {client_key(request.client_id), *request.actors},
+        request.purposes,
+        request.action,
+        request.now,
+    )
+    roots: list[Provision] = []
+    for consent in consents:
+        if not compiler.applies(consent):
+            continue
+        root = compiler.root(consent)
+        if root is not None:
+            roots.append(root)
+    return Evaluator(roots, request)
+
+
+def decide(
+    consents: Iterable[Mapping[str, Any]],
+    request: RequestAttributes,
+    resource: Mapping[str, Any],
+) -> Decision:
+    """May ``resource`` be released for ``request``, given the patient's ``consents``?"""
+    return compile_consents(consents, request).decide(resource)
+
+
+def decide_many(
+    consents: Iterable[Mapping[str, Any]],
+    request: RequestAttributes,
+    resources: Iterable[Mapping[str, Any]],
+) -> list[Decision]:
+    """``decide`` for every resource of a response, compiling the consents once."""
+    return compile_consents(consents, request).decide_many(resources)
