@@ -23,14 +23,15 @@ from gateway.settings import Settings, SettingsError, load_settings
 log = logging.getLogger("gateway")
 
 
-def _run(settings: Settings) -> None:
+def _run(settings: Settings, banner: str | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; ``banner`` is printed once the gateway is listening."""
     app = create_app(settings)
     web.run_app(
         app,
         host=settings.host,
         port=settings.port,
         access_log_class=AccessLogger,
-        print=None,
+        print=(lambda _: print(banner, flush=True)) if banner else None,
         **runner_options(settings),
     )
 
@@ -61,22 +62,24 @@ def _demo(args: argparse.Namespace) -> int:
             mongodb_uri=mongo_uri,
         )
         configure_logging(settings.log_level)
-        print(
+        banner = (
             "\nThe FHIR consent gateway demo is running (synthetic data only).\n"
             f"  FHIR base:        {settings.fhir_base_url}\n"
             f"  Capabilities:     {settings.fhir_base_url}/metadata\n"
             f"  Try:              curl -s '{settings.fhir_base_url}/Patient?_count=2'\n"
             f"  Health / metrics: {public}/healthz  {public}/readyz  {public}/metrics\n"
-            "Press Ctrl-C to stop the gateway, the FHIR server and the database.\n",
-            flush=True,
+            "Press Ctrl-C to stop the gateway, the FHIR server and the database.\n"
         )
-        _run(settings)
+        _run(settings, banner)
     print("Stopped.", flush=True)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fhir-gateway", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="fhir-gateway",
+        description="The FHIR consent gateway: SMART authorization, consent, audit.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway from its settings")

@@ -11,8 +11,8 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 
 import orjson
 from aiohttp import web
@@ -46,7 +46,7 @@ def error_response(exc: FhirError) -> web.Response:
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = uuid.uuid4().hex
+    request_id = os.urandom(16).hex()
     request[REQUEST_ID] = request_id
     token = request_id_var.set(request_id)
     started = time.perf_counter()

@@ -1,0 +1,97 @@
+"""``fhir-gateway demo``: brings up the embedded database, the seeded FHIR server and the gateway,
+answers on its FHIR base, and leaves no process behind when stopped with Ctrl-C (SIGINT)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from gateway.embedded import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def _children(pid: int) -> set[int]:
+    """Every descendant of ``pid`` (from /proc, Linux)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _get(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_demo_serves_the_fhir_base_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    demo = subprocess.Popen(
+        [str(Path(sys.executable).parent / "fhir-gateway"), "demo", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert demo.stdout is not None
+        banner = ""
+        deadline = time.monotonic() + 90
+        while "Press Ctrl-C" not in banner and time.monotonic() < deadline:
+            line = demo.stdout.readline().decode()
+            if not line:
+                break
+            banner += line
+        assert "Press Ctrl-C" in banner, banner
+        base = f"http://127.0.0.1:{port}/fhir"
+        assert base in banner
+
+        statement = _get(f"{base}/metadata")
+        assert statement["resourceType"] == "CapabilityStatement"
+        assert statement["implementation"] == {
+            **statement["implementation"],  # type: ignore[dict-item]
+            "url": base,
+        }
+        page = _get(f"{base}/Patient?_count=2")
+        next_url = next(
+            link["url"]
+            for link in page["link"]  # type: ignore[attr-defined]
+            if link["relation"] == "next"
+        )
+        assert next_url.startswith(base)
+        assert _get(next_url)["resourceType"] == "Bundle"
+
+        children = _children(demo.pid)
+        assert len(children) >= 2  # the database and the FHIR server
+    finally:
+        demo.send_signal(signal.SIGINT)
+        output, _ = demo.communicate(timeout=60)
+    assert demo.returncode == 0, output.decode()
+    assert "Stopped." in output.decode()
+    time.sleep(0.5)
+    assert [pid for pid in children if _alive(pid)] == []

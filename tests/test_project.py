@@ -1,0 +1,64 @@
+"""The project's own promises: the deployment file is valid Compose, the README documents every
+setting and gives the commands CI runs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from gateway.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_docker_compose_is_valid_against_the_compose_specification() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(ROOT / "docker-compose.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_docker_compose_references_resolve() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"mongo", "hapi", "gateway", "load-fixtures"} <= set(services)
+    for service in services.values():
+        for dependency in service.get("depends_on", []):
+            assert dependency in services
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), source
+    assert services["gateway"]["build"] == "."
+    assert (ROOT / "Dockerfile").is_file()
+    gateway_env = services["gateway"]["environment"]
+    for key in gateway_env:
+        name = key.removeprefix("FHIR_GATEWAY_").lower()
+        assert name in Settings.model_fields, key
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", readme, flags=re.MULTILINE))
+    assert set(Settings.model_fields) <= documented, set(Settings.model_fields) - documented
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "bash scripts/test" in readme and "bash scripts/demo" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash scripts/test" in ci
