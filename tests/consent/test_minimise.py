@@ -1,0 +1,262 @@
+"""Data minimisation per purpose of use (CONSENT.md C-15, C-16, C-18)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from consent.codes import REDACTED
+from consent.errors import UnknownPurpose
+from consent.minimise import PROFILES, PURPOSES, Profile, minimise, profile_for, release_bundle
+from consent.subsetting import element_info
+from tests.consent.conftest import seed_resource, seed_resources
+
+SAMUEL_IDENTIFIERS = (
+    "Reed",
+    "Samuel",
+    "MRN-100105",
+    "+1-555-0115",
+    "samuel.reed@example.com",
+    "7 Harbor View Road",
+    "97004",
+    "Riverside",
+    "1990-01-30",
+)
+
+
+def redacted(resource: dict[str, Any]) -> bool:
+    return any(
+        s.get("code") == "REDACTED" and s.get("system") == REDACTED["system"]
+        for s in resource.get("meta", {}).get("security", [])
+    )
+
+
+def test_c15_a_profile_for_each_declared_purpose() -> None:
+    assert {"TREAT", "PATRQT", "HRESCH", "HOPERAT", "HPAYMT"} <= PURPOSES
+
+
+@pytest.mark.parametrize("purpose", sorted(PURPOSES))
+def test_c15_profiles_name_only_real_elements(purpose: str) -> None:
+    for resource_type, elements in PROFILES[purpose].keep.items():
+        info = element_info(resource_type)
+        assert info.known, resource_type
+        for element in elements or ():
+            assert element in info.names.values(), f"{purpose}: {resource_type}.{element}"
+
+
+@pytest.mark.parametrize("purpose", ["TREAT", "PATRQT"])
+def test_c15_treatment_and_patient_request_keep_everything_unlabelled(purpose: str) -> None:
+    for resource in seed_resources():
+        assert minimise(resource, [purpose]) == resource
+
+
+def test_c15_removed_elements_are_labelled_redacted_and_labels_kept() -> None:
+    phq9 = seed_resource("Observation", "obs-samuel-reed-13")
+    paid = minimise(phq9, ["HPAYMT"])
+    assert "valueQuantity" not in paid and "valueInteger" not in paid
+    assert paid["code"] == phq9["code"]
+    assert redacted(paid)
+    codes = {s["code"] for s in paid["meta"]["security"]}
+    assert {"PSY", "R", "REDACTED"} <= codes
+
+
+def test_c15_narrative_goes_when_anything_is_removed() -> None:
+    obs = {**seed_resource("Observation"), "text": {"status": "generated", "div": "<div>80</div>"}}
+    assert "text" in minimise(obs, ["TREAT"])
+    assert "text" not in minimise(obs, ["HOPERAT"])
+
+
+def test_c15_unlisted_type_and_no_purpose_keep_only_identity_and_meta() -> None:
+    practitioner = {
+        "resourceType": "Practitioner",
+        "id": "p1",
+        "meta": {"versionId": "2"},
+        "name": [{"family": "Okafor"}],
+    }
+    assert minimise(practitioner, ["HRESCH"]) == {
+        "resourceType": "Practitioner",
+        "id": "p1",
+        "meta": {"versionId": "2", "security": [REDACTED]},
+    }
+    obs = seed_resource("Observation")
+    assert set(minimise(obs, [])) == {"resourceType", "id", "meta"}
+
+
+def test_c15_unknown_purpose_is_refused() -> None:
+    with pytest.raises(UnknownPurpose):
+        profile_for(["TREAT", "NOTAPURPOSE"])
+
+
+def test_c15_several_purposes_keep_what_every_profile_keeps() -> None:
+    obs = seed_resource("Observation")
+    both = minimise(obs, ["HOPERAT", "HPAYMT"])
+    assert "valueQuantity" in minimise(obs, ["HOPERAT"])
+    assert "valueQuantity" not in both
+    assert "performer" not in both  # HOPERAT keeps it, HPAYMT does not
+    patient = seed_resource("Patient")
+    research_and_treatment = minimise(patient, ["TREAT", "HRESCH"])
+    assert "name" not in research_and_treatment
+    assert research_and_treatment["birthDate"] == "1990"
+
+
+@pytest.mark.parametrize("purpose", sorted(PURPOSES))
+def test_c15_minimisation_never_mutates_its_input(purpose: str) -> None:
+    for resource in seed_resources():
+        before = copy.deepcopy(resource)
+        out = minimise(resource, [purpose])
+        assert resource == before
+        for value in out.values():  # the output shares nothing with the input
+            if isinstance(value, dict):
+                value["changed"] = True
+            elif isinstance(value, list) and value and isinstance(value[0], dict):
+                value[0]["changed"] = True
+        assert resource == before
+
+
+def test_c16_research_removes_every_direct_identifier_of_the_patient() -> None:
+    patient = seed_resource("Patient")
+    research = minimise(patient, ["HRESCH"])
+    text = orjson.dumps(research).decode()
+    for identifier in SAMUEL_IDENTIFIERS:
+        assert identifier not in text
+    assert research["birthDate"] == "1990"
+    assert research["address"] == [{"use": "home", "state": "OR", "country": "US"}]
+    assert research["gender"] == "male"
+    assert redacted(research)
+
+
+def test_c16_deidentification_of_people_keeps_identifier_system_not_value() -> None:
+    keep_all = Profile(("X",), {}, None, deidentify=True)
+    related = {
+        "resourceType": "RelatedPerson",
+        "id": "rp1",
+        "patient": {"reference": "Patient/p1", "display": "Leo Garcia"},
+        "identifier": [{"system": "https://hospital.example.org/mrn", "value": "MRN-1"}],
+        "name": [{"family": "Garcia"}],
+        "telecom": [{"system": "phone", "value": "+1-555-0100"}],
+        "photo": [{"contentType": "image/png", "data": "AAAA"}],
+        "birthDate": "1985-07-02",
+        "_birthDate": {
+            "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime"}]
+        },
+        "address": [{"line": ["1 Main St"], "city": "Riverside", "state": "OR"}],
+        "relationship": [{"coding": [{"code": "MTH"}]}],
+    }
+    out = keep_all.apply(related)
+    assert out["identifier"] == [{"system": "https://hospital.example.org/mrn"}]
+    assert out["patient"] == {"reference": "Patient/p1"}
+    assert out["birthDate"] == "1985"
+    assert out["address"] == [{"state": "OR"}]
+    assert out["relationship"] == related["relationship"]
+    for gone in ("name", "telecom", "photo", "_birthDate"):
+        assert gone not in out
+
+
+def test_c16_research_references_keep_only_type_and_id() -> None:
+    obs = {
+        **seed_resource("Observation"),
+        "subject": {"reference": "Patient/pat-samuel-reed", "display": "Samuel Reed"},
+        "encounter": {
+            "reference": "Encounter/enc-1",
+            "type": "Encounter",
+            "identifier": {"system": "urn:visit", "value": "V-77"},
+        },
+        "derivedFrom": [{"display": "Dr Okafor's note"}, {"reference": "Observation/o2"}],
+        "hasMember": [{"identifier": {"system": "urn:lab", "value": "L-1"}}],
+    }
+    out = minimise(obs, ["HRESCH"])
+    assert out["subject"] == {"reference": "Patient/pat-samuel-reed"}
+    assert out["encounter"] == {"reference": "Encounter/enc-1", "type": "Encounter"}
+    assert out["derivedFrom"] == [{"reference": "Observation/o2"}]
+    assert "hasMember" not in out  # no literal reference left
+    assert "Samuel" not in orjson.dumps(out).decode()
+    # Codings with a display are not references and keep it.
+    assert out["code"] == obs["code"]
+
+
+def test_c16_contained_people_are_deidentified_too() -> None:
+    keep_all = Profile(("X",), {}, None, deidentify=True)
+    request = {
+        "resourceType": "MedicationRequest",
+        "id": "m1",
+        "contained": [{"resourceType": "Patient", "id": "p", "name": [{"family": "Reed"}]}],
+        "subject": {"reference": "#p"},
+    }
+    out = keep_all.apply(request)
+    assert out["contained"] == [
+        {"resourceType": "Patient", "id": "p", "meta": {"security": [REDACTED]}}
+    ]
+    assert redacted(out)
+
+
+def _bundle(count: int, **extra: Any) -> dict[str, Any]:
+    resources = seed_resources()
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": count,
+        "entry": [
+            {
+                "fullUrl": f"http://example.org/fhir/{r['resourceType']}/{r['id']}",
+                "resource": r,
+                "search": {"mode": "match"},
+            }
+            for r in (resources[i % len(resources)] for i in range(count))
+        ],
+        **extra,
+    }
+
+
+def test_c18_total_is_recounted_on_a_single_page() -> None:
+    bundle = _bundle(10)
+    bundle["entry"].append({"resource": seed_resource("Patient"), "search": {"mode": "include"}})
+    bundle["entry"].append({"fullUrl": "http://example.org/fhir/Observation/deleted"})
+    before = copy.deepcopy(bundle)
+
+    def keep_observations(resource: Any) -> dict[str, Any] | None:
+        if resource["resourceType"] in ("Observation", "Patient"):
+            return minimise(resource, ["HRESCH"])
+        return None
+
+    released = release_bundle(bundle, keep_observations)
+    kept = sum(
+        1
+        for e in bundle["entry"][:10]
+        if e["resource"]["resourceType"] in ("Observation", "Patient")
+    )
+    assert released["total"] == kept < 10
+    assert len(released["entry"]) == kept + 1  # the included Patient, not the bare entry
+    assert all("resource" in entry for entry in released["entry"])
+    assert bundle == before
+
+
+def test_c18_total_is_omitted_on_a_page_of_a_paged_result() -> None:
+    bundle = _bundle(5, link=[{"relation": "next", "url": "http://example.org/fhir?page=2"}])
+    released = release_bundle(bundle, lambda r: minimise(r, ["TREAT"]))
+    assert "total" not in released
+    assert len(released["entry"]) == 5
+
+
+def test_c18_nothing_released_means_no_entries_and_total_zero() -> None:
+    released = release_bundle(_bundle(3), lambda r: None)
+    assert released["total"] == 0
+    assert "entry" not in released
+
+
+@pytest.mark.parametrize("purpose", ["TREAT", "HRESCH"])
+def test_c15_minimising_a_thousand_entry_bundle_is_fast(purpose: str) -> None:
+    bundle = _bundle(1000)
+    profile = profile_for([purpose])
+    release_bundle(bundle, profile.apply)  # warm up
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        released = release_bundle(bundle, profile.apply)
+        runs.append(time.perf_counter() - start)
+    assert len(released["entry"]) == 1000
+    print(f"minimise a 1,000-entry Bundle for {purpose}: {min(runs) * 1000:.1f} ms")
+    assert min(runs) < 0.5
