@@ -1,0 +1,339 @@
+"""Consents in MongoDB (CONSENT.md C-01, C-02, C-05, C-12, C-22; SECURITY.md P-13), against the
+real MongoDB-wire server of the local stack."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from consent import model
+from consent.decide import Basis, RequestAttributes, decide
+from consent.errors import (
+    ConsentDeleted,
+    ConsentInvalid,
+    ConsentNotFound,
+    InvalidParameter,
+    VersionConflict,
+)
+from consent.store import COLLECTION, ConsentStore
+from tests.consent.conftest import seed_resource
+
+DB = AsyncDatabase[dict[str, Any]]
+NOW = datetime.now(UTC)
+START = NOW - timedelta(days=1)
+END = NOW + timedelta(days=90)
+
+
+@pytest.fixture
+async def store(db: DB) -> ConsentStore:
+    consents = ConsentStore(db)
+    await consents.ensure_indexes()
+    return consents
+
+
+def grant(patient_id: str = "pat-1", client_id: str = "app-a", **extra: Any) -> dict[str, Any]:
+    consent = model.app_grant(
+        patient_id, client_id, client_id.upper(), ["TREAT"], ["Observation"], [], START, END
+    )
+    return {**consent, **extra}
+
+
+def deny_app(patient_id: str = "pat-1", client_id: str = "app-a") -> dict[str, Any]:
+    consent = grant(patient_id, client_id)
+    consent["provision"] = {"type": "deny", "actor": consent["provision"]["actor"]}
+    return consent
+
+
+def request(client_id: str = "app-a", patient_id: str = "pat-1") -> RequestAttributes:
+    return RequestAttributes(patient_id, client_id, datetime.now(UTC), purposes=("TREAT",))
+
+
+async def test_c02_indexes_on_patient_status_and_actor(store: ConsentStore, db: DB) -> None:
+    indexes = [index["key"] for index in (await db[COLLECTION].index_information()).values()]
+    assert [("patient_id", 1), ("status", 1)] in indexes
+    assert [("client_ids", 1), ("patient_id", 1)] in indexes
+    assert [("actors", 1)] in indexes
+    await store.ensure_indexes()  # idempotent
+
+
+async def test_c01_create_assigns_id_and_version(store: ConsentStore) -> None:
+    created = await store.create({**grant(), "id": "client-chosen"})
+    assert created["id"] != "client-chosen"
+    assert created["meta"]["versionId"] == "1"
+    assert created["meta"]["lastUpdated"].endswith("Z")
+    assert await store.read(created["id"]) == created
+
+
+async def test_c01_invalid_consent_is_refused_with_every_rule_and_not_stored(
+    store: ConsentStore,
+) -> None:
+    broken = grant()
+    del broken["policyRule"]
+    broken["provision"] = {**broken["provision"], "type": "maybe"}
+    with pytest.raises(ConsentInvalid) as refused:
+        await store.create(broken)
+    assert {issue.rule for issue in refused.value.issues} == {"ppc-1", "binding"}
+    assert await store.search(patient_id="pat-1") == []
+
+
+async def test_c01_update_makes_a_new_version_and_keeps_the_old(store: ConsentStore) -> None:
+    created = await store.create(grant())
+    consent_id = created["id"]
+    updated = await store.update(consent_id, {**created, "status": "inactive"}, if_match="1")
+    assert updated["meta"]["versionId"] == "2"
+    assert (await store.read(consent_id))["status"] == "inactive"
+    assert (await store.vread(consent_id, "1"))["status"] == "active"
+    history = await store.history(consent_id)
+    assert [(h.version_id, h.method) for h in history] == [("2", "PUT"), ("1", "POST")]
+    assert history[0].resource == updated
+
+
+async def test_c01_stale_version_conflicts(store: ConsentStore) -> None:
+    created = await store.create(grant())
+    await store.update(created["id"], {**created, "status": "inactive"}, if_match="1")
+    with pytest.raises(VersionConflict):
+        await store.update(created["id"], created, if_match="1")
+
+
+async def test_c01_concurrent_writers_of_one_version_one_wins(store: ConsentStore) -> None:
+    created = await store.create(grant())
+    results = await asyncio.gather(
+        *(
+            store.update(created["id"], {**created, "status": s}, if_match="1")
+            for s in ("inactive", "rejected", "draft")
+        ),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, dict) for r in results) == 1
+    assert sum(isinstance(r, VersionConflict) for r in results) == 2
+    assert [h.version_id for h in await store.history(created["id"])] == ["2", "1"]
+
+
+async def test_c01_update_cannot_move_a_consent_to_another_patient(store: ConsentStore) -> None:
+    created = await store.create(grant())
+    moved = {**created, "patient": {"reference": "Patient/pat-2"}}
+    with pytest.raises(ConsentInvalid, match="patient"):
+        await store.update(created["id"], moved)
+    with pytest.raises(ConsentInvalid, match="id"):
+        await store.update(created["id"], {**created, "id": "other"})
+    assert (await store.read(created["id"]))["patient"] == {"reference": "Patient/pat-1"}
+
+
+async def test_c12_delete_is_recorded_and_ends_the_consent(store: ConsentStore) -> None:
+    created = await store.create(grant())
+    await store.delete(created["id"], if_match="1")
+    with pytest.raises(ConsentDeleted):
+        await store.read(created["id"])
+    with pytest.raises(ConsentDeleted):
+        await store.vread(created["id"], "2")
+    assert (await store.vread(created["id"], "1")) == created
+    assert [h.method for h in await store.history(created["id"])] == ["DELETE", "POST"]
+    assert await store.active_for("pat-1") == []
+
+
+async def test_c01_unknown_ids_and_versions(store: ConsentStore) -> None:
+    with pytest.raises(ConsentNotFound):
+        await store.read("no-such-consent")
+    with pytest.raises(ConsentNotFound):
+        await store.history("no-such-consent")
+    created = await store.create(grant())
+    with pytest.raises(ConsentNotFound):
+        await store.vread(created["id"], "7")
+
+
+@pytest.mark.parametrize(
+    "hostile", [{"$gt": ""}, {"$ne": None}, "../x", "", "a" * 65, 5, ["pat-1"]]
+)
+async def test_p13_query_operators_as_patient_ids_are_refused(
+    store: ConsentStore, hostile: Any
+) -> None:
+    await store.create(grant("pat-1"))
+    await store.create(grant("pat-2"))
+    with pytest.raises(InvalidParameter):
+        await store.active_for(hostile)
+    with pytest.raises(InvalidParameter):
+        await store.search(patient_id=hostile)
+    with pytest.raises(InvalidParameter):
+        await store.read(hostile)
+    with pytest.raises(InvalidParameter):
+        await store.revoke_app(hostile, "app-a")
+    with pytest.raises(InvalidParameter):
+        await store.erase_patient(hostile)
+    assert len(await store.active_for("pat-1")) == 1
+
+
+@pytest.mark.parametrize("hostile", [{"$gt": ""}, {"$ne": None}, "app a", "", "a" * 129, 5])
+async def test_p13_query_operators_as_client_ids_are_refused(
+    store: ConsentStore, hostile: Any
+) -> None:
+    await store.create(grant("pat-1"))
+    with pytest.raises(InvalidParameter):
+        await store.revoke_app("pat-1", hostile)
+    with pytest.raises(InvalidParameter):
+        await store.search(client_id=hostile)
+    assert len(await store.active_for("pat-1")) == 1
+
+
+async def test_p13_status_and_version_are_checked_values(store: ConsentStore) -> None:
+    created = await store.create(grant())
+    with pytest.raises(InvalidParameter):
+        await store.search(status={"$in": ["active"]})  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameter):
+        await store.vread(created["id"], "1 || true")
+    with pytest.raises(InvalidParameter):
+        await store.update(created["id"], created, if_match='W/"1"')
+
+
+async def test_c02_search_by_patient_status_and_app(store: ConsentStore) -> None:
+    a1 = await store.create(grant("pat-1", "app-a"))
+    b1 = await store.create(grant("pat-1", "app-b"))
+    a2 = await store.create(grant("pat-2", "app-a"))
+    await store.update(b1["id"], {**b1, "status": "inactive"})
+    assert {c["id"] for c in await store.search(patient_id="pat-1")} == {a1["id"], b1["id"]}
+    assert [c["id"] for c in await store.search(patient_id="pat-1", status="active")] == [a1["id"]]
+    assert {c["id"] for c in await store.search(client_id="app-a")} == {a1["id"], a2["id"]}
+    assert [c["id"] for c in await store.search(client_id="app-a", patient_id="pat-2")] == [
+        a2["id"]
+    ]
+    assert len(await store.search(limit=1)) == 1
+
+
+async def test_c06_active_for_returns_only_the_patients_active_consents(
+    store: ConsentStore,
+) -> None:
+    active = await store.create(grant("pat-1"))
+    await store.create(grant("pat-1", status="draft"))
+    await store.create(grant("pat-2"))
+    assert await store.active_for("pat-1") == [active]
+
+
+async def test_c12_revoke_app_deactivates_its_permits_only(store: ConsentStore) -> None:
+    mine = await store.create(grant("pat-1", "app-a"))
+    again = await store.create(grant("pat-1", "app-a"))
+    blocked = await store.create(deny_app("pat-1", "app-a"))
+    other_app = await store.create(grant("pat-1", "app-b"))
+    other_patient = await store.create(grant("pat-2", "app-a"))
+    revoked = await store.revoke_app("pat-1", "app-a")
+    assert revoked == sorted([mine["id"], again["id"]])
+    still = {c["id"] for c in await store.active_for("pat-1")}
+    assert still == {blocked["id"], other_app["id"]}
+    assert [c["id"] for c in await store.active_for("pat-2")] == [other_patient["id"]]
+    assert (await store.read(mine["id"]))["meta"]["versionId"] == "2"
+    assert await store.revoke_app("pat-1", "app-a") == []
+
+
+async def test_c12_revocation_through_one_instance_is_seen_by_the_next_request_on_another(
+    store: ConsentStore, db: DB, local_stack_env: Any
+) -> None:
+    other_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        local_stack_env.mongo_uri, tz_aware=True
+    )
+    try:
+        other = ConsentStore(other_client[db.name])
+        await store.grant_app("pat-1", "app-a", "App A", ["TREAT"], ["Observation"], [], START, END)
+        observation = seed_resource("Observation") | {"subject": {"reference": "Patient/pat-1"}}
+        assert decide(await other.active_for("pat-1"), request(), observation).permitted
+        started = time.perf_counter()
+        await store.revoke_app("pat-1", "app-a")
+        decision = decide(await other.active_for("pat-1"), request(), observation)
+        elapsed = time.perf_counter() - started
+        assert decision.basis is Basis.NO_CONSENT
+        print(f"revoke on one instance -> next decision on another: {elapsed * 1000:.1f} ms")
+    finally:
+        await other_client.close()
+
+
+async def test_c14_revocation_works_for_a_consent_todays_rules_would_reject(
+    store: ConsentStore, db: DB
+) -> None:
+    created = await store.create(grant())
+    legacy = {k: v for k, v in created.items() if k != "category"}  # stored before a rule
+    await db[COLLECTION].update_one({"_id": created["id"]}, {"$set": {"resource": legacy}})
+    assert await store.revoke_app("pat-1", "app-a") == [created["id"]]
+    assert await store.active_for("pat-1") == []
+
+
+async def test_c05_grant_app_writes_a_valid_consent_that_permits(store: ConsentStore) -> None:
+    consent = await store.grant_app(
+        "pat-1",
+        "app-a",
+        "App A",
+        ["TREAT"],
+        ["Observation"],
+        ["patient/Condition.rs?category=problem-list-item"],
+        START,
+        END,
+        "Patient/pat-1",
+    )
+    model.validate(consent)
+    assert consent["performer"] == [{"reference": "Patient/pat-1"}]
+    observation = seed_resource("Observation") | {"subject": {"reference": "Patient/pat-1"}}
+    assert decide(await store.active_for("pat-1"), request(), observation).permitted
+    assert not decide(await store.active_for("pat-1"), request("app-b"), observation).permitted
+
+
+async def test_c05_a_new_grant_supersedes_the_apps_earlier_grant(store: ConsentStore) -> None:
+    first = await store.grant_app("pat-1", "app-a", "A", ["TREAT"], ["Observation"], [], START, END)
+    other = await store.grant_app("pat-1", "app-b", "B", ["TREAT"], ["Observation"], [], START, END)
+    second = await store.grant_app("pat-1", "app-a", "A", ["TREAT"], ["Condition"], [], START, END)
+    assert {c["id"] for c in await store.active_for("pat-1")} == {other["id"], second["id"]}
+    assert (await store.read(first["id"]))["status"] == "inactive"
+
+
+async def test_c05_grant_app_refuses_bad_values(store: ConsentStore) -> None:
+    with pytest.raises(InvalidParameter):
+        await store.grant_app("pat-1", "app-a", "A", [], ["NotAType"], [], START, END)
+    with pytest.raises(InvalidParameter):
+        await store.grant_app("pat 1", "app-a", "A", [], ["Observation"], [], START, END)
+    with pytest.raises(InvalidParameter):
+        await store.grant_app("pat-1", "app a", "A", [], ["Observation"], [], START, END)
+    with pytest.raises(InvalidParameter):
+        await store.grant_app(
+            "pat-1", "app-a", "A", [], [], ["patient/Observation.rs?_id=x"], START, END
+        )
+    assert await store.search(patient_id="pat-1") == []
+
+
+async def test_c22_erasure_withdraws_keeps_evidence_and_deletes_unused_drafts(
+    store: ConsentStore, db: DB
+) -> None:
+    active = await store.create(grant("pat-1"))
+    revoked = await store.create(grant("pat-1"))
+    await store.update(revoked["id"], {**revoked, "status": "inactive"})
+    draft = await store.create(grant("pat-1", status="draft"))
+    was_active = await store.create(grant("pat-1", "app-b"))
+    await store.update(was_active["id"], {**was_active, "status": "draft"})
+    other = await store.create(grant("pat-2"))
+    report = await store.erase_patient("pat-1")
+    assert report.withdrawn == (active["id"],)
+    assert report.deleted == (draft["id"],)
+    assert set(report.kept) == {active["id"], revoked["id"], was_active["id"]}
+    assert await store.active_for("pat-1") == []
+    with pytest.raises(ConsentNotFound):
+        await store.read(draft["id"])
+    assert await db["consent_history"].count_documents({"consent_id": draft["id"]}) == 0
+    assert [h.version_id for h in await store.history(active["id"])] == ["2", "1"]
+    assert [c["id"] for c in await store.active_for("pat-2")] == [other["id"]]
+
+
+async def test_c12_active_for_cost_per_call(store: ConsentStore) -> None:
+    patients = [f"pat-{i}" for i in range(200)]
+    consents = [grant(p, f"app-{j}") for p in patients for j in range(5)]
+    for consent in consents:
+        await store.create(consent)
+    for _ in range(50):  # warm up
+        await store.active_for("pat-7")
+    calls = 1000
+    started = time.perf_counter()
+    for _ in range(calls):
+        found = await store.active_for("pat-7")
+    mean = (time.perf_counter() - started) / calls
+    assert len(found) == 5
+    print(f"active_for over {len(consents)} consents, 5 for the patient: {mean * 1e6:.0f} us/call")
+    assert mean < 0.05
