@@ -10,14 +10,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
 from gateway import health
-from gateway.appkeys import METRICS, MONGO, REWRITER, SETTINGS, UPSTREAM
+from gateway.appkeys import AUTH, METRICS, MONGO, PIPELINE, REWRITER, SETTINGS, UPSTREAM
+from gateway.authenticate import Authenticator
+from gateway.authserver import setup_authserver
 from gateway.metrics import Metrics
 from gateway.middleware import add_request_id, fhir_errors, request_context, request_limits
-from gateway.proxy import handle_fhir
+from gateway.paging import PageSigner, load_secret
+from gateway.pipeline import Pipeline, handle_fhir
 from gateway.rewrite import UrlRewriter
 from gateway.settings import Settings, SettingsError
 from gateway.upstream import Upstream, create_session
@@ -56,6 +60,37 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
+async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
+    """The FHIR pipeline: token validation against the key ring and any external issuers (with
+    their own small HTTP session for fetching JWKS), and the shared paging secret."""
+    settings = app[SETTINGS]
+    auth = app[AUTH]
+    jwks_http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+    authenticator = Authenticator(
+        issuer=settings.public_base_url,
+        audience=settings.fhir_base_url,
+        own_jwks=auth.keys.public_jwks,
+        revocations=auth.revocations,
+        external=settings.external_issuers,
+        http=jwks_http,
+        jwks_refresh_min_seconds=settings.jwks_refresh_min_seconds,
+    )
+    configured = settings.paging_secret.get_secret_value() if settings.paging_secret else None
+    secret = await load_secret(app[MONGO][settings.mongodb_database], configured)
+    app[PIPELINE] = Pipeline(
+        settings,
+        app[UPSTREAM],
+        app[REWRITER],
+        authenticator,
+        PageSigner(secret, settings.page_link_lifetime_seconds),
+        app[METRICS],
+    )
+    try:
+        yield
+    finally:
+        await jwks_http.close()
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the gateway for these settings."""
     if settings.upstream_url is None:
@@ -81,6 +116,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
+    setup_authserver(app)  # before the catch-all /fhir route: it serves /fhir/.well-known/...
+    app.cleanup_ctx.append(_pipeline_context)  # after the authorization server's (key ring)
     app.router.add_route("*", "/fhir", handle_fhir)
     app.router.add_route("*", "/fhir/{path:.*}", handle_fhir)
     return app

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pymongo import AsyncMongoClient
@@ -12,13 +13,25 @@ from gateway.metrics import Metrics
 from gateway.rewrite import UrlRewriter
 from gateway.settings import Settings
 from gateway.upstream import Upstream
+from smart_auth.server import SmartAuthorizationServer
+from smart_auth.services import AuthServices
+from smart_auth.sessions import Session
+
+if TYPE_CHECKING:  # gateway.pipeline imports this module: named as a string below
+    from gateway.pipeline import Pipeline  # noqa: F401
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 MONGO = web.AppKey("mongo", AsyncMongoClient[dict[str, Any]])
 UPSTREAM = web.AppKey("upstream", Upstream)
 REWRITER = web.AppKey("rewriter", UrlRewriter)
+AUTH = web.AppKey("auth", AuthServices)
+AUTH_SERVER = web.AppKey("auth_server", SmartAuthorizationServer)
+AUTH_THREADS = web.AppKey("auth_threads", ThreadPoolExecutor)
+PIPELINE = web.AppKey["Pipeline"]("pipeline")
 
 REQUEST_ID = web.RequestKey("request_id", str)
 INTERACTION = web.RequestKey("interaction", FhirInteraction)
 METRIC_LABEL = web.RequestKey("metric_label", str)
+AUTH_SESSION = web.RequestKey("auth_session", Session)
+AUTH_SESSION_TOKEN = web.RequestKey("auth_session_token", str)

@@ -1,0 +1,194 @@
+"""The signing keys of the authorization server: RS256 keys for access tokens (RFC 9068, SMART S-20)
+and id_tokens (S-18), published as a JWKS (RFC 7517) at ``jwks_uri``.
+
+Rotation with overlap (SECURITY.md P-17): :meth:`KeyRing.rotate` makes a new key current and marks
+the old one retired with ``publish_until`` = now + the longest token lifetime + clock skew; the
+JWKS keeps publishing a retired key until then, and a TTL index removes it afterwards. Rotation
+also happens by itself when the current key is older than ``rotate_after``.
+
+Several gateway instances share one key ring: the current key is named by one state document
+(``_id: "current"``) that rotation changes with a compare-and-set, so two instances rotating at the
+same moment end with one new key. :meth:`KeyRing.public_jwks` is cheap: one ``_id`` lookup of that
+state document, then the cached key set unless the state's version changed.
+
+Private keys are stored as JWKs in MongoDB; protect the database accordingly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet, RSAKey
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+KEYS = "signing_keys"
+STATE = "signing_key_state"
+ALGORITHM = "RS256"
+_CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """The current private signing key."""
+
+    kid: str
+    key: RSAKey
+    created_at: datetime
+    alg: str = ALGORITHM
+
+    def sign(self, claims: dict[str, Any], typ: str = "JWT") -> str:
+        """A compact JWS of ``claims`` with header ``{typ, alg, kid}``."""
+        header = {"typ": typ, "alg": self.alg, "kid": self.kid}
+        return jwt.encode(header, claims, self.key, algorithms=[self.alg])
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    version: int
+    current: SigningKey
+    published: tuple[tuple[dict[str, Any], datetime | None], ...]  # (public JWK, publish_until)
+
+
+def _new_key() -> RSAKey:
+    return RSAKey.generate_key(2048, parameters={"kid": uuid.uuid4().hex, "alg": ALGORITHM})
+
+
+class KeyRing:
+    """The signing keys in MongoDB: ``KeyRing(db)``, then ``await ensure_indexes()``."""
+
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        *,
+        longest_token_lifetime: timedelta = timedelta(hours=1),
+        rotate_after: timedelta | None = None,
+    ) -> None:
+        self._keys = db[KEYS]
+        self._state = db[STATE]
+        self._overlap = longest_token_lifetime + _CLOCK_SKEW
+        self._rotate_after = rotate_after
+        self._snapshot: _Snapshot | None = None
+        self._lock = asyncio.Lock()
+
+    async def ensure_indexes(self) -> None:
+        await self._keys.create_index("publish_until", expireAfterSeconds=0)
+
+    async def signing_key(self) -> SigningKey:
+        """The current key (made on first use; rotated when older than ``rotate_after``)."""
+        snapshot = await self._load()
+        current = snapshot.current
+        too_old = self._rotate_after is not None and (
+            datetime.now(UTC) - current.created_at > self._rotate_after
+        )
+        if too_old:
+            return await self.rotate(expected_kid=current.kid)
+        return current
+
+    async def public_jwks(self) -> dict[str, Any]:
+        """``{"keys": [...]}``: the public halves of the current key and of every retired key
+        whose tokens may still be valid. Never a private parameter."""
+        snapshot = await self._load()
+        now = datetime.now(UTC)
+        return {
+            "keys": [dict(jwk) for jwk, until in snapshot.published if until is None or until > now]
+        }
+
+    async def rotate(self, *, expected_kid: str | None = None) -> SigningKey:
+        """Make a new key current; the old one stays published until its tokens have expired.
+        With ``expected_kid``, rotate only if that key is still the current one."""
+        snapshot = await self._load()
+        old = snapshot.current
+        if expected_kid is not None and old.kid != expected_kid:
+            return old
+        key = await asyncio.to_thread(_new_key)
+        now = datetime.now(UTC)
+        await self._keys.insert_one(
+            {"_id": key.kid, "jwk": key.as_dict(private=True), "created_at": now}
+        )
+        swapped = await self._state.find_one_and_update(
+            {"_id": "current", "kid": old.kid},
+            {"$set": {"kid": key.kid, "rotated_at": now}, "$inc": {"version": 1}},
+        )
+        if swapped is None:  # another instance rotated first: keep its key
+            await self._keys.delete_one({"_id": key.kid})
+        else:
+            await self._keys.update_one(
+                {"_id": old.kid},
+                {"$set": {"retired_at": now, "publish_until": now + self._overlap}},
+            )
+        self._snapshot = None
+        return (await self._load()).current
+
+    def verify(self, token: str, jwks: dict[str, Any]) -> jwt.Token:
+        """Check a token's signature against ``jwks`` (from :meth:`public_jwks`); raises
+        :class:`joserfc.errors.JoseError` when it does not verify. Claims are not checked here."""
+        keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
+        return jwt.decode(token, keys, algorithms=[ALGORITHM])
+
+    async def _load(self) -> _Snapshot:
+        state = await self._state.find_one({"_id": "current"})
+        if state is None:
+            state = await self._create_first()
+        cached = self._snapshot
+        if cached is not None and cached.version == state["version"]:
+            return cached
+        async with self._lock:
+            docs = [doc async for doc in self._keys.find({})]
+            by_kid = {doc["_id"]: doc for doc in docs}
+            current_doc = by_kid.get(state["kid"])
+            if current_doc is None:  # state written, key not yet visible: read again
+                current_doc = await self._keys.find_one({"_id": state["kid"]})
+                if current_doc is None:
+                    raise RuntimeError("the signing key state names a key that does not exist")
+                by_kid[state["kid"]] = current_doc
+            current_key = RSAKey.import_key(current_doc["jwk"])
+            # Every stored key is published: the current one, retired ones until their
+            # publish_until (the TTL index then removes them), and an old key whose retirement
+            # is being written by a rotation right now.
+            published = tuple(
+                (
+                    RSAKey.import_key(doc["jwk"]).as_dict(private=False, use="sig", alg=ALGORITHM),
+                    doc.get("publish_until"),
+                )
+                for doc in by_kid.values()
+            )
+            snapshot = _Snapshot(
+                state["version"],
+                SigningKey(state["kid"], current_key, current_doc["created_at"]),
+                published,
+            )
+            self._snapshot = snapshot
+            return snapshot
+
+    async def _create_first(self) -> dict[str, Any]:
+        key = await asyncio.to_thread(_new_key)
+        now = datetime.now(UTC)
+        await self._keys.insert_one(
+            {"_id": key.kid, "jwk": key.as_dict(private=True), "created_at": now}
+        )
+        state = {"_id": "current", "kid": key.kid, "version": 1, "rotated_at": now}
+        try:
+            await self._state.insert_one(state)
+        except DuplicateKeyError:  # another instance made the first key at the same time
+            await self._keys.delete_one({"_id": key.kid})
+            existing = await self._state.find_one({"_id": "current"})
+            assert existing is not None
+            return existing
+        return state
+
+
+def decode_unverified_header(token: str) -> dict[str, Any] | None:
+    """The protected header of a compact JWS, or ``None`` when it is not one."""
+    from joserfc import jws
+
+    try:
+        return dict(jws.extract_compact(token.encode()).headers())
+    except (JoseError, ValueError, UnicodeError):
+        return None

@@ -1,0 +1,132 @@
+"""Everything the authorization server keeps in MongoDB, built once per application from a plain
+:class:`AuthConfig` (the web layer fills it from its settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from smart_auth.backend_services import JtiStore
+from smart_auth.client_keys import ClientKeyResolver, JwksFetcher
+from smart_auth.clients import ClientStore
+from smart_auth.codes import CodeStore
+from smart_auth.events import SecurityEvents
+from smart_auth.flows import FlowStore
+from smart_auth.grants import GrantStore
+from smart_auth.keys import KeyRing
+from smart_auth.launch import LaunchStore
+from smart_auth.refresh import RefreshStore
+from smart_auth.revocation import Revoker
+from smart_auth.revocations import RevocationList
+from smart_auth.sessions import SessionStore
+from smart_auth.throttle import LoginThrottle, Throttle
+from smart_auth.tokens import TokenPolicy
+from smart_auth.users import UserStore
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    issuer: str  # the gateway's public base URL
+    fhir_base: str  # the ``aud`` of access tokens
+    access_token_lifetime: int = 3600
+    backend_token_lifetime: int = 300
+    code_lifetime: int = 60
+    refresh_idle: int = 30 * 86400
+    refresh_max: int = 365 * 86400
+    session_idle: int = 900
+    session_absolute: int = 43200
+    mfa_required_for_patients: bool = False
+    key_rotation_days: int = 30
+    login_max_failures: int = 5
+    login_lock_seconds: int = 60
+    launch_lifetime: int = 300
+    client_jwks_max_cache: int = 3600
+    cookies_secure: bool = False
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.issuer}/auth/token"
+
+    @property
+    def token_policy(self) -> TokenPolicy:
+        return TokenPolicy(
+            self.issuer, self.fhir_base, self.access_token_lifetime, self.backend_token_lifetime
+        )
+
+
+@dataclass(frozen=True)
+class AuthServices:
+    config: AuthConfig
+    clients: ClientStore
+    users: UserStore
+    sessions: SessionStore
+    throttle: LoginThrottle
+    flows: FlowStore
+    launches: LaunchStore
+    codes: CodeStore
+    grants: GrantStore
+    refresh: RefreshStore
+    keys: KeyRing
+    revocations: RevocationList
+    jtis: JtiStore
+    client_keys: ClientKeyResolver
+    revoker: Revoker
+    events: SecurityEvents
+    db: AsyncDatabase[dict[str, Any]]
+
+    async def ensure_indexes(self) -> None:
+        for store in (
+            self.clients,
+            self.users,
+            self.sessions,
+            self.throttle,
+            self.flows,
+            self.launches,
+            self.codes,
+            self.grants,
+            self.refresh,
+            self.keys,
+            self.revocations,
+            self.jtis,
+            self.events,
+        ):
+            await store.ensure_indexes()
+
+
+def build_services(
+    db: AsyncDatabase[dict[str, Any]], config: AuthConfig, fetch_jwks: JwksFetcher | None = None
+) -> AuthServices:
+    revocations = RevocationList(db)
+    grants = GrantStore(db, revocations)
+    refresh = RefreshStore(db, timedelta(seconds=config.refresh_idle))
+    sessions = SessionStore(
+        db,
+        idle=timedelta(seconds=config.session_idle),
+        absolute=timedelta(seconds=config.session_absolute),
+    )
+    return AuthServices(
+        config=config,
+        clients=ClientStore(db),
+        users=UserStore(db),
+        sessions=sessions,
+        throttle=LoginThrottle(db, Throttle(config.login_max_failures, config.login_lock_seconds)),
+        flows=FlowStore(db),
+        launches=LaunchStore(db, timedelta(seconds=config.launch_lifetime)),
+        codes=CodeStore(db, timedelta(seconds=config.code_lifetime)),
+        grants=grants,
+        refresh=refresh,
+        keys=KeyRing(
+            db,
+            longest_token_lifetime=timedelta(seconds=config.access_token_lifetime),
+            rotate_after=timedelta(days=config.key_rotation_days),
+        ),
+        revocations=revocations,
+        jtis=JtiStore(db),
+        client_keys=ClientKeyResolver(fetch_jwks, config.client_jwks_max_cache),
+        revoker=Revoker(grants, refresh, revocations, sessions),
+        events=SecurityEvents(db),
+        db=db,
+    )
