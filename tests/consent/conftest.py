@@ -7,14 +7,15 @@ import uuid
 from collections.abc import AsyncIterator
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest_asyncio
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from tests.conftest import Stack
+if TYPE_CHECKING:
+    from tests.conftest import Stack
 
 SEED = Path(__file__).resolve().parents[2] / "fixtures" / "data"
 SENSITIVE_PATIENT = "pat-samuel-reed"
