@@ -1,4 +1,4 @@
-"""Code systems and fixed codes the consent package writes and reads (FHIR R4 Consent 10.4,
+"""Code systems and fixed codes the consent package writes and reads (FHIR R4 Consent,
 HL7 Terminology), and the loader for the package's data files (``consent/data/``).
 
 ``CLIENT_SYSTEM`` is this gateway's own identifier system for registered SMART clients: a Consent
@@ -36,7 +36,7 @@ REDACTED: Final = {"system": V3_OBSERVATION_VALUE, "code": "REDACTED", "display"
 """meta.security on a resource that minimisation changed (CONSENT.md C-15)."""
 
 SUBSETTED: Final = {"system": V3_OBSERVATION_VALUE, "code": "SUBSETTED", "display": "subsetted"}
-"""meta.tag on a resource reduced by ``_elements``/``_summary`` (FHIR R4 Search 3.1.1.5.8)."""
+"""meta.tag on a resource reduced by ``_elements``/``_summary`` (FHIR R4 Search, "Summary")."""
 
 
 def load_json(*path: str) -> Any:

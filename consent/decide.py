@@ -1,6 +1,6 @@
-"""The consent decision: may this resource be released to this request? (FHIR R4 Consent 10.4.4
-"Consent evaluation"; CONSENT.md C-03 to C-11; the evaluation order of the LEAP Consent Decision
-Service).
+"""The consent decision: may this resource be released to this request? (FHIR R4 Consent,
+hl7.org/fhir/R4/consent.html; CONSENT.md C-03 to C-11, which follow the LEAP Consent Decision
+Service's evaluation rules).
 
 A pure function of the patient's consents, the request and the resource::
 
@@ -25,7 +25,9 @@ The rules:
   resource's codes), ``securityLabel`` (its labels), ``dataPeriod`` (its clinical date) and
   ``data`` (``instance``: that resource; ``dependents``: it or a resource referring to it) limit
   which resources a provision is about. ``action`` is compared with ``request.action`` (reads and
-  searches are ``access``).
+  searches are ``access``). Actors match by reference (``Type/id``, or ``system|value`` of an
+  identifier reference; ``actor.role`` is not compared); purposes and actions match by code in
+  their code system (v3-ActReason, consentaction) without code hierarchies.
 - Unknown is not permitted: when the request or the resource lacks what an attribute needs (the
   request declares no purpose, the resource has no date, ``data.meaning`` is ``related`` or
   ``authoredby`` which needs other resources to evaluate), a permit provision does not match and

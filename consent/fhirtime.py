@@ -1,4 +1,4 @@
-"""FHIR R4 date, dateTime and instant values (FHIR R4 Datatypes 2.24.0.0) as UTC intervals.
+"""FHIR R4 date, dateTime and instant values (FHIR R4 datatypes page) as UTC intervals.
 
 A FHIR date can be partial (``2021``, ``2021-03``, ``2021-03-04``); it stands for every instant
 in that year, month or day. Each value becomes an inclusive interval ``(low, high)`` of aware

@@ -6,7 +6,7 @@ resource after the consent decision, with the purposes the :class:`~consent.deci
 
 - An element the profile does not keep is removed. ``id``, ``meta``, ``resourceType``,
   ``implicitRules`` and ``modifierExtension`` are always kept (a modifier may not be dropped
-  silently, FHIR R4 2.1.0.7).
+  silently: FHIR R4 "Modifier Elements").
 - When anything is removed, the narrative (``text``) goes too (it may describe what was removed)
   and ``meta.security`` gains ``REDACTED`` (v3-ObservationValue), so the app knows.
 - ``deidentify`` profiles (research, C-16) remove direct identifiers from the resources that

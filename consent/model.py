@@ -1,5 +1,5 @@
-"""The FHIR R4 Consent resource as this gateway stores it (FHIR R4 Consent 10.4; CONSENT.md C-01,
-C-05).
+"""The FHIR R4 Consent resource as this gateway stores it (hl7.org/fhir/R4/consent.html;
+CONSENT.md C-01, C-05).
 
 ``validate`` checks a Consent against the R4B model of fhir.resources (structure, cardinality,
 datatypes and the id pattern) and then against the rules the model does not check, and raises
@@ -54,7 +54,7 @@ _GRANULAR_PARAMS = frozenset({"category", "code"})
 
 
 def fhir_id(value: object, what: str = "id") -> str:
-    """``value`` if it is a FHIR id (R4 2.24.0.1: 1-64 of ``A-Z a-z 0-9 - .``), else
+    """``value`` if it is a FHIR id (R4 datatypes, ``id``: 1-64 of ``A-Z a-z 0-9 - .``), else
     :class:`InvalidParameter`. Everything that becomes part of a MongoDB query passes here."""
     if not isinstance(value, str) or not ID_PATTERN.match(value) or value.strip(".") == "":
         raise InvalidParameter(f"{what} must be a FHIR id (1-64 characters of A-Z a-z 0-9 - .)")

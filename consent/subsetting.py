@@ -1,5 +1,5 @@
 """Element metadata and the ``_elements`` / ``_summary`` result parameters (FHIR R4 Search
-3.1.1.5.8-9; CONSENT.md C-17).
+"Summary" and "Elements"; CONSENT.md C-17).
 
 What an element is called, whether it is a summary element, whether it is mandatory and which
 BackboneElement type it has come from the R4B models of fhir.resources (generated from the FHIR
@@ -28,7 +28,7 @@ from consent.codes import SUBSETTED
 
 ALWAYS = frozenset({"id", "meta", "resourceType", "implicitRules", "modifierExtension"})
 """Kept by every subsetting: the resource's identity, its meta, and the rules and modifiers that
-change its meaning (FHIR R4 2.1.0.7: modifiers may not be silently dropped)."""
+change its meaning (FHIR R4 "Modifier Elements": they may not be silently dropped)."""
 
 SUMMARY_MODES = frozenset({"true", "text", "data", "false"})
 
@@ -138,7 +138,7 @@ def _keep(resource: Mapping[str, Any], info: ElementInfo, wanted: frozenset[str]
 
 
 def apply_elements(resource: Mapping[str, Any], elements: Iterable[str]) -> dict[str, Any]:
-    """``_elements``: keep the named top-level elements plus the mandatory ones (R4 3.1.1.5.9).
+    """``_elements``: keep the named top-level elements and the mandatory ones (R4 "Elements").
 
     Names may carry the resource type (``Observation.code``: other types' names are ignored) or
     ``[x]`` (``value`` and ``value[x]`` both mean the choice element); unknown names are ignored.
