@@ -1,0 +1,181 @@
+"""The FHIR R4 Patient compartment as data (FHIR R4 CompartmentDefinition ``patient``; SMART.md
+S-26 … S-28; DESIGN.md "The patient compartment is data, not code").
+
+Data: ``gateway/data/compartmentdefinition-patient.json`` (which search parameters tie each resource
+type to a patient) and ``gateway/data/search-parameters-r4.json`` (where those parameters' values
+are, see :mod:`gateway.searchparams`). A resource is in patient P's compartment when one of its
+type's compartment parameters points at ``Patient/P`` (a Patient resource is also in its own).
+
+Narrowing a search on one parameter is safe: the gateway's ``param=Patient/P`` is ANDed with the
+caller's parameters by the upstream, and the parameter is chosen so that its paths lie within the
+compartment parameters' paths, so the upstream can only return a subset of P's compartment
+(possibly smaller: an Observation whose only link to P is ``performer`` is not found through
+``patient``). Every resource released is checked again with :func:`patients_of`, so a mistake in
+narrowing can only hide data, never release it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+from gateway.fhirdata import PATIENT_COMPARTMENT_PARAMS
+from gateway.searchparams import (
+    UnknownParameter,
+    normalise_reference,
+    reference_ids,
+    search_param,
+)
+
+PUBLIC_TYPES: frozenset[str] = frozenset(
+    {
+        # Directory: who gives care and where. Their elements describe staff, organisations and
+        # places; none can refer to a Patient (no reference search parameter targets one).
+        "Practitioner",
+        "PractitionerRole",
+        "Organization",
+        "OrganizationAffiliation",
+        "Location",
+        "HealthcareService",
+        "Endpoint",
+        # Products: what is given, not to whom (MedicationRequest, ...Dispense etc. say that).
+        "Medication",
+        "MedicationKnowledge",
+        "Substance",
+        # Terminology and conformance: how codes and the server's data are defined.
+        "CodeSystem",
+        "ValueSet",
+        "ConceptMap",
+        "NamingSystem",
+        "CapabilityStatement",
+        "StructureDefinition",
+        "OperationDefinition",
+        "SearchParameter",
+        "CompartmentDefinition",
+        "ImplementationGuide",
+        # Definitions (knowledge artefacts): forms and rules, never their answers or uses, which
+        # are QuestionnaireResponse, CarePlan, RequestGroup... inside the compartment.
+        "Questionnaire",
+        "ActivityDefinition",
+        "PlanDefinition",
+        "Library",
+        "ObservationDefinition",
+        "SpecimenDefinition",
+        "DeviceDefinition",
+    }
+)
+"""Types that carry no patient data: a patient-context token may read them. Deliberately left out,
+although outside the compartment: Device (``Device.patient``), Person and Linkage (they join
+patients' records), Slot (a person's availability), Subscription (criteria may name a patient, the
+channel may carry credentials), Bundle and Binary (they can hold anything), Contract, PaymentNotice,
+PaymentReconciliation, MessageHeader, and every rarely used type. A type that is neither in the
+compartment nor here is not released to a patient-context token."""
+
+
+def compartment_params(resource_type: str) -> tuple[str, ...]:
+    """The search parameters that put a ``resource_type`` in a patient's compartment."""
+    return PATIENT_COMPARTMENT_PARAMS.get(resource_type, ())
+
+
+def is_compartment_type(resource_type: str) -> bool:
+    """Whether resources of this type can be in a patient's compartment."""
+    return bool(compartment_params(resource_type))
+
+
+def security_context(resource: Mapping[str, Any]) -> str | None:
+    """The ``Type/id`` a Binary's ``securityContext`` points at (its access follows that
+    resource's: FHIR R4 Binary 2.3.1.1); ``None`` when there is none."""
+    value = resource.get("securityContext")
+    ref = value.get("reference") if isinstance(value, Mapping) else None
+    return normalise_reference(ref) if isinstance(ref, str) else None
+
+
+def binary_patients(resource: Mapping[str, Any]) -> frozenset[str]:
+    """The patient a Binary belongs to when its ``securityContext`` is that Patient. For any other
+    security context the caller resolves :func:`security_context` and asks :func:`patients_of`."""
+    context = security_context(resource)
+    if context is not None and context.startswith("Patient/"):
+        return frozenset({context.removeprefix("Patient/")})
+    return frozenset()
+
+
+def patients_of(resource: Mapping[str, Any]) -> frozenset[str]:
+    """The ids of the patients whose compartment holds ``resource``: every ``Patient/<id>`` its
+    type's compartment parameters point at, plus its own id for a Patient, plus a Binary's Patient
+    security context. Contained resources are not looked into (the caller checks them)."""
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str):
+        return frozenset()
+    if rtype == "Binary":
+        return binary_patients(resource)
+    found: set[str] = set()
+    if rtype == "Patient" and isinstance(resource.get("id"), str):
+        found.add(resource["id"])
+    for name in _patient_params(rtype):
+        for ref in reference_ids(resource, name):
+            if ref.startswith("Patient/"):
+                found.add(ref.removeprefix("Patient/"))
+    return frozenset(found)
+
+
+@cache
+def _patient_params(resource_type: str) -> tuple[str, ...]:
+    """The compartment parameters that are reference parameters able to point at a Patient."""
+    out: list[str] = []
+    for name in compartment_params(resource_type):
+        try:
+            param = search_param(resource_type, name)
+        except UnknownParameter:
+            continue
+        if param.type == "reference" and param.can_target("Patient"):
+            out.append(name)
+    return tuple(out)
+
+
+def _paths(resource_type: str, name: str) -> frozenset[tuple[str, ...]]:
+    return frozenset(p.steps for p in search_param(resource_type, name).paths)
+
+
+def _narrows_within(resource_type: str, name: str) -> bool:
+    """``name`` is a reference parameter that can point at a Patient and only looks where the
+    compartment parameters look."""
+    try:
+        param = search_param(resource_type, name)
+    except UnknownParameter:
+        return False
+    if param.type != "reference" or param.partial or not param.can_target("Patient"):
+        return False
+    if name in compartment_params(resource_type):
+        return True
+    within: set[tuple[str, ...]] = set()
+    for other in _patient_params(resource_type):
+        within |= _paths(resource_type, other)
+    return bool(param.paths) and _paths(resource_type, name) <= within
+
+
+@cache
+def narrowing_param(resource_type: str) -> str | None:
+    """The parameter the gateway adds to a patient-context search (``name=Patient/<id>``):
+    ``patient``, else ``subject``, else the first compartment parameter that can point at a Patient;
+    ``_id`` for Patient; ``None`` for a type outside the compartment."""
+    if resource_type == "Patient":
+        return "_id"
+    for name in ("patient", "subject", *compartment_params(resource_type)):
+        if _narrows_within(resource_type, name):
+            return name
+    return None
+
+
+_PARAM_BASE = re.compile(r"[:.]")
+
+
+def is_compartment_param(resource_type: str, name: str) -> bool:
+    """Whether the query parameter ``name`` is one of the type's compartment parameters, in any
+    case, with any modifier or chain (``subject``, ``SUBJECT``, ``subject:Patient``,
+    ``patient:missing``, ``subject:Patient.name``, ``subject.name``). The narrowing parameter is
+    not one unless the CompartmentDefinition lists it (``patient`` on Observation is not: it is
+    ANDed with the gateway's constraint like any ordinary parameter)."""
+    base = _PARAM_BASE.split(name, maxsplit=1)[0].strip().casefold()
+    return any(base == p.casefold() for p in compartment_params(resource_type))
