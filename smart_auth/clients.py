@@ -28,7 +28,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 from yarl import URL
 
-from smart_auth.scopes import Context, ScopeError, ScopeSet
+from smart_auth.scopes import Context, ScopeError, ScopeSet, parse_scope
 
 COLLECTION = "clients"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._~-]{3,128}$")
@@ -157,11 +157,15 @@ def narrow_scope(requested: str, allowed: ScopeSet) -> str | None:
     """The requested scopes that ``allowed`` covers, in request order (RFC 6749 3.3 lets the
     server grant less than asked); :class:`ScopeError` for a malformed scope; ``None`` when nothing
     is left."""
-    asked = ScopeSet.parse(requested, strict=True)
-    kept = [s for s in requested.split() if s in asked.other and s in allowed.other]
-    kept += [
-        str(s) for s in asked.resource if any(s.is_within(theirs) for theirs in allowed.resource)
-    ]
+    ScopeSet.parse(requested, strict=True)  # raises on a malformed scope
+    kept = []
+    for scope in requested.split():
+        parsed = parse_scope(scope)
+        if parsed is None:
+            if scope in allowed.other:
+                kept.append(scope)
+        elif any(parsed.is_within(theirs) for theirs in allowed.resource):
+            kept.append(scope)
     return " ".join(dict.fromkeys(kept)) or None
 
 

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from gateway.appkeys import AUTH, METRIC_LABEL
 from gateway.authserver.errors import ApiError
-from gateway.authserver.web import current_session, record
+from gateway.authserver.rendering import current_session, record
 from smart_auth.clients import Client, ClientError, ClientType, new_client
 from smart_auth.launch import LaunchError
 from smart_auth.passwords import WeakPassword

@@ -22,7 +22,7 @@ from gateway.authserver.actsfor import acts_for, patient_names
 from gateway.authserver.adapter import call, plain_request, stored_request, to_response
 from gateway.authserver.consents import write_app_consent
 from gateway.authserver.errors import BadPage, NotAllowed, NotSignedIn
-from gateway.authserver.web import (
+from gateway.authserver.rendering import (
     BROWSER_COOKIE,
     current_session,
     origin_of,

@@ -31,7 +31,7 @@ from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Error
 
 from gateway.appkeys import REQUEST_ID
 from gateway.authserver.adapter import NO_STORE
-from gateway.authserver.web import render
+from gateway.authserver.rendering import render
 
 log = logging.getLogger(__name__)
 

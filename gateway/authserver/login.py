@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway.appkeys import AUTH, AUTH_SESSION_TOKEN, SETTINGS
 from gateway.authserver.authorize import after_sign_in
 from gateway.authserver.errors import BadPage, NotSignedIn
-from gateway.authserver.web import (
+from gateway.authserver.rendering import (
     BROWSER_COOKIE,
     SESSION_COOKIE,
     clear_cookie,
