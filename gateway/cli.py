@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.admin_cli import CommandError, add_commands, register_demo_sync
 from gateway.app import create_app, runner_options
 from gateway.embedded import EmbeddedError, local_stack
 from gateway.logs import AccessLogger, configure_logging
@@ -62,12 +63,16 @@ def _demo(args: argparse.Namespace) -> int:
             mongodb_uri=mongo_uri,
         )
         configure_logging(settings.log_level)
+        register_demo_sync(settings)  # the demo apps, users and keys from fixtures/
         banner = (
             "\nThe FHIR consent gateway demo is running (synthetic data only).\n"
             f"  FHIR base:        {settings.fhir_base_url}\n"
             f"  Capabilities:     {settings.fhir_base_url}/metadata\n"
             f"  Try:              curl -s '{settings.fhir_base_url}/Patient?_count=2'\n"
             f"  Health / metrics: {public}/healthz  {public}/readyz  {public}/metrics\n"
+            f"  SMART discovery:  {settings.fhir_base_url}/.well-known/smart-configuration\n"
+            "  Demo sign-ins:    amelia / maria (patients), hannah (practitioner), admin;\n"
+            "                    passwords in fixtures/users.json (demo only)\n"
             "Press Ctrl-C to stop the gateway, the FHIR server and the database.\n"
         )
         _run(settings, banner)
@@ -98,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, help="keep the demo database here (default: a temporary directory)"
     )
     demo.set_defaults(func=_demo)
+    add_commands(commands, "a TOML settings file (environment wins over it)")
     return parser
 
 
@@ -108,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"fhir-gateway: {exc}", file=sys.stderr)
         return 2
+    except CommandError as exc:
+        print(f"fhir-gateway: {exc}", file=sys.stderr)
+        return 1
     except EmbeddedError as exc:
         print(f"fhir-gateway: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,257 @@
+"""The administration commands of ``fhir-gateway`` (SECURITY.md P-09): ``clients add|list|remove``,
+``users add``, ``keys rotate``, and the demo's registrations from ``fixtures/``.
+
+Each command reads the same settings as ``serve`` (environment and ``--config``), connects to
+MongoDB, does one thing, and records a security event with actor ``cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from pymongo import AsyncMongoClient
+
+from gateway.authserver import auth_config
+from gateway.settings import Settings, SettingsError, load_settings
+from smart_auth.clients import ClientError, ClientType, new_client
+from smart_auth.passwords import WeakPassword
+from smart_auth.services import AuthServices, build_services
+from smart_auth.users import Role, UserError
+
+CLIENTS_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "clients"
+USERS_FILE = CLIENTS_DIR.parent / "users.json"
+
+
+class CommandError(Exception):
+    """A command that cannot be done; the message says why."""
+
+
+async def _with_services(settings: Settings, work: Callable[[AuthServices], Awaitable[int]]) -> int:
+    if settings.mongodb_uri is None:
+        raise SettingsError("FHIR_GATEWAY_MONGODB_URI or MONGODB_URI is required")
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongodb_uri, serverSelectionTimeoutMS=5000, tz_aware=True
+    )
+    try:
+        services = build_services(client[settings.mongodb_database], auth_config(settings))
+        await services.ensure_indexes()
+        return await work(services)
+    finally:
+        await client.close()
+
+
+def _run(args: argparse.Namespace, work: Callable[[AuthServices], Awaitable[int]]) -> int:
+    return asyncio.run(_with_services(load_settings(args.config), work))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _client_type(args: argparse.Namespace) -> ClientType:
+    if args.public:
+        return ClientType.PUBLIC
+    if args.secret_file:
+        return ClientType.SYMMETRIC
+    return ClientType.ASYMMETRIC
+
+
+def _clients_add(args: argparse.Namespace) -> int:
+    async def work(services: AuthServices) -> int:
+        try:
+            client = new_client(
+                client_id=args.client_id,
+                name=args.name,
+                client_type=_client_type(args),
+                redirect_uris=tuple(args.redirect_uri or ()),
+                scope=args.scopes,
+                purposes=tuple(args.purpose),
+                origins=tuple(args.origin or ()),
+                trusted=args.trusted,
+                url=args.url,
+                secret=_read(args.secret_file) if args.secret_file else None,
+                jwks=json.loads(_read(args.jwks_file)) if args.jwks_file else None,
+                jwks_uri=args.jwks_uri,
+            )
+            await services.clients.add(client, replace=args.replace)
+        except (ClientError, json.JSONDecodeError) as exc:
+            raise CommandError(str(exc)) from None
+        await services.events.record(
+            "cli-client-added", actor="cli", detail={"client_id": client.client_id}
+        )
+        print(f"registered {client.client_id} ({client.client_type.value})")
+        return 0
+
+    return _run(args, work)
+
+
+def _clients_list(args: argparse.Namespace) -> int:
+    async def work(services: AuthServices) -> int:
+        for client in await services.clients.all():
+            print(
+                f"{client.client_id}\t{client.client_type.value}\t{client.name}\t"
+                f"{' '.join(client.purposes)}\t{client.scope}"
+            )
+        return 0
+
+    return _run(args, work)
+
+
+def _clients_remove(args: argparse.Namespace) -> int:
+    async def work(services: AuthServices) -> int:
+        if not await services.clients.remove(args.client_id):
+            raise CommandError(f"no client {args.client_id}")
+        await services.events.record(
+            "cli-client-removed", actor="cli", detail={"client_id": args.client_id}
+        )
+        print(f"removed {args.client_id}")
+        return 0
+
+    return _run(args, work)
+
+
+def _users_add(args: argparse.Namespace) -> int:
+    async def work(services: AuthServices) -> int:
+        try:
+            user = await services.users.add(
+                username=args.username,
+                role=Role(args.role),
+                password=_read(args.password_file),
+                display_name=args.display_name,
+                fhir_user=args.fhir_user,
+                related_persons=tuple(args.related_person or ()),
+            )
+        except (UserError, WeakPassword) as exc:
+            raise CommandError(str(exc)) from None
+        await services.events.record(
+            "cli-user-added",
+            actor="cli",
+            detail={"username": user.username, "role": user.role.value},
+        )
+        print(f"added {user.username} ({user.role.value})")
+        return 0
+
+    return _run(args, work)
+
+
+def _keys_rotate(args: argparse.Namespace) -> int:
+    async def work(services: AuthServices) -> int:
+        old = await services.keys.signing_key()
+        print(f"rotating the token signing key (current {old.kid})...", flush=True)
+        new = await services.keys.rotate()
+        await services.events.record("cli-keys-rotated", actor="cli", detail={"kid": new.kid})
+        print(f"new signing key {new.kid}; {old.kid} stays in the JWKS until its tokens expire")
+        return 0
+
+    return _run(args, work)
+
+
+async def register_demo(services: AuthServices) -> list[str]:
+    """Register the demo's clients and users from ``fixtures/`` (idempotent)."""
+    done: list[str] = []
+    for path in sorted(CLIENTS_DIR.glob("*.json")):
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        secret = _read(path.parent / spec["secret_file"]) if "secret_file" in spec else None
+        jwks = json.loads(_read(path.parent / spec["jwks_file"])) if "jwks_file" in spec else None
+        client = new_client(
+            client_id=spec["client_id"],
+            name=spec["name"],
+            client_type=ClientType(spec["type"]),
+            redirect_uris=tuple(spec.get("redirect_uris", ())),
+            scope=spec["scope"],
+            purposes=tuple(spec["purposes"]),
+            origins=tuple(spec.get("origins", ())),
+            trusted=bool(spec.get("trusted", False)),
+            url=spec.get("url"),
+            secret=secret,
+            jwks=jwks,
+            jwks_uri=spec.get("jwks_uri"),
+        )
+        await services.clients.add(client, replace=True)
+        done.append(client.client_id)
+    for spec in json.loads(USERS_FILE.read_text(encoding="utf-8"))["users"]:
+        if await services.users.by_username(spec["username"]) is None:
+            await services.users.add(
+                username=spec["username"],
+                role=Role(spec["role"]),
+                password=spec["password"],
+                display_name=spec.get("display_name"),
+                fhir_user=spec.get("fhir_user"),
+                related_persons=tuple(spec.get("related_persons", ())),
+            )
+        done.append(spec["username"])
+    return done
+
+
+def register_demo_sync(settings: Settings) -> list[str]:
+    result: list[str] = []
+
+    async def work(services: AuthServices) -> int:
+        result.extend(await register_demo(services))
+        return 0
+
+    asyncio.run(_with_services(settings, work))
+    return result
+
+
+def add_commands(commands: Any, config_help: str) -> None:
+    """Add ``clients``, ``users`` and ``keys`` to the ``fhir-gateway`` parser."""
+    clients = commands.add_parser("clients", help="register, list and remove SMART apps")
+    sub = clients.add_subparsers(dest="clients_command", required=True)
+    add = sub.add_parser("add", help="register an app")
+    add.add_argument("--client-id", required=True)
+    add.add_argument("--name", required=True)
+    add.add_argument("--redirect-uri", action="append", help="repeatable")
+    add.add_argument("--scopes", required=True, help="the scopes the app may ask for")
+    add.add_argument(
+        "--purpose",
+        action="append",
+        required=True,
+        help="v3-ActReason purpose of use (TREAT, PATRQT, HRESCH, ...); repeatable",
+    )
+    add.add_argument("--origin", action="append", help="a CORS origin of the app; repeatable")
+    add.add_argument("--url", help="the app's web address, shown on the consent screen")
+    add.add_argument("--trusted", action="store_true", help="the hospital's own app (C-04)")
+    add.add_argument("--replace", action="store_true", help="overwrite an existing registration")
+    kind = add.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--public", action="store_true", help="a public client (no secret)")
+    kind.add_argument("--secret-file", type=Path, help="confidential-symmetric: file with secret")
+    kind.add_argument("--jwks-file", type=Path, help="confidential-asymmetric: its public JWKS")
+    kind.add_argument("--jwks-uri", help="confidential-asymmetric: its JWKS URL")
+    add.set_defaults(func=_clients_add)
+    listing = sub.add_parser("list", help="list the registered apps")
+    listing.set_defaults(func=_clients_list)
+    remove = sub.add_parser("remove", help="remove an app")
+    remove.add_argument("--client-id", required=True)
+    remove.set_defaults(func=_clients_remove)
+
+    users = commands.add_parser("users", help="add sign-in accounts")
+    usub = users.add_subparsers(dest="users_command", required=True)
+    uadd = usub.add_parser("add", help="add a user")
+    uadd.add_argument("--username", required=True)
+    uadd.add_argument("--role", required=True, choices=[r.value for r in Role])
+    uadd.add_argument("--fhir-user", help="Patient/ID or Practitioner/ID")
+    uadd.add_argument("--password-file", type=Path, required=True)
+    uadd.add_argument("--display-name")
+    uadd.add_argument(
+        "--related-person",
+        action="append",
+        help="a RelatedPerson id whose patient this user acts for; repeatable",
+    )
+    uadd.set_defaults(func=_users_add)
+
+    keys = commands.add_parser("keys", help="rotate keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    rotate = ksub.add_parser("rotate", help="rotate the token signing key (P-17)")
+    rotate.set_defaults(func=_keys_rotate)
+
+    for parser in (add, listing, remove, uadd, rotate):
+        parser.add_argument("--config", type=Path, help=config_help)
