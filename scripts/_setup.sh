@@ -38,3 +38,14 @@ if [ ! -f "$UPSTREAM/node_modules/.lock-$lock" ]; then
   (cd "$UPSTREAM" && npm ci --no-audit --no-fund --loglevel=error)
   touch "$UPSTREAM/node_modules/.lock-$lock"
 fi
+
+# The consent-screen browser tests drive Debian's Chromium with Playwright (never `playwright
+# install`, which downloads its own browser build).
+if [ "$EXTRAS" = test ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "Installing Debian's chromium for the browser tests"
+    apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null
+  else
+    say "chromium is missing and cannot be installed without root: the browser tests will be skipped"
+  fi
+fi
