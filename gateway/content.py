@@ -1,5 +1,5 @@
-"""The FHIR REST handler under ``/fhir``: parse the request, forward it to the upstream, relay the
-answer with every upstream URL rewritten to the gateway's base.
+"""What crosses the FHIR API, in and out: content negotiation, request bodies, and the upstream's
+answer decoded for the caller with every upstream URL rewritten to the gateway's base.
 
 Content rules: the gateway speaks FHIR JSON only. A caller that accepts only XML gets 406; a body
 that is not JSON gets 415 (wrong media type) or 400 (not parseable); bodies are checked for the
@@ -9,21 +9,20 @@ basic FHIR shape (``resourceType`` agrees with the URL, an update's ``id`` agree
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
 
 import orjson
 from aiohttp import web
 
-from gateway.appkeys import INTERACTION, METRIC_LABEL, METRICS, REQUEST_ID, REWRITER, UPSTREAM
 from gateway.errors import (
     BadRequest,
     NotAcceptable,
     UnsupportedMediaType,
     UpstreamUnavailable,
 )
-from gateway.headers import request_headers, response_headers
-from gateway.interaction import FhirInteraction, Kind, parse
+from gateway.headers import response_headers
+from gateway.interaction import FhirInteraction, Kind
 from gateway.middleware import fhir_response
 from gateway.rewrite import UrlRewriter
 from gateway.upstream import UpstreamResponse
@@ -82,7 +81,7 @@ def _check_resource_body(interaction: FhirInteraction, body: Any) -> None:
         raise BadRequest("an update's body must carry the same id as the URL")
 
 
-async def _read_form(request: web.Request) -> list[tuple[str, str]]:
+async def read_form(request: web.Request) -> list[tuple[str, str]]:
     if not request.path.endswith("/_search") or request.method != "POST":
         return []
     if _media_type(request.headers.get("Content-Type", _FORM)) != _FORM:
@@ -91,7 +90,7 @@ async def _read_form(request: web.Request) -> list[tuple[str, str]]:
     return [(key, value) for key, value in form.items() if isinstance(value, str)]
 
 
-async def _read_body(
+async def read_body(
     request: web.Request, interaction: FhirInteraction
 ) -> tuple[FhirInteraction, bytes | None, str | None]:
     """The request body to forward (and its media type); refines batch into transaction."""
@@ -127,8 +126,24 @@ async def _read_body(
     return interaction, raw, media
 
 
-def relay(upstream: UpstreamResponse, rewriter: UrlRewriter) -> web.Response:
-    """The caller's response: upstream status, allowed headers, body with URLs rewritten."""
+@dataclass(slots=True)
+class Answer:
+    """A response before rendering: status, headers, parsed JSON body."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] | None = None
+
+    def render(self) -> web.Response:
+        if self.body is None:
+            return web.Response(status=self.status, headers=self.headers)
+        return fhir_response(self.status, orjson.dumps(self.body), self.headers)
+
+
+def decode_answer(upstream: UpstreamResponse, rewriter: UrlRewriter) -> Answer:
+    """The upstream's answer for the caller: allowed headers, upstream URLs rewritten to the
+    gateway's base, the JSON body parsed. A 5xx or a body that is not FHIR JSON becomes a 502
+    that says nothing of the upstream's internals (P-14)."""
     if upstream.status >= 500:
         log.warning("upstream answered %s", upstream.status)
         raise UpstreamUnavailable(
@@ -142,43 +157,17 @@ def relay(upstream: UpstreamResponse, rewriter: UrlRewriter) -> web.Response:
                 del headers[name]
             else:
                 headers[name] = rewritten
-    body = upstream.body
-    if not body.strip():
-        return web.Response(status=upstream.status, headers=headers)
+    if not upstream.body.strip():
+        return Answer(upstream.status, headers)
     if not upstream.is_json:
         log.warning("upstream answered a non-JSON body (%s)", upstream.content_type)
         raise UpstreamUnavailable("the upstream FHIR server answered in a format other than JSON")
-    return fhir_response(upstream.status, rewriter.body_to_public(body), headers)
-
-
-async def handle_fhir(request: web.Request) -> web.StreamResponse:
-    """Every FHIR REST interaction under ``/fhir``."""
-    request[METRIC_LABEL] = "fhir"
-    negotiate(request)
-    form = await _read_form(request)
-    interaction = parse(
-        request.method, request.match_info.get("path", ""), request.query.items(), form
-    )
-    interaction, body, media = await _read_body(request, interaction)
-    request[INTERACTION] = interaction
-    request[METRIC_LABEL] = interaction.kind.value
-
-    rewriter = request.app[REWRITER]
-    params: list[tuple[str, str]] = list(interaction.params)
-    if body is not None:
-        body = rewriter.body_to_upstream(body)
-    elif interaction.form_post:
-        body, media, params = urlencode(params).encode(), _FORM, []
-
-    upstream = request.app[UPSTREAM]
-    answer = await upstream.send(
-        interaction.method,
-        interaction.upstream_path,
-        params=params,
-        body=body,
-        content_type=media,
-        headers=request_headers(request.headers),
-        request_id=request[REQUEST_ID],
-    )
-    request.app[METRICS].upstream_latency.labels(interaction.kind.value).observe(answer.seconds)
-    return relay(answer, rewriter)
+    try:
+        body = orjson.loads(rewriter.body_to_public(upstream.body))
+    except orjson.JSONDecodeError:
+        raise UpstreamUnavailable("the upstream FHIR server answered malformed JSON") from None
+    if not isinstance(body, dict):
+        raise UpstreamUnavailable(
+            "the upstream FHIR server answered something other than a resource"
+        )
+    return Answer(upstream.status, headers, body)

@@ -37,6 +37,8 @@ class Kind(StrEnum):
     BATCH = "batch"
     TRANSACTION = "transaction"
     OPERATION = "operation"
+    PAGE = "page"
+    """A signed paging link of the gateway's own (``_page/{token}``)."""
 
 
 SEARCH_KINDS = frozenset({Kind.SEARCH_TYPE, Kind.SEARCH_SYSTEM, Kind.SEARCH_COMPARTMENT})
@@ -53,6 +55,7 @@ SUPPORTED_OPERATIONS: frozenset[tuple[str, str]] = frozenset(
 _FORMAT_PARAMS = frozenset({"_format", "_pretty"})
 
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_PAGE_TOKEN = re.compile(r"^[A-Za-z0-9_\-.]{1,4096}$")
 _OPERATION = re.compile(r"^\$[A-Za-z][A-Za-z0-9\-]{0,63}$")
 
 
@@ -70,6 +73,8 @@ class FhirInteraction:
     params: tuple[tuple[str, str], ...] = ()
     form_post: bool = False
     """True for ``POST [type]/_search`` (the parameters travel as a form body)."""
+    page: str | None = None
+    """The token of a ``_page/{token}`` link."""
 
     @property
     def upstream_path(self) -> str:
@@ -159,6 +164,11 @@ def parse(
         return FhirInteraction(
             Kind.SEARCH_SYSTEM, method, params=params + tuple(form), form_post=True
         )
+    if n == 2 and first == "_page":
+        _method(method, {"GET": Kind.PAGE})
+        if not _PAGE_TOKEN.match(segments[1]):
+            raise BadRequest("this is not a paging link of this gateway")
+        return FhirInteraction(Kind.PAGE, method, page=segments[1])
     if first.startswith("$"):
         raise NotFound(f"the operation {first} is not supported by this gateway at system level")
 

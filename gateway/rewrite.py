@@ -63,6 +63,17 @@ class UrlRewriter:
                 body = body.replace(old, new)
         return body
 
+    def relative_to_public(self, url: str) -> str | None:
+        """The part of a gateway URL after the FHIR base (``/Patient?...`` or ``?...``), or
+        ``None`` when ``url`` is not under the gateway's base."""
+        if url.startswith(self._public) and url[len(self._public) : len(self._public) + 1] in (
+            "/",
+            "?",
+        ):
+            rest = url[len(self._public) :]
+            return rest if rest not in ("/", "?") else None
+        return None
+
     def url_to_public(self, url: str) -> str | None:
         """A header URL for the caller: absolute upstream URLs are rewritten, relative ones kept;
         an absolute URL anywhere else is dropped (``None``)."""

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
+    BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -61,6 +63,24 @@ def _http_base(value: str, name: str) -> str:
     if url.query_string or url.fragment:
         raise ValueError(f"{name} must not have a query or fragment")
     return str(url).rstrip("/")
+
+
+class ExternalIssuer(BaseModel):
+    """An authorization server (a hospital's Keycloak, say) whose tokens the FHIR API accepts
+    (S-30). Its tokens must carry the gateway's FHIR base as ``aud``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    issuer: str
+    jwks_uri: str
+
+    @field_validator("issuer", "jwks_uri")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        url = URL(value)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an absolute http(s) URL")
+        return value
 
 
 class Settings(BaseSettings):
@@ -135,6 +155,23 @@ class Settings(BaseSettings):
     )
     launch_context_lifetime_seconds: int = Field(default=300, ge=10, le=3600)
     client_jwks_max_cache_seconds: int = Field(default=3600, ge=0)
+
+    # --- the FHIR API's access control (SMART resource server, S-26 … S-30, P-12)
+    external_issuers: list[ExternalIssuer] = Field(
+        default_factory=list,
+        description="Other authorization servers whose access tokens the FHIR API accepts.",
+    )
+    page_link_lifetime_seconds: int = Field(default=3600, ge=10)
+    paging_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key for signed paging links (default: generated once, kept in MongoDB).",
+    )
+    rate_limit_per_client: str = Field(
+        default="1200/minute",
+        pattern=r"^\d+\s*/\s*(second|minute|hour)$",
+        description="Per-client request limit on the FHIR API, per gateway instance (429 above).",
+    )
+    jwks_refresh_min_seconds: float = Field(default=30.0, ge=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -112,6 +112,13 @@ class Upstream:
         url = self._base.with_path(path, encoded=False)
         return url.with_query(list(params)) if params else url
 
+    def link_url(self, relative: str) -> URL:
+        """The upstream URL of a paging link kept relative to the base (``/Type?...`` or
+        ``?...``), exactly as the upstream encoded it."""
+        if not relative.startswith(("/", "?")):
+            raise ValueError("a relative upstream link starts with '/' or '?'")
+        return URL(str(self._base).rstrip("/") + relative, encoded=True)
+
     async def send(
         self,
         method: str,
@@ -122,14 +129,16 @@ class Upstream:
         content_type: str | None = None,
         headers: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        url: URL | None = None,
     ) -> UpstreamResponse:
-        """Send one request; raise 502/504 FHIR errors when the upstream cannot answer."""
+        """Send one request; raise 502/504 FHIR errors when the upstream cannot answer. ``url``
+        (from :meth:`link_url`) replaces ``relative_path`` and ``params``."""
         out: dict[str, str] = {**(headers or {}), "Accept": FHIR_JSON_ACCEPT, **self._auth_header}
         if content_type:
             out["Content-Type"] = content_type
         if request_id:
             out["X-Request-Id"] = request_id
-        url = self.url_for(relative_path, params)
+        url = url if url is not None else self.url_for(relative_path, params)
         started = time.perf_counter()
         try:
             async with self._session.request(

@@ -1,5 +1,6 @@
 """``fhir-gateway demo``: brings up the embedded database, the seeded FHIR server and the gateway,
-answers on its FHIR base, and leaves no process behind when stopped with Ctrl-C (SIGINT)."""
+answers on its FHIR base (patient data only with a token), and leaves no process behind when
+stopped with Ctrl-C (SIGINT)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -77,14 +79,13 @@ def test_demo_serves_the_fhir_base_and_stops_cleanly(tmp_path: Path) -> None:
             **statement["implementation"],  # type: ignore[dict-item]
             "url": base,
         }
-        page = _get(f"{base}/Patient?_count=2")
-        next_url = next(
-            link["url"]
-            for link in page["link"]  # type: ignore[attr-defined]
-            if link["relation"] == "next"
-        )
-        assert next_url.startswith(base)
-        assert _get(next_url)["resourceType"] == "Bundle"
+        config = _get(f"{base}/.well-known/smart-configuration")
+        assert config["token_endpoint"] == f"http://127.0.0.1:{port}/auth/token"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _get(f"{base}/Patient?_count=2")
+        with refused.value:  # patient data needs an access token
+            assert refused.value.code == 401
+            assert refused.value.headers["WWW-Authenticate"].startswith("Bearer")
 
         children = _children(demo.pid)
         assert len(children) >= 2  # the database and the FHIR server

@@ -41,7 +41,7 @@ async def test_s08_metadata_is_the_upstream_capability_statement_on_our_base(
 
 
 async def test_search_pages_through_next_links_to_the_end(
-    gateway: RunningGateway, local_stack_env: Stack, http: aiohttp.ClientSession
+    gateway: RunningGateway, local_stack_env: Stack, system_http: aiohttp.ClientSession
 ) -> None:
     url: str | None = f"{gateway.fhir}/Patient?_count=2"
     seen: list[str] = []
@@ -49,7 +49,7 @@ async def test_search_pages_through_next_links_to_the_end(
     total = None
     while url:
         assert url.startswith(gateway.fhir)
-        async with http.get(url) as response:
+        async with system_http.get(url) as response:
             assert response.status == 200
             raw = await response.read()
         _no_upstream_url(local_stack_env, raw)
@@ -69,35 +69,37 @@ async def test_search_pages_through_next_links_to_the_end(
 
 
 async def test_read_and_vread_carry_versioning_headers(
-    gateway: RunningGateway, http: aiohttp.ClientSession
+    gateway: RunningGateway, system_http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{gateway.fhir}/Patient?_count=1") as response:
+    async with system_http.get(f"{gateway.fhir}/Patient?_count=1") as response:
         patient_id = (await _json(response))["entry"][0]["resource"]["id"]
-    async with http.get(f"{gateway.fhir}/Patient/{patient_id}") as response:
+    async with system_http.get(f"{gateway.fhir}/Patient/{patient_id}") as response:
         assert response.status == 200
         assert response.headers["ETag"].startswith('W/"')
         assert "Last-Modified" in response.headers
         assert response.headers["X-Request-Id"]
         patient = await _json(response)
     version = patient["meta"]["versionId"]
-    async with http.get(f"{gateway.fhir}/Patient/{patient_id}/_history/{version}") as response:
+    async with system_http.get(
+        f"{gateway.fhir}/Patient/{patient_id}/_history/{version}"
+    ) as response:
         assert response.status == 200
         assert (await _json(response))["meta"]["versionId"] == version
 
 
 async def test_missing_resource_is_a_404_outcome(
-    gateway: RunningGateway, http: aiohttp.ClientSession
+    gateway: RunningGateway, system_http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{gateway.fhir}/Patient/does-not-exist") as response:
+    async with system_http.get(f"{gateway.fhir}/Patient/does-not-exist") as response:
         assert response.status == 404
         assert (await _json(response))["resourceType"] == "OperationOutcome"
 
 
 async def test_create_update_patch_history_delete(
-    gateway: RunningGateway, fresh_upstream: Stack, http: aiohttp.ClientSession
+    gateway: RunningGateway, fresh_upstream: Stack, system_http: aiohttp.ClientSession
 ) -> None:
     new = {"resourceType": "Patient", "name": [{"family": "Roundtrip", "given": ["Test"]}]}
-    async with http.post(
+    async with system_http.post(
         f"{gateway.fhir}/Patient", data=orjson.dumps(new), headers=JSON
     ) as response:
         assert response.status == 201
@@ -107,14 +109,14 @@ async def test_create_update_patch_history_delete(
     _no_upstream_url(fresh_upstream, location)
 
     created["gender"] = "other"
-    async with http.put(
+    async with system_http.put(
         f"{gateway.fhir}/Patient/{created['id']}", data=orjson.dumps(created), headers=JSON
     ) as response:
         assert response.status == 200
         assert (await _json(response))["gender"] == "other"
 
     patch = [{"op": "replace", "path": "/name/0/family", "value": "Patched"}]
-    async with http.patch(
+    async with system_http.patch(
         f"{gateway.fhir}/Patient/{created['id']}",
         data=orjson.dumps(patch),
         headers={"Content-Type": "application/json-patch+json"},
@@ -122,21 +124,21 @@ async def test_create_update_patch_history_delete(
         assert response.status == 200
         assert (await _json(response))["name"][0]["family"] == "Patched"
 
-    async with http.get(f"{gateway.fhir}/Patient/{created['id']}/_history") as response:
+    async with system_http.get(f"{gateway.fhir}/Patient/{created['id']}/_history") as response:
         history = await _json(response)
     assert history["type"] == "history"
     assert len(history["entry"]) == 3
 
-    async with http.delete(f"{gateway.fhir}/Patient/{created['id']}") as response:
+    async with system_http.delete(f"{gateway.fhir}/Patient/{created['id']}") as response:
         assert response.status in (200, 204)
-    async with http.get(f"{gateway.fhir}/Patient/{created['id']}") as response:
+    async with system_http.get(f"{gateway.fhir}/Patient/{created['id']}") as response:
         assert response.status in (404, 410)
 
 
 async def test_post_search_with_a_form_body(
-    gateway: RunningGateway, http: aiohttp.ClientSession
+    gateway: RunningGateway, system_http: aiohttp.ClientSession
 ) -> None:
-    async with http.post(
+    async with system_http.post(
         f"{gateway.fhir}/Observation/_search", data={"category": "vital-signs", "_count": "3"}
     ) as response:
         assert response.status == 200
@@ -149,43 +151,43 @@ async def test_post_search_with_a_form_body(
 
 
 async def test_include_revinclude_everything_and_compartment_search(
-    gateway: RunningGateway, local_stack_env: Stack, http: aiohttp.ClientSession
+    gateway: RunningGateway, local_stack_env: Stack, system_http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{gateway.fhir}/Patient?_count=1") as response:
+    async with system_http.get(f"{gateway.fhir}/Patient?_count=1") as response:
         patient_id = (await _json(response))["entry"][0]["resource"]["id"]
     ref = f"Patient/{patient_id}"
 
-    async with http.get(
+    async with system_http.get(
         f"{gateway.fhir}/Observation?subject={ref}&_include=Observation:subject&_count=5"
     ) as response:
         bundle = await _json(response)
     included = [e for e in bundle["entry"] if e["search"]["mode"] == "include"]
     assert [e["resource"]["id"] for e in included] == [patient_id]
 
-    async with http.get(
+    async with system_http.get(
         f"{gateway.fhir}/Patient?_id={patient_id}&_revinclude=Observation:subject"
     ) as response:
         bundle = await _json(response)
     assert any(e["resource"]["resourceType"] == "Observation" for e in bundle["entry"])
 
-    async with http.get(f"{gateway.fhir}/Patient/{patient_id}/$everything") as response:
+    async with system_http.get(f"{gateway.fhir}/Patient/{patient_id}/$everything") as response:
         assert response.status == 200
         raw = await response.read()
     _no_upstream_url(local_stack_env, raw)
     types = {e["resource"]["resourceType"] for e in orjson.loads(raw)["entry"]}
     assert {"Patient", "Observation", "Condition", "Encounter"} <= types
 
-    async with http.get(f"{gateway.fhir}/{ref}/Condition") as response:
+    async with system_http.get(f"{gateway.fhir}/{ref}/Condition") as response:
         bundle = await _json(response)
     assert bundle["entry"]
     assert all(e["resource"]["subject"]["reference"] == ref for e in bundle["entry"])
 
 
 async def test_type_and_system_history(
-    gateway: RunningGateway, http: aiohttp.ClientSession
+    gateway: RunningGateway, system_http: aiohttp.ClientSession
 ) -> None:
     for path in ("Patient/_history?_count=2", "_history?_count=2"):
-        async with http.get(f"{gateway.fhir}/{path}") as response:
+        async with system_http.get(f"{gateway.fhir}/{path}") as response:
             assert response.status == 200
             bundle = await _json(response)
         assert bundle["type"] == "history"
@@ -193,7 +195,7 @@ async def test_type_and_system_history(
 
 
 async def test_batch_and_transaction(
-    gateway: RunningGateway, fresh_upstream: Stack, http: aiohttp.ClientSession
+    gateway: RunningGateway, fresh_upstream: Stack, system_http: aiohttp.ClientSession
 ) -> None:
     batch = {
         "resourceType": "Bundle",
@@ -203,7 +205,7 @@ async def test_batch_and_transaction(
             {"request": {"method": "GET", "url": "Patient/does-not-exist"}},
         ],
     }
-    async with http.post(gateway.fhir, data=orjson.dumps(batch), headers=JSON) as response:
+    async with system_http.post(gateway.fhir, data=orjson.dumps(batch), headers=JSON) as response:
         assert response.status == 200
         result = await _json(response)
     assert result["type"] == "batch-response"
@@ -220,7 +222,9 @@ async def test_batch_and_transaction(
             }
         ],
     }
-    async with http.post(gateway.fhir, data=orjson.dumps(transaction), headers=JSON) as response:
+    async with system_http.post(
+        gateway.fhir, data=orjson.dumps(transaction), headers=JSON
+    ) as response:
         assert response.status == 200
         raw = await response.read()
     _no_upstream_url(fresh_upstream, raw)
@@ -228,8 +232,8 @@ async def test_batch_and_transaction(
 
 
 async def test_readyz_with_the_real_stack(
-    gateway: RunningGateway, http: aiohttp.ClientSession
+    gateway: RunningGateway, system_http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{gateway.base}/readyz") as response:
+    async with system_http.get(f"{gateway.base}/readyz") as response:
         assert response.status == 200
         assert (await response.json())["checks"] == {"mongodb": "ok", "upstream": "ok"}

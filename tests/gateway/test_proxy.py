@@ -19,9 +19,11 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import RunningGateway, StartGateway
+from gateway.appkeys import MONGO
+from tests.conftest import RunningGateway, Stack, StartGateway
+from tests.smart_auth.tokens import minted_token
 
-UNREACHABLE_MONGO = "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200"
+SYSTEM_SCOPE = "system/*.cruds"
 
 
 @dataclass
@@ -71,14 +73,36 @@ async def upstream() -> AsyncIterator[ScriptedUpstream]:
 
 
 @pytest_asyncio.fixture
-async def gw(start_gateway: StartGateway, upstream: ScriptedUpstream) -> RunningGateway:
+async def gw(
+    start_gateway: StartGateway, upstream: ScriptedUpstream, local_stack_env: Stack
+) -> RunningGateway:
     return await start_gateway(
         upstream_url=upstream.base,
-        mongodb_uri=UNREACHABLE_MONGO,
+        mongodb_uri=local_stack_env.mongo_uri,
         upstream_timeout_seconds=1.0,
         upstream_auth="bearer",
         upstream_bearer_token="gateway-own-credential",
     )
+
+
+@pytest_asyncio.fixture
+async def token(gw: RunningGateway) -> str:
+    """A backend-services style token that may do anything: these tests are about the proxy."""
+    return await minted_token(
+        gw,
+        client_id="test-system",
+        scope=SYSTEM_SCOPE,
+        user_id=None,
+        fhir_user=None,
+        patient=None,
+        acts_for=(),
+    )
+
+
+@pytest_asyncio.fixture
+async def client(token: str) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+        yield session
 
 
 async def _outcome(response: aiohttp.ClientResponse) -> dict[str, Any]:
@@ -90,21 +114,21 @@ async def _outcome(response: aiohttp.ClientResponse) -> dict[str, Any]:
 
 
 async def test_p02_gateway_uses_its_own_credentials_never_the_callers(
-    gw: RunningGateway, upstream: ScriptedUpstream, http: aiohttp.ClientSession
+    gw: RunningGateway, upstream: ScriptedUpstream, http: aiohttp.ClientSession, token: str
 ) -> None:
-    headers = {"Authorization": "Bearer caller-secret", "Cookie": "s=1", "X-Forwarded-Host": "evil"}
+    headers = {"Authorization": f"Bearer {token}", "Cookie": "s=1", "X-Forwarded-Host": "evil"}
     async with http.get(f"{gw.fhir}/Patient/p1", headers=headers) as response:
         assert response.status == 200
     forwarded = upstream.seen[-1]["headers"]
     assert forwarded["Authorization"] == "Bearer gateway-own-credential"
-    assert "caller-secret" not in str(forwarded)
+    assert token not in str(forwarded)
     assert "Cookie" not in forwarded
     assert "X-Forwarded-Host" not in forwarded
     assert forwarded["Accept"] == "application/fhir+json"
 
 
 async def test_p11_upstream_headers_are_filtered_and_urls_rewritten(
-    gw: RunningGateway, upstream: ScriptedUpstream, http: aiohttp.ClientSession
+    gw: RunningGateway, upstream: ScriptedUpstream, client: aiohttp.ClientSession
 ) -> None:
     upstream.status = 201
     upstream.headers = {
@@ -120,7 +144,7 @@ async def test_p11_upstream_headers_are_filtered_and_urls_rewritten(
             "link": [{"other": {"reference": f"{upstream.base}/Patient/p1"}}],
         }
     )
-    async with http.post(
+    async with client.post(
         f"{gw.fhir}/Patient",
         data=b'{"resourceType":"Patient"}',
         headers={"Content-Type": "application/fhir+json"},
@@ -136,7 +160,7 @@ async def test_p11_upstream_headers_are_filtered_and_urls_rewritten(
 
 
 async def test_p10_nothing_in_the_request_changes_the_upstream_host(
-    gw: RunningGateway, upstream: ScriptedUpstream, http: aiohttp.ClientSession
+    gw: RunningGateway, upstream: ScriptedUpstream, client: aiohttp.ClientSession
 ) -> None:
     attempts = [
         "/fhir/Patient?_getpages=http://evil.example/steal",
@@ -146,7 +170,7 @@ async def test_p10_nothing_in_the_request_changes_the_upstream_host(
         "/fhir/Patient/..%2F..%2Fadmin",
     ]
     for path in attempts:
-        async with http.get(f"{gw.base}{path}", headers={"Host": "evil.example"}) as response:
+        async with client.get(f"{gw.base}{path}", headers={"Host": "evil.example"}) as response:
             await response.read()
     # Everything that reached an upstream reached *this* one, under its base path.
     for seen in upstream.seen:
@@ -155,10 +179,10 @@ async def test_p10_nothing_in_the_request_changes_the_upstream_host(
 
 
 async def test_p12_upstream_timeout_is_a_504_outcome(
-    gw: RunningGateway, upstream: ScriptedUpstream, http: aiohttp.ClientSession
+    gw: RunningGateway, upstream: ScriptedUpstream, client: aiohttp.ClientSession
 ) -> None:
     upstream.delay = 2.0
-    async with http.get(f"{gw.fhir}/Patient/p1") as response:
+    async with client.get(f"{gw.fhir}/Patient/p1") as response:
         assert response.status == 504
         outcome = await _outcome(response)
         assert response.headers["X-Request-Id"]
@@ -166,7 +190,7 @@ async def test_p12_upstream_timeout_is_a_504_outcome(
 
 
 async def test_p14_upstream_5xx_body_never_reaches_the_caller(
-    gw: RunningGateway, upstream: ScriptedUpstream, http: aiohttp.ClientSession
+    gw: RunningGateway, upstream: ScriptedUpstream, client: aiohttp.ClientSession
 ) -> None:
     upstream.status = 500
     upstream.body = orjson.dumps(
@@ -175,30 +199,34 @@ async def test_p14_upstream_5xx_body_never_reaches_the_caller(
             "issue": [{"diagnostics": "NullPointerException at db-7.internal:5432"}],
         }
     )
-    async with http.get(f"{gw.fhir}/Patient/p1") as response:
+    async with client.get(f"{gw.fhir}/Patient/p1") as response:
         assert response.status == 502
         text = await response.text()
     assert "NullPointerException" not in text and "db-7" not in text
 
 
 async def test_non_json_from_the_upstream_is_a_502(
-    gw: RunningGateway, upstream: ScriptedUpstream, http: aiohttp.ClientSession
+    gw: RunningGateway, upstream: ScriptedUpstream, client: aiohttp.ClientSession
 ) -> None:
     upstream.content_type = "text/html"
     upstream.body = b"<html>proxy error page from upstream-lb-3</html>"
-    async with http.get(f"{gw.fhir}/Patient/p1") as response:
+    async with client.get(f"{gw.fhir}/Patient/p1") as response:
         assert response.status == 502
         assert "upstream-lb-3" not in await response.text()
 
 
 async def test_p12_upstream_down_is_a_502_without_its_address(
-    start_gateway: StartGateway, http: aiohttp.ClientSession
+    start_gateway: StartGateway, local_stack_env: Stack, http: aiohttp.ClientSession
 ) -> None:
     from gateway.embedded import free_port
 
     down = f"http://127.0.0.1:{free_port()}/fhir"
-    gw = await start_gateway(upstream_url=down, mongodb_uri=UNREACHABLE_MONGO)
-    async with http.get(f"{gw.fhir}/Patient") as response:
+    gw = await start_gateway(upstream_url=down, mongodb_uri=local_stack_env.mongo_uri)
+    token = await minted_token(
+        gw, scope=SYSTEM_SCOPE, user_id=None, fhir_user=None, patient=None, acts_for=()
+    )
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.get(f"{gw.fhir}/Patient", headers=headers) as response:
         assert response.status == 502
         outcome = await _outcome(response)
     assert down not in str(outcome) and "127.0.0.1" not in str(outcome)
@@ -215,9 +243,9 @@ async def test_p12_upstream_down_is_a_502_without_its_address(
     ],
 )
 async def test_xml_is_refused_with_406(
-    gw: RunningGateway, http: aiohttp.ClientSession, headers: dict[str, str], query: str
+    gw: RunningGateway, client: aiohttp.ClientSession, headers: dict[str, str], query: str
 ) -> None:
-    async with http.get(f"{gw.fhir}/Patient{query}", headers=headers) as response:
+    async with client.get(f"{gw.fhir}/Patient{query}", headers=headers) as response:
         assert response.status == 406
         await _outcome(response)
 
@@ -226,17 +254,17 @@ async def test_xml_is_refused_with_406(
     "accept", ["application/fhir+json", "application/json", "*/*", "text/html, */*;q=0.1", ""]
 )
 async def test_json_accepts_pass(
-    gw: RunningGateway, http: aiohttp.ClientSession, accept: str
+    gw: RunningGateway, client: aiohttp.ClientSession, accept: str
 ) -> None:
-    async with http.get(f"{gw.fhir}/Patient/p1", headers={"Accept": accept}) as response:
+    async with client.get(f"{gw.fhir}/Patient/p1", headers={"Accept": accept}) as response:
         assert response.status == 200
 
 
 async def test_p12_a_20_mb_body_is_refused_with_413(
-    gw: RunningGateway, upstream: ScriptedUpstream, http: aiohttp.ClientSession
+    gw: RunningGateway, upstream: ScriptedUpstream, client: aiohttp.ClientSession
 ) -> None:
     body = b'{"resourceType":"Patient","text":"' + b"x" * (20 * 1024 * 1024) + b'"}'
-    async with http.post(
+    async with client.post(
         f"{gw.fhir}/Patient",
         data=io.BytesIO(body),
         headers={"Content-Type": "application/fhir+json"},
@@ -247,7 +275,7 @@ async def test_p12_a_20_mb_body_is_refused_with_413(
 
 
 async def test_p12_a_chunked_body_over_the_limit_is_refused_with_413(
-    gw: RunningGateway, upstream: ScriptedUpstream, http: aiohttp.ClientSession
+    gw: RunningGateway, upstream: ScriptedUpstream, client: aiohttp.ClientSession
 ) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         yield b'{"resourceType":"Patient","text":"'
@@ -255,7 +283,7 @@ async def test_p12_a_chunked_body_over_the_limit_is_refused_with_413(
             yield b"x" * (1024 * 1024)
         yield b'"}'
 
-    async with http.post(
+    async with client.post(
         f"{gw.fhir}/Patient", data=chunks(), headers={"Content-Type": "application/fhir+json"}
     ) as response:
         assert response.status == 413
@@ -264,26 +292,26 @@ async def test_p12_a_chunked_body_over_the_limit_is_refused_with_413(
 
 
 async def test_p12_a_20_kb_url_is_refused_with_414(
-    gw: RunningGateway, http: aiohttp.ClientSession
+    gw: RunningGateway, client: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{gw.fhir}/Patient?name={'a' * 20000}") as response:
+    async with client.get(f"{gw.fhir}/Patient?name={'a' * 20000}") as response:
         assert response.status == 414
         await _outcome(response)
 
 
 async def test_p12_500_headers_are_refused_with_431(
-    gw: RunningGateway, http: aiohttp.ClientSession
+    gw: RunningGateway, client: aiohttp.ClientSession
 ) -> None:
     headers = {f"X-Filler-{i}": "1" for i in range(500)}
-    async with http.get(f"{gw.fhir}/Patient", headers=headers) as response:
+    async with client.get(f"{gw.fhir}/Patient", headers=headers) as response:
         assert response.status == 431
         await _outcome(response)
 
 
 async def test_a_body_that_is_not_json_is_a_400(
-    gw: RunningGateway, upstream: ScriptedUpstream, http: aiohttp.ClientSession
+    gw: RunningGateway, upstream: ScriptedUpstream, client: aiohttp.ClientSession
 ) -> None:
-    async with http.post(
+    async with client.post(
         f"{gw.fhir}/Patient", data=b"{not json", headers={"Content-Type": "application/fhir+json"}
     ) as response:
         assert response.status == 400
@@ -319,14 +347,14 @@ async def test_a_body_that_is_not_json_is_a_400(
 async def test_malformed_writes_are_refused_before_the_upstream(
     gw: RunningGateway,
     upstream: ScriptedUpstream,
-    http: aiohttp.ClientSession,
+    client: aiohttp.ClientSession,
     method: str,
     path: str,
     content_type: str,
     body: bytes,
     status: int,
 ) -> None:
-    async with http.request(
+    async with client.request(
         method, f"{gw.fhir}/{path}", data=body, headers={"Content-Type": content_type}
     ) as response:
         assert response.status == status
@@ -335,20 +363,20 @@ async def test_malformed_writes_are_refused_before_the_upstream(
 
 
 async def test_unknown_paths_are_refused_not_forwarded(
-    gw: RunningGateway, upstream: ScriptedUpstream, http: aiohttp.ClientSession
+    gw: RunningGateway, upstream: ScriptedUpstream, client: aiohttp.ClientSession
 ) -> None:
     for path in ("/fhir/$graphql", "/fhir/NotAType", "/fhir/Patient/p1/$export", "/nothing-here"):
-        async with http.get(f"{gw.base}{path}") as response:
+        async with client.get(f"{gw.base}{path}") as response:
             assert response.status == 404
             await _outcome(response)
     assert upstream.seen == []
 
 
 async def test_search_parameters_reach_the_upstream_repeated_and_in_order(
-    gw: RunningGateway, upstream: ScriptedUpstream, http: aiohttp.ClientSession
+    gw: RunningGateway, upstream: ScriptedUpstream, client: aiohttp.ClientSession
 ) -> None:
     upstream.body = b'{"resourceType":"Bundle","type":"searchset"}'
-    async with http.get(
+    async with client.get(
         f"{gw.fhir}/Observation?code=a&code=b&date=ge2020&_format=json"
     ) as response:
         assert response.status == 200
@@ -356,10 +384,10 @@ async def test_search_parameters_reach_the_upstream_repeated_and_in_order(
 
 
 async def test_post_search_forwards_the_form(
-    gw: RunningGateway, upstream: ScriptedUpstream, http: aiohttp.ClientSession
+    gw: RunningGateway, upstream: ScriptedUpstream, client: aiohttp.ClientSession
 ) -> None:
     upstream.body = b'{"resourceType":"Bundle","type":"searchset"}'
-    async with http.post(
+    async with client.post(
         f"{gw.fhir}/Observation/_search", data={"code": "x", "_count": "2"}
     ) as response:
         assert response.status == 200
@@ -369,9 +397,10 @@ async def test_post_search_forwards_the_form(
 
 
 async def test_hapi_style_getpages_links_point_at_the_gateway_and_work(
-    gw: RunningGateway, upstream: ScriptedUpstream, http: aiohttp.ClientSession
+    gw: RunningGateway, upstream: ScriptedUpstream, client: aiohttp.ClientSession
 ) -> None:
-    """A recorded HAPI FHIR searchset page: paging links use ``_getpages`` on the server base."""
+    """A recorded HAPI FHIR searchset page: paging links use ``_getpages`` on the server base;
+    the gateway signs them and, followed, sends exactly that link to the upstream."""
     upstream.body = orjson.dumps(
         {
             "resourceType": "Bundle",
@@ -393,11 +422,11 @@ async def test_hapi_style_getpages_links_point_at_the_gateway_and_work(
             ],
         }
     )
-    async with http.get(f"{gw.fhir}/Patient?_count=2") as response:
+    async with client.get(f"{gw.fhir}/Patient?_count=2") as response:
         page = orjson.loads(await response.read())
     next_url = next(link["url"] for link in page["link"] if link["relation"] == "next")
-    assert next_url.startswith(f"{gw.fhir}?_getpages=")
-    async with http.get(next_url) as response:
+    assert next_url.startswith(f"{gw.fhir}/_page/")  # opaque and signed
+    async with client.get(next_url) as response:
         assert response.status == 200
     seen = upstream.seen[-1]
     assert seen["path"] == "/fhir"
@@ -405,24 +434,24 @@ async def test_hapi_style_getpages_links_point_at_the_gateway_and_work(
 
 
 async def test_every_response_carries_a_request_id(
-    gw: RunningGateway, http: aiohttp.ClientSession
+    gw: RunningGateway, client: aiohttp.ClientSession
 ) -> None:
     ids = set()
     for path in ("/fhir/Patient/p1", "/fhir/NotAType", "/healthz", "/metrics"):
-        async with http.get(f"{gw.base}{path}") as response:
+        async with client.get(f"{gw.base}{path}") as response:
             ids.add(response.headers["X-Request-Id"])
     assert len(ids) == 4
 
 
 async def test_metrics_count_requests_by_interaction_and_status(
-    gw: RunningGateway, http: aiohttp.ClientSession
+    gw: RunningGateway, client: aiohttp.ClientSession
 ) -> None:
     for _ in range(3):
-        async with http.get(f"{gw.fhir}/Patient/p1") as response:
+        async with client.get(f"{gw.fhir}/Patient/p1") as response:
             await response.read()
-    async with http.get(f"{gw.fhir}/NotAType") as response:
+    async with client.get(f"{gw.fhir}/NotAType") as response:
         await response.read()
-    async with http.get(f"{gw.base}/metrics") as response:
+    async with client.get(f"{gw.base}/metrics") as response:
         text = await response.text()
     assert 'fhir_gateway_requests_total{interaction="read",status="200"} 3.0' in text
     assert 'fhir_gateway_requests_total{interaction="fhir",status="404"} 1.0' in text
@@ -431,11 +460,24 @@ async def test_metrics_count_requests_by_interaction_and_status(
 
 
 async def test_readyz_reports_each_dependency(
-    gw: RunningGateway, http: aiohttp.ClientSession
+    gw: RunningGateway, upstream: ScriptedUpstream, http: aiohttp.ClientSession
 ) -> None:
+    async with http.get(f"{gw.base}/readyz") as response:
+        assert response.status == 200
+        assert (await response.json())["checks"] == {"mongodb": "ok", "upstream": "ok"}
+    # MongoDB refuses the next ping (a fail point of the test database); the upstream fails too.
+    await gw.server.app[MONGO].admin.command(
+        {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 1},
+            "data": {"failCommands": ["ping"], "errorCode": 91},
+        }
+    )
+    upstream.status = 503
     async with http.get(f"{gw.base}/readyz") as response:
         assert response.status == 503
         body = await response.json()
-    assert body["checks"] == {"mongodb": "unavailable", "upstream": "ok"}
+    assert body["checks"] == {"mongodb": "unavailable", "upstream": "unavailable"}
+    assert upstream.base not in str(body)
     async with http.get(f"{gw.base}/healthz") as response:
         assert response.status == 200

@@ -1,0 +1,233 @@
+"""Step 3 of the pipeline: SMART scopes and the patient compartment (SMART 2.2 section 3;
+SMART.md S-26 … S-29; DESIGN.md "Rules that make the pipeline safe").
+
+Two halves, in the spirit of google/fhir-gateway's ``AccessChecker``:
+
+- :class:`AccessPolicy` answers, for one resource, "may this token see it?" — the response
+  predicate applied to every resource released (matches, includes, contained resources, history
+  versions, batch entries). A resource is released when at least one of the token's scopes covers
+  its type with a suitable letter, satisfies that scope's granular restriction (S-28), and — for a
+  ``patient/`` scope — lies in the compartment of a patient the token reaches (or is of a type that
+  holds no patient data).
+- :func:`authorize` decides a whole interaction before anything is sent upstream: refuse (403), or
+  allow with a narrowed request (a patient-context search gets the patient constraint; a single
+  granular scope's restriction is added) and the letters the released resources must be covered by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gateway import compartment, searchparams
+from gateway.context import AccessContext
+from gateway.errors import Forbidden
+from gateway.interaction import FhirInteraction, Kind
+from gateway.narrowing import narrow_search
+from smart_auth.scopes import Context, Letter, ResourceScope
+
+READ: frozenset[Letter] = frozenset({"r"})
+SEARCH: frozenset[Letter] = frozenset({"s"})
+SEE: frozenset[Letter] = frozenset({"r", "s"})
+
+
+def _satisfies(resource: Mapping[str, Any], scope: ResourceScope) -> bool:
+    for name, value in scope.restriction:
+        try:
+            if not searchparams.matches(resource, name, value):
+                return False
+        except searchparams.UnsupportedParameter:
+            return False  # a restriction we cannot evaluate never widens access
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """The per-resource predicate for one token."""
+
+    context: AccessContext
+
+    def _reaches(self, resource: Mapping[str, Any]) -> bool:
+        """A patient-context scope reaches this resource (compartment or non-patient data)."""
+        rtype = str(resource.get("resourceType", ""))
+        if rtype in compartment.PUBLIC_TYPES:
+            return True
+        patients = compartment.patients_of(resource)
+        return bool(patients & self.context.patients)
+
+    def permits(self, resource: Mapping[str, Any], letters: frozenset[Letter] = SEE) -> bool:
+        rtype = resource.get("resourceType")
+        if not isinstance(rtype, str):
+            return False
+        reaches: bool | None = None
+        for scope in self.context.scopes:
+            if not scope.covers_type(rtype) or not (scope.letters & letters):
+                continue
+            if scope.context is Context.PATIENT:
+                if reaches is None:
+                    reaches = self._reaches(resource)
+                if not reaches:
+                    continue
+            if _satisfies(resource, scope):
+                return True
+        return False
+
+    def permits_bodiless(self, resource_type: str, letters: frozenset[Letter]) -> bool:
+        """An entry that names a resource without carrying it (a deletion in a history Bundle):
+        only a ``user/`` or ``system/`` scope without restriction covers it, since nothing can be
+        checked against the compartment or a granular restriction."""
+        return any(
+            s.covers_type(resource_type)
+            and s.letters & letters
+            and s.context is not Context.PATIENT
+            and not s.restriction
+            for s in self.context.scopes
+        )
+
+    def permits_contained(self, contained: Mapping[str, Any], letters: frozenset[Letter]) -> bool:
+        """A contained resource: its type must be covered, and it may not point at a patient the
+        token does not reach."""
+        rtype = contained.get("resourceType")
+        if not isinstance(rtype, str):
+            return False
+        scopes = [s for s in self.context.scopes if s.covers_type(rtype) and s.letters & letters]
+        if not scopes:
+            return False
+        if all(s.context is Context.PATIENT for s in scopes):
+            outside = compartment.patients_of(contained) - self.context.patients
+            if outside or rtype == "Patient":
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class AccessDecision:
+    """An allowed interaction: what to send upstream and how to judge what comes back."""
+
+    interaction: FhirInteraction
+    policy: AccessPolicy
+    letters: frozenset[Letter]
+    exact_total: bool
+    """The upstream's ``total`` counts only what the policy releases (no local-only filter)."""
+    patient_only: bool
+    """Only ``patient/`` scopes apply: writes and reads are held to the compartment."""
+
+
+def _scopes_for(
+    context: AccessContext, rtype: str, letters: frozenset[Letter]
+) -> list[ResourceScope]:
+    return [s for s in context.scopes if s.covers_type(rtype) and s.letters & letters]
+
+
+def _require(
+    context: AccessContext, rtype: str, letters: frozenset[Letter], action: str
+) -> list[ResourceScope]:
+    scopes = _scopes_for(context, rtype, letters)
+    if not scopes:
+        raise Forbidden(f"the access token has no scope that allows {action} {rtype}")
+    if all(s.context is Context.PATIENT for s in scopes):
+        if not context.patients:
+            raise Forbidden("patient/ scopes need a patient in context; this token has none")
+        reachable = rtype in compartment.PUBLIC_TYPES or compartment.is_compartment_type(rtype)
+        if not reachable and rtype != "Binary":
+            raise Forbidden(f"{rtype} is not available to patient-context tokens")
+    return scopes
+
+
+def _only_patient(scopes: list[ResourceScope]) -> bool:
+    return all(s.context is Context.PATIENT for s in scopes)
+
+
+def _restriction_params(scopes: list[ResourceScope]) -> tuple[list[tuple[str, str]], bool]:
+    """Parameters to add upstream for granular scopes, and whether the upstream total is exact."""
+    if any(not s.restriction for s in scopes):
+        return [], True
+    if len(scopes) == 1:
+        return list(scopes[0].restriction), False
+    return [], False  # several restricted scopes are an OR: filtered here only
+
+
+def _search(context: AccessContext, interaction: FhirInteraction) -> AccessDecision:
+    rtype = interaction.resource_type
+    assert rtype is not None
+    scopes = _require(context, rtype, SEARCH, "searching")
+    policy = AccessPolicy(context)
+    extra, exact = _restriction_params(scopes)
+    patient_only = _only_patient(scopes)
+    params = list(interaction.params)
+    if interaction.kind is Kind.SEARCH_COMPARTMENT:
+        assert interaction.compartment is not None
+        if patient_only and interaction.compartment[1] not in context.patients:
+            raise Forbidden("that patient's compartment is outside this token's access")
+        if patient_only:
+            params = narrow_search(params, rtype, context.patients, add_constraint=False)
+    elif patient_only and rtype not in compartment.PUBLIC_TYPES:
+        params = narrow_search(params, rtype, context.patients)
+    return AccessDecision(
+        interaction.with_params([*params, *extra]), policy, SEARCH, exact, patient_only
+    )
+
+
+def _system_level(context: AccessContext, interaction: FhirInteraction) -> AccessDecision:
+    scopes = [s for s in context.scopes if s.letters & SEE]
+    if not scopes or _only_patient(scopes):
+        raise Forbidden(
+            f"{interaction.kind} is not available to patient-context tokens: "
+            "ask each resource type (patient/ scopes are limited to one compartment)"
+        )
+    types = [t for v in interaction.param_values("_type") for t in v.split(",")]
+    letters = SEARCH if interaction.kind is Kind.SEARCH_SYSTEM else SEE
+    for rtype in types or ["*"]:
+        if not any(s.resource_type in ("*", rtype) and s.letters & letters for s in scopes):
+            raise Forbidden(f"the access token has no scope that allows searching {rtype}")
+    return AccessDecision(interaction, AccessPolicy(context), letters, False, False)
+
+
+def authorize(context: AccessContext, interaction: FhirInteraction) -> AccessDecision:
+    """Allow (possibly narrowed) or refuse one interaction for this token."""
+    kind, rtype = interaction.kind, interaction.resource_type
+    policy = AccessPolicy(context)
+    if kind in (Kind.SEARCH_TYPE, Kind.SEARCH_COMPARTMENT):
+        return _search(context, interaction)
+    if kind in (Kind.SEARCH_SYSTEM, Kind.HISTORY_SYSTEM):
+        return _system_level(context, interaction)
+    assert rtype is not None, kind
+    if kind in (Kind.READ, Kind.VREAD, Kind.HISTORY_INSTANCE):
+        scopes = _require(context, rtype, READ, "reading")
+        return AccessDecision(interaction, policy, READ, False, _only_patient(scopes))
+    if kind is Kind.HISTORY_TYPE:
+        scopes = _require(context, rtype, SEARCH, "the history of")
+        if _only_patient(scopes):
+            raise Forbidden("type-level history cannot be limited to one patient; ask per resource")
+        return AccessDecision(interaction, policy, SEE, False, False)
+    if kind is Kind.OPERATION and interaction.operation == "everything":
+        scopes = _require(context, rtype, READ, "reading")
+        if _only_patient(scopes) and interaction.resource_id not in context.patients:
+            raise Forbidden("that patient's record is outside this token's access")
+        return AccessDecision(interaction, policy, SEE, False, _only_patient(scopes))
+    if kind is Kind.OPERATION:  # $validate: writes nothing, answers an OperationOutcome
+        scopes = _require(context, rtype, frozenset({"c", "u"}), "validating")
+        return AccessDecision(interaction, policy, SEE, False, _only_patient(scopes))
+    letter: dict[Kind, tuple[frozenset[Letter], str]] = {
+        Kind.CREATE: (frozenset({"c"}), "creating"),
+        Kind.UPDATE: (frozenset({"u"}), "updating"),
+        Kind.PATCH: (frozenset({"u"}), "updating"),
+        Kind.DELETE: (frozenset({"d"}), "deleting"),
+    }
+    if kind in letter:
+        letters, action = letter[kind]
+        scopes = _require(context, rtype, letters, action)
+        patient_only = _only_patient(scopes)
+        if patient_only and rtype not in compartment.PUBLIC_TYPES:
+            if not compartment.is_compartment_type(rtype):
+                raise Forbidden(f"patient-context tokens cannot write {rtype}")
+        elif patient_only:
+            raise Forbidden(f"patient-context tokens cannot write {rtype}")
+        return AccessDecision(interaction, policy, SEE, False, patient_only)
+    raise Forbidden(f"{kind} is not available through this gateway")
+
+
+def reread(decision: AccessDecision, interaction: FhirInteraction) -> AccessDecision:
+    """The same decision for a follow-up request (the compartment check of a write)."""
+    return replace(decision, interaction=interaction)

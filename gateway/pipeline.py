@@ -1,0 +1,484 @@
+"""The FHIR request pipeline (DESIGN.md "The request pipeline"), read top to bottom in
+:meth:`Pipeline.handle`:
+
+1. ``authenticate``  the bearer token → :class:`AccessContext` (``authenticate.py``)
+2. ``parse``         the request → :class:`FhirInteraction` (``interaction.py``, ``content.py``)
+3. ``authorize``     scopes + compartment → allowed and narrowed, or refused (``access.py``)
+4. (consent)         per resource, after the scope check — a later step of the pipeline
+5. ``fetch``         the upstream (``upstream.py``); reads run concurrently with the revocation
+                     check, writes wait for it
+6. ``filter``        every released resource checked again; totals, contained, includes; paging
+                     links replaced by signed ones (``filtering.py``, ``paging.py``)
+7. (audit)           a later step of the pipeline
+8. respond
+
+``metadata`` is public (S-07/S-08): it needs no token. Batches are run entry by entry through the
+same steps (S-29); a transaction is authorized entry by entry first and sent only when every entry
+is allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import orjson
+from aiohttp import web
+from limits import parse as parse_limit
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from consent.subsetting import apply_elements, apply_summary
+from gateway import writes
+from gateway.access import SEE, AccessDecision, AccessPolicy, authorize
+from gateway.appkeys import INTERACTION, METRIC_LABEL, PIPELINE, REQUEST_ID
+from gateway.authenticate import Authenticator
+from gateway.content import Answer, decode_answer, negotiate, read_body, read_form
+from gateway.context import AccessContext
+from gateway.errors import (
+    BadRequest,
+    FhirError,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+)
+from gateway.filtering import filter_bundle, release_resource
+from gateway.headers import request_headers
+from gateway.interaction import (
+    HISTORY_KINDS,
+    WRITE_KINDS,
+    FhirInteraction,
+    Kind,
+    parse,
+)
+from gateway.metrics import Metrics
+from gateway.paging import PageLink, PageSigner
+from gateway.rewrite import UrlRewriter
+from gateway.settings import Settings
+from gateway.upstream import Upstream
+from smart_auth.scopes import Letter
+
+_FORM = "application/x-www-form-urlencoded"
+_READS = frozenset({Kind.READ, Kind.VREAD})
+_LOCAL_SHAPING = frozenset({"_elements", "_summary"})
+_PAGE_RELATIONS = frozenset({"next", "previous", "prev", "first", "last"})
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One interaction to run: a whole request, or one entry of a batch."""
+
+    interaction: FhirInteraction
+    body: Any = None
+    raw: bytes | None = None
+    media: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    self_url: str = ""
+
+
+class Pipeline:
+    """The FHIR API: every request under ``/fhir`` goes through :meth:`handle`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        upstream: Upstream,
+        rewriter: UrlRewriter,
+        authenticator: Authenticator,
+        signer: PageSigner,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.rewriter = rewriter
+        self.authenticator = authenticator
+        self.signer = signer
+        self.metrics = metrics
+        self._limit = parse_limit(settings.rate_limit_per_client)
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    # --- the request -------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        request[METRIC_LABEL] = "fhir"
+        negotiate(request)
+        path = request.match_info.get("path", "")
+        if path == "metadata":
+            interaction = parse(request.method, path)
+            request[METRIC_LABEL] = interaction.kind.value
+            return (await self._fetch(Call(interaction), request[REQUEST_ID])).render()
+
+        context = await self.authenticator.authenticate(request.headers, request.query)
+        await self._rate_limit(context)
+        form = await read_form(request)
+        interaction = parse(request.method, path, request.query.items(), form)
+        interaction, raw, media = await read_body(request, interaction)
+        request[INTERACTION] = interaction
+        request[METRIC_LABEL] = interaction.kind.value
+        call = Call(
+            interaction,
+            orjson.loads(raw) if raw else None,
+            raw,
+            media,
+            request_headers(request.headers),
+            self.settings.public_base_url + request.path_qs,
+        )
+        request_id = request[REQUEST_ID]
+        if interaction.kind in WRITE_KINDS or interaction.kind in (Kind.BATCH, Kind.TRANSACTION):
+            await self._not_revoked(context)
+            return (await self._run(context, call, request_id)).render()
+        # A read changes nothing upstream: fetch while checking revocation, release only after.
+        revoked = asyncio.ensure_future(self.authenticator.is_revoked(context))
+        try:
+            answer = await self._run(context, call, request_id)
+        except FhirError:
+            if await revoked:
+                raise Unauthorized("the access token has been revoked") from None
+            raise
+        except BaseException:
+            revoked.cancel()
+            raise
+        if await revoked:
+            raise Unauthorized("the access token has been revoked")
+        return answer.render()
+
+    async def _not_revoked(self, context: AccessContext) -> None:
+        if await self.authenticator.is_revoked(context):
+            raise Unauthorized("the access token has been revoked")
+
+    async def _rate_limit(self, context: AccessContext) -> None:
+        if not await self._limiter.hit(self._limit, context.client_id):
+            stats = await self._limiter.get_window_stats(self._limit, context.client_id)
+            wait = max(1, int(stats.reset_time - time.time()) + 1)
+            raise TooManyRequests(
+                f"too many requests from this app; try again in {wait} s", retry_after=wait
+            )
+
+    async def _run(self, context: AccessContext, call: Call, request_id: str) -> Answer:
+        kind = call.interaction.kind
+        if kind is Kind.BATCH:
+            return await self._batch(context, call, request_id)
+        if kind is Kind.TRANSACTION:
+            return await self._transaction(context, call, request_id)
+        if kind is Kind.PAGE:
+            return await self._page(context, call, request_id)
+        decision = authorize(context, call.interaction)
+        if kind in WRITE_KINDS:
+            return await self._write(context, decision, call, request_id)
+        return await self._read(decision, call, request_id)
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def _read(self, decision: AccessDecision, call: Call, request_id: str) -> Answer:
+        interaction = decision.interaction
+        shaping = [(k, v) for k, v in interaction.params if k in _LOCAL_SHAPING]
+        if ("_summary", "count") in shaping and not decision.exact_total:
+            raise Forbidden(
+                "a count is not available for this access token: some matches would be withheld"
+            )
+        upstream_params = [
+            (k, v) for k, v in interaction.params if k not in _LOCAL_SHAPING or v == "count"
+        ]
+        answer = await self._fetch(
+            Call(interaction.with_params(upstream_params), None, None, None, call.headers),
+            request_id,
+        )
+        return self._release(decision, answer, call.self_url, shaping)
+
+    def _release(
+        self,
+        decision: AccessDecision,
+        answer: Answer,
+        self_url: str,
+        shaping: list[tuple[str, str]] | None = None,
+    ) -> Answer:
+        kind = decision.interaction.kind
+        if answer.status >= 400 or answer.body is None:
+            if (
+                decision.patient_only
+                and answer.status in (404, 410)
+                and kind in _READS | HISTORY_KINDS
+            ):
+                raise NotFound("no such resource is available to this access token")
+            return answer
+        body = answer.body
+        if kind in _READS:
+            released = release_resource(body, decision.policy, decision.letters)
+            if released is None:
+                raise NotFound("no such resource is available to this access token")
+            answer.body = _shape(released, shaping or [])
+            return answer
+        if body.get("resourceType") == "Bundle":
+            filter_bundle(body, decision.policy, decision.letters, exact_total=decision.exact_total)
+            self._sign_links(body, decision, self_url)
+            if shaping:
+                for entry in body.get("entry", []):
+                    entry["resource"] = _shape(entry["resource"], shaping)
+            return answer
+        if body.get("resourceType") == "OperationOutcome":
+            return answer
+        released = release_resource(body, decision.policy, SEE)
+        if released is None:
+            raise NotFound("no such resource is available to this access token")
+        return answer
+
+    def _sign_links(self, bundle: dict[str, Any], decision: AccessDecision, self_url: str) -> None:
+        interaction = decision.interaction
+        links: list[dict[str, str]] = [{"relation": "self", "url": self_url}] if self_url else []
+        for link in bundle.get("link") or []:
+            relation, url = link.get("relation"), link.get("url")
+            if relation not in _PAGE_RELATIONS or not isinstance(url, str):
+                continue
+            relative = self.rewriter.relative_to_public(url)
+            if relative is None:
+                continue
+            page = PageLink(
+                relative,
+                interaction.kind.value,
+                interaction.resource_type,
+                "".join(sorted(decision.letters)),
+                decision.exact_total,
+            )
+            token = self.signer.sign(page, decision.policy.context)
+            links.append(
+                {"relation": relation, "url": f"{self.settings.fhir_base_url}/_page/{token}"}
+            )
+        if links:
+            bundle["link"] = links
+        else:
+            bundle.pop("link", None)
+
+    async def _page(self, context: AccessContext, call: Call, request_id: str) -> Answer:
+        assert call.interaction.page is not None
+        page = self.signer.open(call.interaction.page, context)
+        letters: frozenset[Letter] = frozenset(page.letters)  # type: ignore[arg-type]
+        interaction = FhirInteraction(Kind(page.kind), "GET", page.resource_type, params=())
+        decision = AccessDecision(
+            interaction, AccessPolicy(context), letters, page.exact_total, False
+        )
+        upstream = await self.upstream.send(
+            "GET", "", url=self.upstream.link_url(page.upstream), request_id=request_id
+        )
+        answer = decode_answer(upstream, self.rewriter)
+        if (
+            answer.body is not None
+            and answer.body.get("resourceType") != "Bundle"
+            and answer.status < 400
+        ):
+            raise Forbidden("this paging link does not lead to a Bundle")
+        return self._release(
+            decision, Answer(answer.status, answer.headers, answer.body), call.self_url
+        )
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def _current(
+        self, interaction: FhirInteraction, request_id: str
+    ) -> dict[str, Any] | None:
+        read = FhirInteraction(Kind.READ, "GET", interaction.resource_type, interaction.resource_id)
+        answer = await self._fetch(Call(read), request_id)
+        return answer.body if answer.status == 200 else None
+
+    async def _write(
+        self, context: AccessContext, decision: AccessDecision, call: Call, request_id: str
+    ) -> Answer:
+        interaction, kind = decision.interaction, decision.interaction.kind
+        headers = dict(call.headers)
+        current: dict[str, Any] | None = None
+        if kind in (Kind.CREATE, Kind.UPDATE):
+            writes.validate(call.body)
+        if decision.patient_only:
+            if "If-None-Exist" in {h.title() for h in headers}:
+                raise Forbidden("conditional creates are not available to patient-context tokens")
+            if kind in (Kind.UPDATE, Kind.PATCH, Kind.DELETE):
+                current = await self._current(interaction, request_id)
+                if current is None and kind is Kind.UPDATE:
+                    authorize(
+                        context, FhirInteraction(Kind.CREATE, "POST", interaction.resource_type)
+                    )
+                elif current is not None or kind is not Kind.UPDATE:
+                    writes.check_current(current, context)
+                if current is not None:
+                    version = (current.get("meta") or {}).get("versionId")
+                    if version and not any(h.lower() == "if-match" for h in headers):
+                        headers["If-Match"] = f'W/"{version}"'
+            if kind in (Kind.CREATE, Kind.UPDATE):
+                writes.check_in_compartment(call.body, context, f"this {interaction.resource_type}")
+            if kind is Kind.PATCH:
+                if call.media != "application/json-patch+json" or current is None:
+                    raise Forbidden("patient-context tokens patch with JSON Patch only")
+                patched = writes.apply_patch(current, call.body)
+                writes.check_in_compartment(patched, context, "the patched resource")
+        answer = await self._fetch(
+            Call(interaction, call.body, call.raw, call.media, headers), request_id
+        )
+        body = answer.body
+        if (
+            body is not None
+            and answer.status < 300
+            and body.get("resourceType") != "OperationOutcome"
+            and release_resource(body, decision.policy, SEE) is None
+        ):
+            answer.body = None  # written, but not readable with this token's scopes
+        return answer
+
+    # --- batch and transaction (S-29) --------------------------------------------------------
+
+    def _entry_call(self, entry: Any) -> Call:
+        if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
+            raise BadRequest("every entry needs a request")
+        request = entry["request"]
+        method, url = str(request.get("method", "")).upper(), str(request.get("url", ""))
+        if url.startswith(self.settings.fhir_base_url):
+            url = url[len(self.settings.fhir_base_url) :]
+        parts = urlsplit(url.lstrip("/"))
+        if parts.scheme or parts.netloc:
+            raise BadRequest("an entry's URL must be relative to this server's base")
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        interaction = parse(method, parts.path, query)
+        if interaction.kind in (Kind.BATCH, Kind.TRANSACTION, Kind.PAGE):
+            raise BadRequest("an entry cannot be a batch, a transaction or a paging link")
+        resource = entry.get("resource")
+        raw = None
+        media = None
+        if (
+            interaction.kind in (Kind.CREATE, Kind.UPDATE, Kind.PATCH, Kind.OPERATION)
+            and resource is not None
+        ):
+            raw = self.rewriter.body_to_upstream(orjson.dumps(resource))
+            media = "application/fhir+json"
+        headers = {}
+        for field_name, header in (
+            ("ifMatch", "If-Match"),
+            ("ifNoneMatch", "If-None-Match"),
+            ("ifNoneExist", "If-None-Exist"),
+        ):
+            if isinstance(request.get(field_name), str):
+                headers[header] = request[field_name]
+        return Call(
+            interaction,
+            resource,
+            raw,
+            media,
+            headers,
+            f"{self.settings.fhir_base_url}/{url.lstrip('/')}",
+        )
+
+    async def _batch(self, context: AccessContext, call: Call, request_id: str) -> Answer:
+        entries = []
+        for entry in call.body.get("entry") or []:
+            try:
+                sub = self._entry_call(entry)
+                answer = await self._run(context, sub, request_id)
+            except FhirError as exc:
+                answer = Answer(exc.status, {}, exc.outcome())
+            entries.append(_entry_response(answer))
+        bundle = {"resourceType": "Bundle", "type": "batch-response", "entry": entries}
+        return Answer(200, {}, bundle)
+
+    async def _transaction(self, context: AccessContext, call: Call, request_id: str) -> Answer:
+        entries = call.body.get("entry") or []
+        decisions: list[AccessDecision] = []
+        for index, entry in enumerate(entries):
+            try:
+                sub = self._entry_call(entry)
+                decision = authorize(context, sub.interaction)
+                if sub.interaction.kind in WRITE_KINDS:
+                    await self._check_transaction_write(context, decision, sub, request_id)
+            except FhirError as exc:
+                raise type(exc)(f"entry {index + 1}: {exc.diagnostics}") from None
+            decisions.append(decision)
+        answer = await self._fetch(call, request_id)
+        if answer.status >= 400 or answer.body is None:
+            return answer
+        for decision, entry in zip(decisions, answer.body.get("entry") or [], strict=False):
+            resource = entry.get("resource")
+            if not isinstance(resource, dict):
+                continue
+            released = self._release(decision, Answer(200, {}, resource), "")
+            if released.body is None:
+                entry.pop("resource", None)
+        return answer
+
+    async def _check_transaction_write(
+        self, context: AccessContext, decision: AccessDecision, sub: Call, request_id: str
+    ) -> None:
+        kind = sub.interaction.kind
+        if kind in (Kind.CREATE, Kind.UPDATE):
+            writes.validate(sub.body)
+        if not decision.patient_only:
+            return
+        if "If-None-Exist" in sub.headers:
+            raise Forbidden("conditional creates are not available to patient-context tokens")
+        if kind in (Kind.UPDATE, Kind.DELETE, Kind.PATCH):
+            current = await self._current(sub.interaction, request_id)
+            if current is not None or kind is not Kind.UPDATE:
+                writes.check_current(current, context)
+        if kind is Kind.PATCH:
+            raise Forbidden("patient-context tokens cannot patch inside a transaction")
+        if kind in (Kind.CREATE, Kind.UPDATE):
+            writes.check_in_compartment(sub.body, context, f"this {sub.interaction.resource_type}")
+
+    # --- the upstream ------------------------------------------------------------------------
+
+    async def _fetch(self, call: Call, request_id: str) -> Answer:
+        interaction = call.interaction
+        params: list[tuple[str, str]] = list(interaction.params)
+        body, media = call.raw, call.media
+        if body is not None:
+            body = self.rewriter.body_to_upstream(body)
+        elif interaction.form_post:
+            body, media, params = urlencode(params).encode(), _FORM, []
+        upstream = await self.upstream.send(
+            interaction.method,
+            interaction.upstream_path,
+            params=params,
+            body=body,
+            content_type=media,
+            headers=call.headers,
+            request_id=request_id,
+        )
+        self.metrics.upstream_latency.labels(interaction.kind.value).observe(upstream.seconds)
+        return decode_answer(upstream, self.rewriter)
+
+
+def _shape(resource: dict[str, Any], shaping: list[tuple[str, str]]) -> dict[str, Any]:
+    """The caller's ``_elements`` / ``_summary``, applied after the access checks."""
+    for name, value in shaping:
+        if name == "_elements":
+            resource = apply_elements(resource, [v.strip() for v in value.split(",") if v.strip()])
+        elif name == "_summary" and value in ("true", "text", "data"):
+            resource = apply_summary(resource, value)
+    return resource
+
+
+def _entry_response(answer: Answer) -> dict[str, Any]:
+    try:
+        phrase = http.HTTPStatus(answer.status).phrase
+    except ValueError:
+        phrase = ""
+    response: dict[str, Any] = {"status": f"{answer.status} {phrase}".strip()}
+    for header, field_name in (
+        ("Location", "location"),
+        ("ETag", "etag"),
+        ("Last-Modified", "lastModified"),
+    ):
+        if header in answer.headers:
+            response[field_name] = answer.headers[header]
+    entry: dict[str, Any] = {"response": response}
+    if answer.body is not None:
+        if answer.status >= 400:
+            response["outcome"] = answer.body
+        else:
+            entry["resource"] = answer.body
+    return entry
+
+
+async def handle_fhir(request: web.Request) -> web.StreamResponse:
+    """Every FHIR REST interaction under ``/fhir``."""
+    return await request.app[PIPELINE].handle(request)

@@ -1,0 +1,100 @@
+"""Checks on what a caller writes (FHIR R4 3.1.0 create/update/patch/delete; the issue's item 8).
+
+- Every created or updated body is validated with ``fhir.resources`` (R4B models, close to R4):
+  a body that is not a valid resource gets 422 with one OperationOutcome issue per problem,
+  each naming the element.
+- A ``patient/``-only token writes inside its compartment: the body's compartment references (and
+  any reference to a Patient anywhere in it) point only at patients the token reaches, before and
+  after a patch; an update or delete touches only a resource that is in the compartment now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jsonpatch
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from gateway import compartment
+from gateway.context import AccessContext
+from gateway.errors import Forbidden, NotFound, Unprocessable
+from gateway.narrowing import patient_id
+
+
+def _issues(exc: ValidationError) -> list[dict[str, Any]]:
+    issues = []
+    for error in exc.errors()[:50]:
+        where = ".".join(str(part) for part in error["loc"])
+        issues.append(
+            {
+                "severity": "error",
+                "code": "structure" if error["type"] == "extra_forbidden" else "value",
+                "diagnostics": f"{where}: {error['msg']}",
+                "expression": [where] if where else [],
+            }
+        )
+    return issues
+
+
+def validate(resource: Mapping[str, Any]) -> None:
+    """422 unless ``resource`` is a valid FHIR resource of its declared type."""
+    rtype = resource.get("resourceType")
+    try:
+        model = get_fhir_model_class(str(rtype))
+    except (KeyError, ValueError):
+        raise Unprocessable(f"'{rtype}' is not a FHIR resource type") from None
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        issues = _issues(exc)
+        raise Unprocessable(
+            f"the {rtype} is not valid FHIR ({len(issues)} problem(s))", extra_issues=issues
+        ) from None
+
+
+def _patient_references(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        reference = value.get("reference")
+        if isinstance(reference, str):
+            target = patient_id(reference)
+            if target is not None and (
+                reference.startswith("Patient/") or "/Patient/" in reference
+            ):
+                yield target
+        for item in value.values():
+            yield from _patient_references(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _patient_references(item)
+
+
+def check_in_compartment(resource: Mapping[str, Any], context: AccessContext, what: str) -> None:
+    """403 unless a resource a patient-context token writes stays with its patients."""
+    owners = compartment.patients_of(resource)
+    if resource.get("resourceType") == "Patient":
+        owners = owners | {str(resource.get("id", ""))}
+    outside = (owners | set(_patient_references(resource))) - context.patients
+    if outside:
+        raise Forbidden(f"{what} would refer to a patient outside this token's access")
+    if not owners & context.patients:
+        raise Forbidden(f"{what} must belong to a patient this token may act for")
+
+
+def check_current(current: Mapping[str, Any] | None, context: AccessContext) -> None:
+    """An existing resource a patient-context token updates or deletes must be in its
+    compartment; one that is not is answered like one that does not exist."""
+    if current is None or not compartment.patients_of(current) & context.patients:
+        raise NotFound("no such resource is available to this access token")
+
+
+def apply_patch(current: Mapping[str, Any], operations: Any) -> dict[str, Any]:
+    """The resource after a JSON Patch (RFC 6902), to check before the upstream applies it."""
+    try:
+        patched = jsonpatch.apply_patch(dict(current), operations)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError) as exc:
+        raise Unprocessable(f"the JSON Patch cannot be applied: {exc}") from None
+    if not isinstance(patched, dict):
+        raise Unprocessable("the JSON Patch does not leave a resource")
+    return patched
