@@ -246,6 +246,10 @@ async def _admin_browser(gateway: RunningGateway) -> Any:
     return browser
 
 
+KEYS = Path(__file__).resolve().parents[2] / "fixtures" / "keys"
+PRIVATE_KEY = json.loads((KEYS / "backend-service.private.jwk.json").read_text())
+
+
 async def test_demo_registrations_from_fixtures(gateway: RunningGateway) -> None:
     auth = gateway.server.app[AUTH]
     first = await register_demo(auth)
@@ -256,9 +260,4 @@ async def test_demo_registrations_from_fixtures(gateway: RunningGateway) -> None
     assert maria is not None and maria.related_persons == ("relperson-maria-garcia",)
     backend = await auth.clients.get("demo-backend-service")
     assert backend is not None and backend.jwks is not None
-    private = json.loads(
-        (
-            Path(__file__).resolve().parents[2] / "fixtures/keys/backend-service.private.jwk.json"
-        ).read_text()
-    )
-    assert private["kid"] == backend.jwks["keys"][0]["kid"]
+    assert PRIVATE_KEY["kid"] == backend.jwks["keys"][0]["kid"]
