@@ -23,6 +23,7 @@ from joserfc.jwk import ECKey, Key, RSAKey
 from smart_auth.clients import Client
 
 ALGORITHMS = {"RS384": ("RSA", None), "ES384": ("EC", "P-384")}
+_MIN_REFETCH = 10.0  # an unknown kid refetches a JWKS URL at most this often (seconds)
 
 
 class KeyResolutionError(ValueError):
@@ -83,6 +84,7 @@ class ClientKeyResolver:
         self._fetch = fetch
         self._cap = max_cache_seconds
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._fetched_at: dict[str, float] = {}
 
     async def _remote(self, url: str, *, refresh: bool) -> dict[str, Any]:
         cached = self._cache.get(url)
@@ -90,6 +92,9 @@ class ClientKeyResolver:
             return cached[1]
         if self._fetch is None:
             raise KeyResolutionError("JWKS URLs cannot be fetched here")
+        if refresh and time.monotonic() - self._fetched_at.get(url, 0.0) < _MIN_REFETCH:
+            raise KeyResolutionError("no key of the client matches the assertion's kid")
+        self._fetched_at[url] = time.monotonic()
         try:
             fetched = await self._fetch(url)
         except Exception:

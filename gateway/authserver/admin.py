@@ -37,6 +37,10 @@ async def _caller(request: web.Request, roles: tuple[Role, ...]) -> Session:
         raise ApiError(401, "login_required", "sign in at /auth/login first")
     if session.role not in roles:
         raise ApiError(403, "forbidden", "this account's role may not do this")
+    if session.role == Role.ADMIN.value:
+        user = await request.app[AUTH].users.get(session.user_id)
+        if user is None or not user.mfa_enrolled:  # P-04: no administration without MFA
+            raise ApiError(403, "mfa_required", "administrators must use a second factor")
     if request.method not in ("GET", "HEAD"):
         sent = request.headers.get("X-CSRF-Token", "")
         if not hmac.compare_digest(sent, session.csrf):

@@ -379,3 +379,42 @@ async def test_p13_json_operators_in_token_fields_do_not_widen_lookups(
             http, gateway, grant_type="refresh_token", refresh_token="x", client_id=value
         )
         assert body["error"] == "invalid_client"
+
+
+async def test_s09_authorization_endpoint_takes_post(gateway: RunningGateway) -> None:
+    await ensure_public_client(gateway)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{gateway.base}/auth/authorize", data=_params(gateway), allow_redirects=False
+        ) as response,
+    ):
+        assert response.status == 303 and "/auth/login?flow=" in response.headers["Location"]
+
+
+async def test_s32_online_access_refresh_ends_with_the_session(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    from gateway.appkeys import AUTH
+
+    tokens = await flow_token(gateway, scope="patient/*.rs online_access")
+    status, refreshed = await _token(
+        http,
+        gateway,
+        grant_type="refresh_token",
+        refresh_token=tokens["refresh_token"],
+        client_id=PUBLIC_APP,
+    )
+    assert status == 200
+    auth = gateway.server.app[AUTH]
+    maria = await auth.users.by_username(MARIA.username)
+    assert maria is not None
+    await auth.sessions.end_all(maria.user_id)  # the user signs out
+    status, body = await _token(
+        http,
+        gateway,
+        grant_type="refresh_token",
+        refresh_token=refreshed["refresh_token"],
+        client_id=PUBLIC_APP,
+    )
+    assert (status, body["error"]) == (400, "invalid_grant")
