@@ -38,6 +38,31 @@ REDACTED: Final = {"system": V3_OBSERVATION_VALUE, "code": "REDACTED", "display"
 SUBSETTED: Final = {"system": V3_OBSERVATION_VALUE, "code": "SUBSETTED", "display": "subsetted"}
 """meta.tag on a resource reduced by ``_elements``/``_summary`` (FHIR R4 Search, "Summary")."""
 
+R4_ONLY_TYPES: Final = frozenset(
+    {
+        "EffectEvidenceSynthesis",
+        "MedicinalProduct",
+        "MedicinalProductAuthorization",
+        "MedicinalProductContraindication",
+        "MedicinalProductIndication",
+        "MedicinalProductIngredient",
+        "MedicinalProductInteraction",
+        "MedicinalProductManufactured",
+        "MedicinalProductPackaged",
+        "MedicinalProductPharmaceutical",
+        "MedicinalProductUndesirableEffect",
+        "RiskEvidenceSynthesis",
+        "SubstanceNucleicAcid",
+        "SubstancePolymer",
+        "SubstanceProtein",
+        "SubstanceReferenceInformation",
+        "SubstanceSourceMaterial",
+        "SubstanceSpecification",
+    }
+)
+"""FHIR R4 (4.0.1) resource types that R4B removed or renamed, so the R4B models of
+fhir.resources do not know them (compared against HL7's R4 Patient CompartmentDefinition list)."""
+
 
 def load_json(*path: str) -> Any:
     """A JSON file from ``consent/data``."""

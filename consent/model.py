@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.consent import Consent
+from fhir.resources.R4B.resource import Resource
 
 from consent import fhirtime
 from consent.codes import (
@@ -38,6 +39,7 @@ from consent.codes import (
     CONSENT_SCOPE,
     LOINC,
     PATIENT_PRIVACY,
+    R4_ONLY_TYPES,
     RESOURCE_TYPES,
     V3_ACT_CODE,
     V3_ACT_REASON,
@@ -210,10 +212,14 @@ def _coding(system: str, code: str, display: str | None = None) -> dict[str, str
 
 
 def _resource_type(name: str) -> str:
+    if name in R4_ONLY_TYPES:
+        return name
     try:
-        get_fhir_model_class(name)
-    except (KeyError, ValueError, AttributeError, ImportError) as error:
-        raise InvalidParameter(f"{name!r} is not a FHIR resource type") from error
+        found = issubclass(get_fhir_model_class(name), Resource)
+    except (KeyError, ValueError, AttributeError, ImportError):
+        found = False
+    if not found:
+        raise InvalidParameter(f"{name!r} is not a FHIR resource type")
     return name
 
 

@@ -179,6 +179,15 @@ def test_c05_app_grant_shape() -> None:
     assert model.actor_keys(consent) == [f"{CLIENT_SYSTEM}|app-a"]
 
 
+def test_c05_app_grant_accepts_r4_types_the_r4b_models_lack() -> None:
+    consent = model.app_grant("pat-1", "app-a", "A", [], ["MedicinalProduct"], [], START, None)
+    assert consent["provision"]["class"] == [{"system": RESOURCE_TYPES, "code": "MedicinalProduct"}]
+    with pytest.raises(InvalidParameter):
+        model.app_grant("pat-1", "app-a", "A", [], ["Medicinalproduct"], [], START, None)
+    with pytest.raises(InvalidParameter):
+        model.app_grant("pat-1", "app-a", "A", [], ["HumanName"], [], START, None)
+
+
 def test_c05_app_grant_without_expiry_or_purpose() -> None:
     consent = model.app_grant("pat-1", "app-a", "A", [], ["Patient"], [], START, None)
     assert consent["provision"]["period"] == {"start": "2025-03-01T09:30:00.000Z"}
