@@ -29,9 +29,11 @@ import orjson
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+from pymongo.errors import PyMongoError
 
+from gateway.coalesce import Coalescer
 from gateway.context import AccessContext
-from gateway.errors import BadRequest, Unauthorized
+from gateway.errors import BadRequest, ServiceUnavailable, Unauthorized
 from gateway.settings import ExternalIssuer
 from smart_auth.revocations import RevocationList
 from smart_auth.scopes import ScopeSet
@@ -141,7 +143,6 @@ class Authenticator:
     ) -> None:
         self._issuer = issuer
         self._audience = audience
-        self._revocations = revocations
         self._http = http
 
         async def own() -> tuple[Mapping[str, Any], float | None]:
@@ -155,6 +156,7 @@ class Authenticator:
                 self._fetcher(item.jwks_uri), jwks_refresh_min_seconds
             )
         self._verified: dict[str, AccessContext] = {}
+        self._revoked = Coalescer(revocations.revoked_among)
 
     def _fetcher(self, uri: str) -> Callable[[], Awaitable[tuple[Mapping[str, Any], float | None]]]:
         async def fetch() -> tuple[Mapping[str, Any], float | None]:
@@ -189,10 +191,17 @@ class Authenticator:
         return cached
 
     async def is_revoked(self, context: AccessContext) -> bool:
-        """One indexed read: has this token or its grant been revoked (S-25)?"""
+        """Has this token or its grant been revoked (S-25)? A fresh read of the revocation list,
+        shared with the requests arriving at the same time (:mod:`gateway.coalesce`). When the
+        list cannot be read, the request is refused (503), never let through."""
         if context.external:
             return False  # an external issuer revokes through its own introspection
-        return await self._revocations.is_revoked(context.jti, context.grant_id)
+        try:
+            found = await self._revoked.get_many(RevocationList.keys(context.jti, context.grant_id))
+        except PyMongoError:
+            log.warning("the revocation list cannot be read")
+            raise ServiceUnavailable("access cannot be checked right now; try again") from None
+        return bool(found)
 
     async def _verify(self, token: str) -> AccessContext:
         header, unverified = _unverified(token)

@@ -49,6 +49,17 @@ class RevocationList:
         """Revoke every token of one grant; ``expires_at`` must cover its longest-lived token."""
         await self._add(f"grant:{grant_id}", expires_at, reason)
 
+    @staticmethod
+    def keys(jti: str, grant_id: str | None = None) -> list[str]:
+        """The entries that would revoke a token with this ``jti`` and ``grant_id``."""
+        return [f"jti:{jti}"] + ([f"grant:{grant_id}"] if grant_id else [])
+
     async def is_revoked(self, jti: str, grant_id: str | None = None) -> bool:
-        keys = [f"jti:{jti}"] + ([f"grant:{grant_id}"] if grant_id else [])
-        return await self._entries.find_one({"_id": {"$in": keys}}, {"_id": 1}) is not None
+        found = await self.revoked_among(self.keys(jti, grant_id))
+        return bool(found)
+
+    async def revoked_among(self, keys: list[str]) -> dict[str, bool]:
+        """Which of ``keys`` (see :meth:`keys`) are revoked: one indexed ``_id $in`` query, so
+        the FHIR side can check many requests' tokens at once."""
+        cursor = self._entries.find({"_id": {"$in": keys}}, {"_id": 1})
+        return {str(doc["_id"]): True async for doc in cursor}
