@@ -14,10 +14,12 @@ import aiohttp
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
+from consent.store import ConsentStore
 from gateway import health
 from gateway.appkeys import AUTH, METRICS, MONGO, PIPELINE, REWRITER, SETTINGS, UPSTREAM
 from gateway.authenticate import Authenticator
 from gateway.authserver import setup_authserver
+from gateway.consent_gate import ConsentGate
 from gateway.metrics import Metrics
 from gateway.middleware import add_request_id, fhir_errors, request_context, request_limits
 from gateway.paging import PageSigner, load_secret
@@ -76,7 +78,10 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         jwks_refresh_min_seconds=settings.jwks_refresh_min_seconds,
     )
     configured = settings.paging_secret.get_secret_value() if settings.paging_secret else None
-    secret = await load_secret(app[MONGO][settings.mongodb_database], configured)
+    db = app[MONGO][settings.mongodb_database]
+    secret = await load_secret(db, configured)
+    consents = ConsentStore(db)
+    await consents.ensure_indexes()
     app[PIPELINE] = Pipeline(
         settings,
         app[UPSTREAM],
@@ -84,6 +89,7 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         authenticator,
         PageSigner(secret, settings.page_link_lifetime_seconds),
         app[METRICS],
+        ConsentGate(consents, auth.clients),
     )
     try:
         yield

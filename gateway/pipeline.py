@@ -32,11 +32,13 @@ from limits import parse as parse_limit
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
+from consent.decide import Decision
 from consent.subsetting import apply_elements, apply_summary
 from gateway import writes
 from gateway.access import SEE, AccessDecision, AccessPolicy, authorize
 from gateway.appkeys import INTERACTION, METRIC_LABEL, PIPELINE, REQUEST_ID
 from gateway.authenticate import Authenticator
+from gateway.consent_gate import ConsentGate, RequestConsent
 from gateway.content import Answer, decode_answer, negotiate, read_body, read_form
 from gateway.context import AccessContext
 from gateway.errors import (
@@ -92,6 +94,7 @@ class Pipeline:
         authenticator: Authenticator,
         signer: PageSigner,
         metrics: Metrics,
+        consent: ConsentGate,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
@@ -99,6 +102,7 @@ class Pipeline:
         self.authenticator = authenticator
         self.signer = signer
         self.metrics = metrics
+        self.consent = consent
         self._limit = parse_limit(settings.rate_limit_per_client)
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
@@ -170,31 +174,45 @@ class Pipeline:
         decision = authorize(context, call.interaction)
         if kind in WRITE_KINDS:
             return await self._write(context, decision, call, request_id)
-        return await self._read(decision, call, request_id)
+        return await self._read(context, decision, call, request_id)
 
     # --- reads -------------------------------------------------------------------------------
 
-    async def _read(self, decision: AccessDecision, call: Call, request_id: str) -> Answer:
+    async def _read(
+        self, context: AccessContext, decision: AccessDecision, call: Call, request_id: str
+    ) -> Answer:
         interaction = decision.interaction
         shaping = [(k, v) for k, v in interaction.params if k in _LOCAL_SHAPING]
-        if ("_summary", "count") in shaping and not decision.exact_total:
+        if ("_summary", "count") in shaping:
+            # Consent (and often scopes) withhold resources the upstream would count (C-18).
             raise Forbidden(
-                "a count is not available for this access token: some matches would be withheld"
+                "_summary=count is not available through this gateway: the count could include "
+                "resources this app may not see; count the entries of a search instead"
             )
-        upstream_params = [
-            (k, v) for k, v in interaction.params if k not in _LOCAL_SHAPING or v == "count"
-        ]
-        answer = await self._fetch(
+        upstream_params = [(k, v) for k, v in interaction.params if k not in _LOCAL_SHAPING]
+        consent = await self.consent.start(context)
+        fetch = self._fetch(
             Call(interaction.with_params(upstream_params), None, None, None, call.headers),
             request_id,
         )
-        return self._release(decision, answer, call.self_url, shaping)
+        if not decision.patient_only:
+            return await self._release(decision, await fetch, call.self_url, consent, shaping)
+        # The patients are known before the fetch: read their consents meanwhile.
+        patients = sorted(context.patients)
+        answer, _ = await asyncio.gather(fetch, self.consent.load(consent, patients))
+        refusal = consent.refusal(patients)
+        if refusal is not None:
+            if interaction.kind in _READS:
+                raise Forbidden(_explain(refusal))
+            return _refused_search(refusal)
+        return await self._release(decision, answer, call.self_url, consent, shaping)
 
-    def _release(
+    async def _release(
         self,
         decision: AccessDecision,
         answer: Answer,
         self_url: str,
+        consent: RequestConsent,
         shaping: list[tuple[str, str]] | None = None,
     ) -> Answer:
         kind = decision.interaction.kind
@@ -207,24 +225,27 @@ class Pipeline:
                 raise NotFound("no such resource is available to this access token")
             return answer
         body = answer.body
-        if kind in _READS:
-            released = release_resource(body, decision.policy, decision.letters)
-            if released is None:
-                raise NotFound("no such resource is available to this access token")
-            answer.body = _shape(released, shaping or [])
+        if body.get("resourceType") == "OperationOutcome":
             return answer
-        if body.get("resourceType") == "Bundle":
-            filter_bundle(body, decision.policy, decision.letters, exact_total=decision.exact_total)
+        if body.get("resourceType") == "Bundle" and kind not in _READS:
+            resources = [e["resource"] for e in body.get("entry") or [] if "resource" in e]
+            await self.consent.load_for(consent, resources)
+            filter_bundle(
+                body, decision.policy, decision.letters, exact_total=False, then=consent.release
+            )
             self._sign_links(body, decision, self_url)
             if shaping:
                 for entry in body.get("entry", []):
                     entry["resource"] = _shape(entry["resource"], shaping)
             return answer
-        if body.get("resourceType") == "OperationOutcome":
-            return answer
-        released = release_resource(body, decision.policy, SEE)
-        if released is None:
+        if release_resource(body, decision.policy, decision.letters) is None:
             raise NotFound("no such resource is available to this access token")
+        await self.consent.load_for(consent, [body])
+        released = consent.release(body)
+        if released is None:
+            refusal = consent.last_refusal()
+            raise Forbidden(_explain(refusal) if refusal else "withheld by the patient's consent")
+        answer.body = _shape(released, shaping or [])
         return answer
 
     def _sign_links(self, bundle: dict[str, Any], decision: AccessDecision, self_url: str) -> None:
@@ -271,9 +292,8 @@ class Pipeline:
             and answer.status < 400
         ):
             raise Forbidden("this paging link does not lead to a Bundle")
-        return self._release(
-            decision, Answer(answer.status, answer.headers, answer.body), call.self_url
-        )
+        consent = await self.consent.start(context)
+        return await self._release(decision, answer, call.self_url, consent)
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -396,13 +416,17 @@ class Pipeline:
         answer = await self._fetch(call, request_id)
         if answer.status >= 400 or answer.body is None:
             return answer
+        consent = await self.consent.start(context)
         for decision, entry in zip(decisions, answer.body.get("entry") or [], strict=False):
             resource = entry.get("resource")
             if not isinstance(resource, dict):
                 continue
-            released = self._release(decision, Answer(200, {}, resource), "")
-            if released.body is None:
+            try:
+                released = await self._release(decision, Answer(200, {}, resource), "", consent)
+            except FhirError:
                 entry.pop("resource", None)
+                continue
+            entry["resource"] = released.body
         return answer
 
     async def _check_transaction_write(
@@ -455,6 +479,29 @@ def _shape(resource: dict[str, Any], shaping: list[tuple[str, str]]) -> dict[str
         elif name == "_summary" and value in ("true", "text", "data"):
             resource = apply_summary(resource, value)
     return resource
+
+
+def _explain(decision: Decision) -> str:
+    """A refusal's OperationOutcome text: why, and which Consent and provision decided (C-11)."""
+    where = f" (Consent/{decision.consent_id}, {decision.provision})" if decision.consent_id else ""
+    return f"withheld by the patient's consent: {decision.reason}{where}"
+
+
+def _refused_search(decision: Decision) -> Answer:
+    """C-03: a search under a missing or withdrawn consent is an empty result that says why."""
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {"severity": "information", "code": "suppressed", "diagnostics": _explain(decision)}
+        ],
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": 0,
+        "entry": [{"search": {"mode": "outcome"}, "resource": outcome}],
+    }
+    return Answer(200, {}, bundle)
 
 
 def _entry_response(answer: Answer) -> dict[str, Any]:

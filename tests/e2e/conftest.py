@@ -1,4 +1,9 @@
-"""Fixtures for whole flows: HTTP sessions that carry real access tokens of a running gateway."""
+"""Fixtures for whole flows: HTTP sessions that carry real access tokens of a running gateway.
+
+Tests of access control (scopes, compartment) use a *trusted* client, which runs under opt-out
+consent (C-04): without any Consent it sees what its scopes and compartment allow, so those tests
+prove access control alone. Tests of consent use untrusted (third-party) clients.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,51 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest_asyncio
 
+from smart_auth.clients import ClientType, new_client
 from tests.conftest import RunningGateway
-from tests.smart_auth.tokens import minted_token
+from tests.smart_auth.tokens import minted_token, services
 
 SessionFor = Callable[..., Awaitable[aiohttp.ClientSession]]
+
+TRUSTED_APP = "test-trusted-app"
+SYSTEM_APP = "test-system"
+
+
+async def register_client(
+    gateway: RunningGateway,
+    client_id: str,
+    *,
+    trusted: bool,
+    scope: str = "patient/*.cruds user/*.cruds system/*.cruds",
+    purposes: tuple[str, ...] = ("TREAT",),
+) -> None:
+    """Register a backend-style client (no redirect) unless it exists."""
+    auth = services(gateway)
+    if await auth.clients.get(client_id) is None:
+        await auth.clients.add(
+            new_client(
+                client_id=client_id,
+                name=f"Test client {client_id}",
+                client_type=ClientType.ASYMMETRIC,
+                scope=scope,
+                purposes=purposes,
+                trusted=trusted,
+                jwks={"keys": []},
+            )
+        )
 
 
 @pytest_asyncio.fixture
 async def session_for(gateway: RunningGateway) -> AsyncIterator[SessionFor]:
     """Factory: an HTTP session whose requests carry a token minted by the gateway's own key ring
-    with the given claims (see :func:`tests.smart_auth.tokens.minted_token`)."""
+    with the given claims (see :func:`tests.smart_auth.tokens.minted_token`). The client defaults
+    to a registered trusted app (``trusted=False`` registers it as a third-party app)."""
     sessions: list[aiohttp.ClientSession] = []
 
-    async def make(**claims: object) -> aiohttp.ClientSession:
+    async def make(*, trusted: bool = True, **claims: object) -> aiohttp.ClientSession:
+        claims.setdefault("client_id", TRUSTED_APP)
+        claims.setdefault("purposes", ("TREAT",))
+        await register_client(gateway, str(claims["client_id"]), trusted=trusted)
         token = await minted_token(gateway, **claims)  # type: ignore[arg-type]
         session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
         sessions.append(session)
@@ -32,9 +69,9 @@ async def session_for(gateway: RunningGateway) -> AsyncIterator[SessionFor]:
 
 @pytest_asyncio.fixture
 async def system_http(session_for: SessionFor) -> aiohttp.ClientSession:
-    """A backend-services token that may do anything (for tests of FHIR behaviour, not access)."""
+    """A trusted backend-services token that may do anything (for FHIR behaviour, not access)."""
     return await session_for(
-        client_id="test-system",
+        client_id=SYSTEM_APP,
         scope="system/*.cruds",
         user_id=None,
         fhir_user=None,

@@ -63,9 +63,10 @@ async def test_search_pages_through_next_links_to_the_end(
             (link["url"] for link in page.get("link", []) if link["relation"] == "next"), None
         )
         pages += 1
-    assert total is not None and total >= 6
+    # A paged result carries no total: the gateway cannot count what it withholds on other pages.
+    assert total is None
     assert pages >= 3
-    assert len(seen) == len(set(seen)) == total
+    assert len(seen) == len(set(seen)) >= 6
 
 
 async def test_read_and_vread_carry_versioning_headers(

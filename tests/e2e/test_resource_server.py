@@ -22,7 +22,7 @@ from joserfc.jwk import ECKey, RSAKey
 
 from gateway.appkeys import AUTH
 from tests.conftest import RunningGateway, Stack, StartGateway
-from tests.e2e.conftest import SessionFor
+from tests.e2e.conftest import TRUSTED_APP, SessionFor, register_client
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,7 @@ def _claims(gateway: RunningGateway, **overrides: Any) -> dict[str, Any]:
         "iss": gateway.base,
         "aud": gateway.fhir,
         "sub": "user-amelia",
-        "client_id": "test-patient-app",
+        "client_id": TRUSTED_APP,
         "scope": "patient/*.rs",
         "patient": AMELIA,
         "acts_for": [AMELIA],
@@ -50,7 +50,9 @@ def _claims(gateway: RunningGateway, **overrides: Any) -> dict[str, Any]:
 
 
 async def _signed(gateway: RunningGateway, typ: str = "at+jwt", **overrides: Any) -> str:
-    """A token signed by the gateway's own current key, with chosen claims."""
+    """A token signed by the gateway's own current key, with chosen claims (a trusted app: these
+    tests are about tokens and scopes, not consent)."""
+    await register_client(gateway, TRUSTED_APP, trusted=True)
     key = await gateway.server.app[AUTH].keys.signing_key()
     return key.sign(_claims(gateway, **overrides), typ=typ)
 
@@ -313,6 +315,11 @@ async def test_s30_an_external_issuers_token_is_accepted_and_an_unknown_issuer_r
         external_issuers=[{"issuer": external.issuer, "jwks_uri": f"{external.issuer}/certs"}],
     )
     url = f"{gw.fhir}/Patient/{AMELIA}"
+    # Consent rules apply to external tokens as to ours: an app the gateway does not know is a
+    # third party without the patient's consent; the hospital's registered (trusted) one reads.
+    status, _, body = await _get(http, url, external.token(gw.fhir, azp="unknown-app"))
+    assert status == 403 and "consent" in body["issue"][0]["diagnostics"]
+    await register_client(gw, "hospital-dashboard", trusted=True)
     status, _, body = await _get(http, url, external.token(gw.fhir))
     assert status == 200 and body["id"] == AMELIA
     assert (await _get(http, url, external.token(gw.fhir)))[0] == 200

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.appkeys import MONGO
 from tests.conftest import RunningGateway, Stack, StartGateway
+from tests.e2e.conftest import register_client
 from tests.smart_auth.tokens import minted_token
 
 SYSTEM_SCOPE = "system/*.cruds"
@@ -87,7 +88,8 @@ async def gw(
 
 @pytest_asyncio.fixture
 async def token(gw: RunningGateway) -> str:
-    """A backend-services style token that may do anything: these tests are about the proxy."""
+    """A trusted backend-services token that may do anything: these tests are about the proxy."""
+    await register_client(gw, "test-system", trusted=True)
     return await minted_token(
         gw,
         client_id="test-system",
@@ -222,8 +224,15 @@ async def test_p12_upstream_down_is_a_502_without_its_address(
 
     down = f"http://127.0.0.1:{free_port()}/fhir"
     gw = await start_gateway(upstream_url=down, mongodb_uri=local_stack_env.mongo_uri)
+    await register_client(gw, "test-system", trusted=True)
     token = await minted_token(
-        gw, scope=SYSTEM_SCOPE, user_id=None, fhir_user=None, patient=None, acts_for=()
+        gw,
+        client_id="test-system",
+        scope=SYSTEM_SCOPE,
+        user_id=None,
+        fhir_user=None,
+        patient=None,
+        acts_for=(),
     )
     headers = {"Authorization": f"Bearer {token}"}
     async with http.get(f"{gw.fhir}/Patient", headers=headers) as response:

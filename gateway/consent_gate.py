@@ -1,0 +1,141 @@
+"""Step 4 of the pipeline: the patient's consent decides what of theirs leaves the gateway
+(CONSENT.md C-03 … C-18), after the scope and compartment checks and for every resource released
+— from the upstream and, later, from the cache alike (C-10).
+
+Per request the gateway reads each concerned patient's active Consents afresh (``active_for``,
+coalesced across concurrent requests by :mod:`gateway.coalesce`): there is no cache of consents
+or decisions, so a withdrawal through any instance holds on the very next request (C-12). The
+consents are compiled once per (request, patient) and each resource is then decided cheaply
+(``consent.decide``); what is permitted is minimised for the purposes its decision names
+(``consent.minimise``, C-15/C-16) before the caller's ``_elements``/``_summary`` (C-17).
+
+A resource that belongs to several patients is released only if every one of them permits it.
+Resources of types that hold no patient data (Practitioner, Organization, Medication...) need no
+consent but are still minimised.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.errors import PyMongoError
+
+from consent.decide import Decision, Evaluator, RequestAttributes, compile_consents
+from consent.errors import ConsentError
+from consent.minimise import profile_for
+from consent.store import ConsentStore
+from gateway import compartment
+from gateway.coalesce import Coalescer
+from gateway.context import AccessContext
+from gateway.errors import ServiceUnavailable
+from smart_auth.clients import ClientStore
+
+_CLIENT_TTL_SECONDS = 30.0
+
+
+@dataclass
+class RequestConsent:
+    """The consent side of one request: compiled evaluators per patient, and every decision
+    taken (for the audit record, C-11)."""
+
+    context: AccessContext
+    trusted: bool
+    now: datetime
+    evaluators: dict[str, Evaluator] = field(default_factory=dict)
+    decisions: list[Decision] = field(default_factory=list)
+    withheld: int = 0
+
+    def attributes(self, patient: str) -> RequestAttributes:
+        actors = (self.context.fhir_user,) if self.context.fhir_user else ()
+        return RequestAttributes(
+            patient_id=patient,
+            client_id=self.context.client_id,
+            now=self.now,
+            actors=actors,
+            purposes=self.context.purposes,
+            trusted=self.trusted,
+        )
+
+    def refusal(self, patients: Iterable[str]) -> Decision | None:
+        """A decision that withholds everything of these patients, if there is one (no consent
+        at all, or a blanket deny): the request can be answered without the upstream."""
+        refusals = [self.evaluators[p].refusal() for p in patients if p in self.evaluators]
+        found = [r for r in refusals if r is not None]
+        return found[0] if found and len(found) == len(refusals) else None
+
+    def release(self, resource: dict[str, Any]) -> dict[str, Any] | None:
+        """The resource as released (minimised), or ``None`` when a consent withholds it."""
+        owners = compartment.patients_of(resource)
+        purposes: tuple[str, ...] = self.context.purposes
+        for patient in owners:
+            evaluator = self.evaluators.get(patient)
+            if evaluator is None:  # not loaded: nothing may be assumed
+                self.withheld += 1
+                return None
+            decision = evaluator.decide(resource)
+            self.decisions.append(decision)
+            if not decision.permitted:
+                self.withheld += 1
+                return None
+            purposes = decision.purposes
+        try:
+            return profile_for(purposes).apply(resource)
+        except ConsentError:  # a purpose without a profile: keep nothing but the bare resource
+            return profile_for(()).apply(resource)
+
+    def last_refusal(self) -> Decision | None:
+        return next((d for d in reversed(self.decisions) if not d.permitted), None)
+
+
+class ConsentGate:
+    """Loads consents and client policies for requests."""
+
+    def __init__(self, store: ConsentStore, clients: ClientStore) -> None:
+        self._store = store
+        self._clients = clients
+        self._active = Coalescer(store.active_for_many)
+        self._trusted: dict[str, tuple[bool, float]] = {}
+
+    async def _is_trusted(self, client_id: str) -> bool:
+        """The client's base policy (C-04): trusted clients run under opt-out. Kept for a few
+        seconds per instance; a change of the flag is an administrator's act, not a withdrawal."""
+        cached = self._trusted.get(client_id)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        client = await self._clients.get(client_id)
+        trusted = bool(client is not None and client.trusted)
+        self._trusted[client_id] = (trusted, time.monotonic() + _CLIENT_TTL_SECONDS)
+        return trusted
+
+    async def start(self, context: AccessContext) -> RequestConsent:
+        try:
+            trusted = await self._is_trusted(context.client_id)
+        except PyMongoError:
+            raise ServiceUnavailable("consent cannot be checked right now; try again") from None
+        return RequestConsent(context, trusted, datetime.now(UTC))
+
+    async def load(self, request: RequestConsent, patients: Iterable[str]) -> None:
+        """Read the active consents of these patients (fresh, C-12) and compile them."""
+        missing = [p for p in dict.fromkeys(patients) if p not in request.evaluators]
+        if not missing:
+            return
+        try:
+            found = await self._active.get_many(missing)
+        except PyMongoError:
+            raise ServiceUnavailable("consent cannot be checked right now; try again") from None
+        for patient in missing:
+            consents: list[Mapping[str, Any]] = list(found.get(patient, []))
+            request.evaluators[patient] = compile_consents(consents, request.attributes(patient))
+
+    async def load_for(
+        self, request: RequestConsent, resources: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """Load the consents of every patient these resources belong to."""
+        owners: set[str] = set()
+        for resource in resources:
+            owners |= compartment.patients_of(resource)
+        await self.load(request, owners)
