@@ -19,6 +19,7 @@ from gateway import health
 from gateway.appkeys import AUTH, METRICS, MONGO, PIPELINE, REWRITER, SETTINGS, UPSTREAM
 from gateway.authenticate import Authenticator
 from gateway.authserver import setup_authserver
+from gateway.consent_api import ConsentApi
 from gateway.consent_gate import ConsentGate
 from gateway.metrics import Metrics
 from gateway.middleware import add_request_id, fhir_errors, request_context, request_limits
@@ -90,6 +91,7 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         PageSigner(secret, settings.page_link_lifetime_seconds),
         app[METRICS],
         ConsentGate(consents, auth.clients),
+        ConsentApi(consents, auth.revoker, settings.fhir_base_url),
     )
     try:
         yield

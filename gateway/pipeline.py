@@ -38,6 +38,7 @@ from gateway import writes
 from gateway.access import SEE, AccessDecision, AccessPolicy, authorize
 from gateway.appkeys import INTERACTION, METRIC_LABEL, PIPELINE, REQUEST_ID
 from gateway.authenticate import Authenticator
+from gateway.consent_api import ConsentApi
 from gateway.consent_gate import ConsentGate, RequestConsent
 from gateway.content import Answer, decode_answer, negotiate, read_body, read_form
 from gateway.context import AccessContext
@@ -95,6 +96,7 @@ class Pipeline:
         signer: PageSigner,
         metrics: Metrics,
         consent: ConsentGate,
+        consents: ConsentApi,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
@@ -103,6 +105,7 @@ class Pipeline:
         self.signer = signer
         self.metrics = metrics
         self.consent = consent
+        self.consents = consents
         self._limit = parse_limit(settings.rate_limit_per_client)
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
@@ -171,6 +174,10 @@ class Pipeline:
             return await self._transaction(context, call, request_id)
         if kind is Kind.PAGE:
             return await self._page(context, call, request_id)
+        if call.interaction.resource_type == "Consent":
+            return await self.consents.handle(
+                context, _consent_interaction(call.interaction), call.body, call.headers
+            )
         decision = authorize(context, call.interaction)
         if kind in WRITE_KINDS:
             return await self._write(context, decision, call, request_id)
@@ -479,6 +486,17 @@ def _shape(resource: dict[str, Any], shaping: list[tuple[str, str]]) -> dict[str
         elif name == "_summary" and value in ("true", "text", "data"):
             resource = apply_summary(resource, value)
     return resource
+
+
+def _consent_interaction(interaction: FhirInteraction) -> FhirInteraction:
+    """Consent lives in the gateway: a compartment search ``Patient/x/Consent`` is a Consent
+    search for that patient."""
+    if interaction.kind is Kind.SEARCH_COMPARTMENT and interaction.compartment is not None:
+        patient = ("patient", f"Patient/{interaction.compartment[1]}")
+        return FhirInteraction(
+            Kind.SEARCH_TYPE, "GET", "Consent", params=(*interaction.params, patient)
+        )
+    return interaction
 
 
 def _explain(decision: Decision) -> str:
