@@ -16,7 +16,10 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
+from consent.errors import InvalidParameter
+from consent.store import ConsentStore
 from gateway.authserver import auth_config
+from gateway.erasure import erase_patient
 from gateway.settings import Settings, SettingsError, load_settings
 from smart_auth.clients import ClientError, ClientType, new_client
 from smart_auth.passwords import WeakPassword
@@ -142,6 +145,25 @@ def _users_add(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+def _patients_erase(args: argparse.Namespace) -> int:
+    async def work(services: AuthServices) -> int:
+        try:
+            erasure = await erase_patient(
+                services, ConsentStore(services.db), args.patient, actor="cli"
+            )
+        except InvalidParameter as exc:
+            raise CommandError(str(exc)) from None
+        print(
+            f"Patient/{erasure.patient}: {erasure.grants_revoked} app grant(s) revoked, "
+            f"{len(erasure.consents_withdrawn)} consent(s) withdrawn, "
+            f"{len(erasure.consents_deleted)} draft(s) deleted, "
+            f"{len(erasure.consents_kept)} kept as evidence"
+        )
+        return 0
+
+    return _run(args, work)
+
+
 def _keys_rotate(args: argparse.Namespace) -> int:
     async def work(services: AuthServices) -> int:
         old = await services.keys.signing_key()
@@ -253,5 +275,11 @@ def add_commands(commands: Any, config_help: str) -> None:
     rotate = ksub.add_parser("rotate", help="rotate the token signing key (P-17)")
     rotate.set_defaults(func=_keys_rotate)
 
-    for parser in (add, listing, remove, uadd, rotate):
+    patients = commands.add_parser("patients", help="act on what the gateway holds of a patient")
+    psub = patients.add_subparsers(dest="patients_command", required=True)
+    erase = psub.add_parser("erase", help="erase a patient's consents and revoke every app (C-22)")
+    erase.add_argument("--patient", required=True, help="the Patient id")
+    erase.set_defaults(func=_patients_erase)
+
+    for parser in (add, listing, remove, uadd, rotate, erase):
         parser.add_argument("--config", type=Path, help=config_help)

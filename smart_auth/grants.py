@@ -141,6 +141,10 @@ class GrantStore:
         """P-06 "sign out everywhere": end every grant the user gave."""
         return await self._revoke_where({"user_id": str(user_id)}, "signed out everywhere")
 
+    async def revoke_patient(self, patient_id: str) -> list[str]:
+        """C-22 erasure: end every grant of any app for ``patient_id``."""
+        return await self._revoke_where({"patient": str(patient_id)}, "patient data erased")
+
     async def revoke_consent(self, consent_id: str) -> list[str]:
         """End the grants written with one Consent (when that Consent is withdrawn)."""
         return await self._revoke_where({"consent_id": str(consent_id)}, "consent withdrawn")

@@ -69,6 +69,13 @@ class Revoker:
             await self._refresh.retire_family(grant_id)
         return ids
 
+    async def revoke_patient(self, patient_id: str) -> list[str]:
+        """C-22: every grant of every app for this patient (ids returned)."""
+        ids = await self._grants.revoke_patient(patient_id)
+        for grant_id in ids:
+            await self._refresh.retire_family(grant_id)
+        return ids
+
     async def revoke_consent(self, consent_id: str) -> list[str]:
         """The grants written together with one Consent."""
         ids = await self._grants.revoke_consent(consent_id)

@@ -10,6 +10,7 @@ Every administrative action is recorded as a security event (P-09).
 - ``GET /admin/clients`` · ``POST /admin/clients`` · ``DELETE /admin/clients/{client_id}``
 - ``GET /admin/users`` · ``POST /admin/users``
 - ``POST /admin/keys/rotate``
+- ``POST /admin/patients/{patient_id}/erase`` (C-22)
 - ``POST /admin/launch`` and ``POST /auth/launch`` → ``{"launch": ...}``
 """
 
@@ -21,9 +22,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from consent.errors import InvalidParameter
+from consent.store import ConsentStore
 from gateway.appkeys import AUTH, METRIC_LABEL
 from gateway.authserver.errors import ApiError
 from gateway.authserver.rendering import current_session, record
+from gateway.erasure import erase_patient
 from smart_auth.clients import Client, ClientError, ClientType, new_client
 from smart_auth.launch import LaunchError
 from smart_auth.passwords import WeakPassword
@@ -201,6 +205,21 @@ async def rotate_keys(request: web.Request) -> web.Response:
     return web.json_response({"kid": key.kid})
 
 
+async def erase_patient_data(request: web.Request) -> web.Response:
+    """C-22: ``POST /admin/patients/{patient_id}/erase`` (administrator, CSRF)."""
+    session = await _caller(request, (Role.ADMIN,))
+    try:
+        erasure = await erase_patient(
+            request.app[AUTH],
+            ConsentStore(request.app[AUTH].db),
+            request.match_info["patient_id"],
+            actor=session.user_id,
+        )
+    except InvalidParameter as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from None
+    return web.json_response(erasure.as_dict())
+
+
 async def create_launch(request: web.Request) -> web.Response:
     request[METRIC_LABEL] = "launch"
     session = await _caller(request, (Role.PRACTITIONER, Role.ADMIN))
@@ -231,3 +250,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/users", list_users)
     app.router.add_post("/admin/users", add_user)
     app.router.add_post("/admin/keys/rotate", rotate_keys)
+    app.router.add_post("/admin/patients/{patient_id}/erase", erase_patient_data)
