@@ -49,12 +49,17 @@ class AccessPolicy:
     context: AccessContext
 
     def _reaches(self, resource: Mapping[str, Any]) -> bool:
-        """A patient-context scope reaches this resource (compartment or non-patient data)."""
+        """A patient-context scope reaches this resource: it belongs to the token's patients
+        (or holds no patient data) and names no other patient anywhere — a resource shared with
+        another patient (say, performed by them) is not released to a patient-context token."""
         rtype = str(resource.get("resourceType", ""))
+        allowed = self.context.patients
+        if compartment.patient_references(resource, with_contained=False) - allowed:
+            return False
         if rtype in compartment.PUBLIC_TYPES:
             return True
-        patients = compartment.patients_of(resource)
-        return bool(patients & self.context.patients)
+        owners = compartment.patients_of(resource)
+        return bool(owners) and owners <= allowed
 
     def permits(self, resource: Mapping[str, Any], letters: frozenset[Letter] = SEE) -> bool:
         rtype = resource.get("resourceType")
@@ -95,8 +100,14 @@ class AccessPolicy:
         if not scopes:
             return False
         if all(s.context is Context.PATIENT for s in scopes):
-            outside = compartment.patients_of(contained) - self.context.patients
-            if outside or rtype == "Patient":
+            allowed = self.context.patients
+            if rtype == "Patient" or not (
+                rtype in compartment.PUBLIC_TYPES or compartment.is_compartment_type(rtype)
+            ):
+                return False  # what a direct read would refuse is not released contained either
+            if (
+                compartment.patients_of(contained) | compartment.patient_references(contained)
+            ) - allowed:
                 return False
         return True
 
@@ -162,8 +173,10 @@ def _search(context: AccessContext, interaction: FhirInteraction) -> AccessDecis
             raise Forbidden("that patient's compartment is outside this token's access")
         if patient_only:
             params = narrow_search(params, rtype, context.patients, add_constraint=False)
-    elif patient_only and rtype not in compartment.PUBLIC_TYPES:
-        params = narrow_search(params, rtype, context.patients)
+    elif patient_only:
+        # Directory types (Practitioner...) get the same parameter checks, without a constraint.
+        public = rtype in compartment.PUBLIC_TYPES
+        params = narrow_search(params, rtype, context.patients, add_constraint=not public)
     return AccessDecision(
         interaction.with_params([*params, *extra]), policy, SEARCH, exact, patient_only
     )
@@ -222,6 +235,8 @@ def authorize(context: AccessContext, interaction: FhirInteraction) -> AccessDec
         if patient_only and rtype not in compartment.PUBLIC_TYPES:
             if not compartment.is_compartment_type(rtype):
                 raise Forbidden(f"patient-context tokens cannot write {rtype}")
+            if rtype == "Patient" and kind is Kind.CREATE:
+                raise Forbidden("patient-context tokens cannot create Patient records")
         elif patient_only:
             raise Forbidden(f"patient-context tokens cannot write {rtype}")
         return AccessDecision(interaction, policy, SEE, False, patient_only)

@@ -101,6 +101,40 @@ def binary_patients(resource: Mapping[str, Any]) -> frozenset[str]:
     return frozenset()
 
 
+def _walk_patient_references(value: Any, found: set[str]) -> None:
+    if isinstance(value, dict):
+        reference = value.get("reference")
+        if isinstance(reference, str) and "Patient" in reference:
+            normalised = normalise_reference(reference)
+            if normalised is not None and normalised.startswith("Patient/"):
+                found.add(normalised[len("Patient/") :])
+            elif reference.startswith("Patient?"):
+                found.add(reference)  # a conditional reference: unresolved, never "ours"
+        for item in value.values():
+            if isinstance(item, dict | list):
+                _walk_patient_references(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict | list):
+                _walk_patient_references(item, found)
+
+
+def patient_references(
+    resource: Mapping[str, Any], *, with_contained: bool = True
+) -> frozenset[str]:
+    """Every patient any reference in the resource points at, whatever the element: a
+    patient-context token must not receive, nor write, a resource that names a patient it does
+    not reach. ``with_contained=False`` leaves out the contained resources (checked one by one
+    on release). A conditional reference (``Patient?identifier=...``) is returned as written, so
+    it never matches a patient id."""
+    found: set[str] = set()
+    if with_contained:
+        _walk_patient_references(resource, found)
+    else:
+        _walk_patient_references({k: v for k, v in resource.items() if k != "contained"}, found)
+    return frozenset(found)
+
+
 def patients_of(resource: Mapping[str, Any]) -> frozenset[str]:
     """The ids of the patients whose compartment holds ``resource``: every ``Patient/<id>`` its
     type's compartment parameters point at, plus its own id for a Patient, plus a Binary's Patient

@@ -66,7 +66,7 @@ def _json_body(raw: bytes) -> Any:
         raise BadRequest(f"the request body is not valid JSON: {exc.msg}") from None
 
 
-def _check_resource_body(interaction: FhirInteraction, body: Any) -> None:
+def check_resource_body(interaction: FhirInteraction, body: Any) -> None:
     if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
         raise BadRequest(
             "the request body must be a FHIR resource (a JSON object with resourceType)"
@@ -111,7 +111,7 @@ async def read_body(
         if media in _PATCH_TYPES and not isinstance(body, list):
             raise BadRequest("a JSON Patch body is an array of operations")
         if media in _JSON_TYPES:
-            _check_resource_body(interaction, body)
+            check_resource_body(interaction, body)
     elif interaction.kind in (Kind.BATCH, Kind.TRANSACTION):
         if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
             raise BadRequest("POST to the FHIR base takes a batch or transaction Bundle")
@@ -122,7 +122,7 @@ async def read_body(
             Kind.TRANSACTION if bundle_type == "transaction" else Kind.BATCH, "POST"
         )
     else:
-        _check_resource_body(interaction, body)
+        check_resource_body(interaction, body)
     return interaction, raw, media
 
 

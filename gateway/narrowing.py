@@ -45,10 +45,19 @@ def patient_id(value: str) -> str | None:
 
 
 def _check_patient_values(name: str, value: str, allowed: frozenset[str]) -> None:
+    """Each value must be one of the token's patients; a reference explicitly to another type
+    (``Practitioner/x``) cannot reach a patient and only narrows."""
     for item in value.split(","):
         patient = patient_id(item)
+        if patient is None and _typed_non_patient(item):
+            continue
         if patient is None or patient not in allowed:
             raise Forbidden(f"'{name}={value}' reaches beyond the patients this token may see")
+
+
+def _typed_non_patient(value: str) -> bool:
+    normalised = searchparams.normalise_reference(value.strip())
+    return normalised is not None and not normalised.startswith("Patient/")
 
 
 def _reaches_patients(resource_type: str, base: str) -> bool:

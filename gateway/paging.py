@@ -48,6 +48,7 @@ class PageLink:
     resource_type: str | None
     letters: str  # the scope letters released resources need ("s", "rs")
     exact_total: bool
+    shaping: tuple[tuple[str, str], ...] = ()  # the caller's _elements/_summary, applied per page
 
 
 def _binding(context: AccessContext) -> list[str | None]:
@@ -73,6 +74,7 @@ class PageSigner:
             "t": link.resource_type,
             "l": link.letters,
             "x": link.exact_total,
+            "s": [list(pair) for pair in link.shaping],
             "b": _binding(context),
             "e": int(time.time()) + self._lifetime,
         }
@@ -92,8 +94,9 @@ class PageSigner:
             raise Forbidden("this paging link was issued to another token's user, app or patient")
         if not isinstance(body.get("e"), int) or body["e"] < time.time():
             raise Forbidden("this paging link has expired; run the search again")
+        shaping = tuple((str(k), str(v)) for k, v in body.get("s", []))
         return PageLink(
-            str(body["u"]), str(body["k"]), body.get("t"), str(body["l"]), bool(body["x"])
+            str(body["u"]), str(body["k"]), body.get("t"), str(body["l"]), bool(body["x"]), shaping
         )
 
 

@@ -40,7 +40,14 @@ from gateway.appkeys import INTERACTION, METRIC_LABEL, PIPELINE, REQUEST_ID
 from gateway.authenticate import Authenticator
 from gateway.consent_api import ConsentApi
 from gateway.consent_gate import ConsentGate, RequestConsent
-from gateway.content import Answer, decode_answer, negotiate, read_body, read_form
+from gateway.content import (
+    Answer,
+    check_resource_body,
+    decode_answer,
+    negotiate,
+    read_body,
+    read_form,
+)
 from gateway.context import AccessContext
 from gateway.errors import (
     BadRequest,
@@ -70,6 +77,7 @@ _FORM = "application/x-www-form-urlencoded"
 _READS = frozenset({Kind.READ, Kind.VREAD})
 _LOCAL_SHAPING = frozenset({"_elements", "_summary"})
 _PAGE_RELATIONS = frozenset({"next", "previous", "prev", "first", "last"})
+_CONDITIONAL = frozenset({"if-none-match", "if-modified-since"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +189,17 @@ class Pipeline:
         decision = authorize(context, call.interaction)
         if kind in WRITE_KINDS:
             return await self._write(context, decision, call, request_id)
+        if kind is Kind.OPERATION and call.interaction.operation == "validate":
+            return await self._validate(call, request_id)
         return await self._read(context, decision, call, request_id)
+
+    async def _validate(self, call: Call, request_id: str) -> Answer:
+        """``$validate`` writes nothing and answers an OperationOutcome about the caller's own
+        body; any other answer is not passed on."""
+        answer = await self._fetch(call, request_id)
+        if answer.body is not None and answer.body.get("resourceType") != "OperationOutcome":
+            answer.body = None
+        return answer
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -197,22 +215,26 @@ class Pipeline:
                 "resources this app may not see; count the entries of a search instead"
             )
         upstream_params = [(k, v) for k, v in interaction.params if k not in _LOCAL_SHAPING]
+        # Conditional reads are answered here, after the checks: the upstream's 304 would
+        # confirm a resource (and give its version) before anything was checked.
+        headers = {k: v for k, v in call.headers.items() if k.lower() not in _CONDITIONAL}
         consent = await self.consent.start(context)
         fetch = self._fetch(
-            Call(interaction.with_params(upstream_params), None, None, None, call.headers),
-            request_id,
+            Call(interaction.with_params(upstream_params), None, None, None, headers), request_id
         )
         if not decision.patient_only:
-            return await self._release(decision, await fetch, call.self_url, consent, shaping)
-        # The patients are known before the fetch: read their consents meanwhile.
-        patients = sorted(context.patients)
-        answer, _ = await asyncio.gather(fetch, self.consent.load(consent, patients))
-        refusal = consent.refusal(patients)
-        if refusal is not None:
-            if interaction.kind in _READS:
-                raise Forbidden(_explain(refusal))
-            return _refused_search(refusal)
-        return await self._release(decision, answer, call.self_url, consent, shaping)
+            answer = await fetch
+        else:
+            # The patients are known before the fetch: read their consents meanwhile.
+            patients = sorted(context.patients)
+            answer, _ = await asyncio.gather(fetch, self.consent.load(consent, patients))
+            refusal = consent.refusal(patients)
+            if refusal is not None:
+                if interaction.kind in _READS:
+                    raise Forbidden(_explain(refusal))
+                return _refused_search(refusal)
+        released = await self._release(decision, answer, call.self_url, consent, shaping)
+        return _conditional(released, call.headers)
 
     async def _release(
         self,
@@ -227,7 +249,7 @@ class Pipeline:
             if (
                 decision.patient_only
                 and answer.status in (404, 410)
-                and kind in _READS | HISTORY_KINDS
+                and kind in _READS | HISTORY_KINDS | {Kind.OPERATION}
             ):
                 raise NotFound("no such resource is available to this access token")
             return answer
@@ -240,7 +262,9 @@ class Pipeline:
             filter_bundle(
                 body, decision.policy, decision.letters, exact_total=False, then=consent.release
             )
-            self._sign_links(body, decision, self_url)
+            if kind is Kind.HISTORY_INSTANCE and decision.patient_only and not body.get("entry"):
+                raise NotFound("no such resource is available to this access token")
+            self._sign_links(body, decision, self_url, shaping or [])
             if shaping:
                 for entry in body.get("entry", []):
                     entry["resource"] = _shape(entry["resource"], shaping)
@@ -255,7 +279,13 @@ class Pipeline:
         answer.body = _shape(released, shaping or [])
         return answer
 
-    def _sign_links(self, bundle: dict[str, Any], decision: AccessDecision, self_url: str) -> None:
+    def _sign_links(
+        self,
+        bundle: dict[str, Any],
+        decision: AccessDecision,
+        self_url: str,
+        shaping: list[tuple[str, str]],
+    ) -> None:
         interaction = decision.interaction
         links: list[dict[str, str]] = [{"relation": "self", "url": self_url}] if self_url else []
         for link in bundle.get("link") or []:
@@ -271,6 +301,7 @@ class Pipeline:
                 interaction.resource_type,
                 "".join(sorted(decision.letters)),
                 decision.exact_total,
+                tuple(shaping),
             )
             token = self.signer.sign(page, decision.policy.context)
             links.append(
@@ -300,7 +331,7 @@ class Pipeline:
         ):
             raise Forbidden("this paging link does not lead to a Bundle")
         consent = await self.consent.start(context)
-        return await self._release(decision, answer, call.self_url, consent)
+        return await self._release(decision, answer, call.self_url, consent, list(page.shaping))
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -319,17 +350,16 @@ class Pipeline:
         current: dict[str, Any] | None = None
         if kind in (Kind.CREATE, Kind.UPDATE):
             writes.validate(call.body)
+        if kind is Kind.PATCH and call.media == "application/json-patch+json":
+            writes.check_patch_operations(call.body)
         if decision.patient_only:
             if "If-None-Exist" in {h.title() for h in headers}:
                 raise Forbidden("conditional creates are not available to patient-context tokens")
             if kind in (Kind.UPDATE, Kind.PATCH, Kind.DELETE):
                 current = await self._current(interaction, request_id)
-                if current is None and kind is Kind.UPDATE:
-                    authorize(
-                        context, FhirInteraction(Kind.CREATE, "POST", interaction.resource_type)
-                    )
-                elif current is not None or kind is not Kind.UPDATE:
-                    writes.check_current(current, context)
+                # An update that would create is answered like an update of someone else's
+                # resource: otherwise the difference would tell which ids exist.
+                writes.check_current(current, context)
                 if current is not None:
                     version = (current.get("meta") or {}).get("versionId")
                     if version and not any(h.lower() == "if-match" for h in headers):
@@ -340,6 +370,8 @@ class Pipeline:
                 if call.media != "application/json-patch+json" or current is None:
                     raise Forbidden("patient-context tokens patch with JSON Patch only")
                 patched = writes.apply_patch(current, call.body)
+                if patched.get("id") != current.get("id"):
+                    raise Forbidden("a patch cannot change the resource's id")
                 writes.check_in_compartment(patched, context, "the patched resource")
         answer = await self._fetch(
             Call(interaction, call.body, call.raw, call.media, headers), request_id
@@ -371,6 +403,8 @@ class Pipeline:
         if interaction.kind in (Kind.BATCH, Kind.TRANSACTION, Kind.PAGE):
             raise BadRequest("an entry cannot be a batch, a transaction or a paging link")
         resource = entry.get("resource")
+        if interaction.kind in (Kind.CREATE, Kind.UPDATE):
+            check_resource_body(interaction, resource)
         raw = None
         media = None
         if (
@@ -414,6 +448,12 @@ class Pipeline:
         for index, entry in enumerate(entries):
             try:
                 sub = self._entry_call(entry)
+                if sub.interaction.kind not in WRITE_KINDS:
+                    # Reads in a transaction would reach the upstream un-narrowed: use a batch.
+                    raise BadRequest(
+                        "a transaction here holds writes only (create, update, patch, delete); "
+                        "send reads in a batch"
+                    )
                 decision = authorize(context, sub.interaction)
                 if sub.interaction.kind in WRITE_KINDS:
                     await self._check_transaction_write(context, decision, sub, request_id)
@@ -447,9 +487,7 @@ class Pipeline:
         if "If-None-Exist" in sub.headers:
             raise Forbidden("conditional creates are not available to patient-context tokens")
         if kind in (Kind.UPDATE, Kind.DELETE, Kind.PATCH):
-            current = await self._current(sub.interaction, request_id)
-            if current is not None or kind is not Kind.UPDATE:
-                writes.check_current(current, context)
+            writes.check_current(await self._current(sub.interaction, request_id), context)
         if kind is Kind.PATCH:
             raise Forbidden("patient-context tokens cannot patch inside a transaction")
         if kind in (Kind.CREATE, Kind.UPDATE):
@@ -497,6 +535,15 @@ def _consent_interaction(interaction: FhirInteraction) -> FhirInteraction:
             Kind.SEARCH_TYPE, "GET", "Consent", params=(*interaction.params, patient)
         )
     return interaction
+
+
+def _conditional(answer: Answer, headers: dict[str, str]) -> Answer:
+    """``If-None-Match`` on a released resource: 304 when the caller already has this version."""
+    wanted = next((v for k, v in headers.items() if k.lower() == "if-none-match"), None)
+    etag = answer.headers.get("ETag")
+    if wanted and etag and answer.status == 200 and etag in {t.strip() for t in wanted.split(",")}:
+        return Answer(304, {"ETag": etag})
+    return answer
 
 
 def _explain(decision: Decision) -> str:

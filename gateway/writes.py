@@ -20,7 +20,6 @@ from pydantic import ValidationError
 from gateway import compartment
 from gateway.context import AccessContext
 from gateway.errors import Forbidden, NotFound, Unprocessable
-from gateway.narrowing import patient_id
 
 
 def _issues(exc: ValidationError) -> list[dict[str, Any]]:
@@ -54,28 +53,40 @@ def validate(resource: Mapping[str, Any]) -> None:
         ) from None
 
 
-def _patient_references(value: Any) -> Iterator[str]:
+def _conditional_references(value: Any) -> Iterator[str]:
     if isinstance(value, dict):
         reference = value.get("reference")
-        if isinstance(reference, str):
-            target = patient_id(reference)
-            if target is not None and (
-                reference.startswith("Patient/") or "/Patient/" in reference
-            ):
-                yield target
+        if isinstance(reference, str) and "?" in reference:
+            yield reference
         for item in value.values():
-            yield from _patient_references(item)
+            yield from _conditional_references(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _patient_references(item)
+            yield from _conditional_references(item)
+
+
+def check_patch_operations(operations: Any) -> None:
+    """A JSON Patch may not change what a resource is (``/id``, ``/resourceType``): the upstream
+    would otherwise write the result over another record."""
+    for operation in operations if isinstance(operations, list) else []:
+        if not isinstance(operation, dict):
+            continue
+        for key in ("path", "from"):
+            target = operation.get(key)
+            if isinstance(target, str) and target.split("/")[1:2] in (["id"], ["resourceType"]):
+                raise Forbidden("a patch cannot change the resource's id or type")
 
 
 def check_in_compartment(resource: Mapping[str, Any], context: AccessContext, what: str) -> None:
     """403 unless a resource a patient-context token writes stays with its patients."""
+    conditional = next(_conditional_references(resource), None)
+    if conditional is not None:
+        # Resolved by the upstream, it could name anyone (and tell the caller who it found).
+        raise Forbidden(f"conditional references ({conditional}) are not available here")
     owners = compartment.patients_of(resource)
     if resource.get("resourceType") == "Patient":
         owners = owners | {str(resource.get("id", ""))}
-    outside = (owners | set(_patient_references(resource))) - context.patients
+    outside = (owners | compartment.patient_references(resource)) - context.patients
     if outside:
         raise Forbidden(f"{what} would refer to a patient outside this token's access")
     if not owners & context.patients:
