@@ -1,9 +1,11 @@
 """Proxy overhead, measured side by side in one run: the upstream FHIR server alone, a bare aiohttp
 pass-through proxy (``bare_proxy.py``) and the gateway, each in front of the same local upstream.
 
-The gateway is measured as a client sees it: with a patient's access token (``patient/*.rs``), so
-every request is authenticated (signature, claims, revocation check in MongoDB), authorized
-(scopes, compartment, search narrowing) and filtered (every released resource checked). The same
+The gateway is measured as a client sees it: a third-party app with a patient's access token
+(``patient/*.rs``) and the patient's Consent, so every request is authenticated (signature,
+claims, revocation check in MongoDB), authorized (scopes, compartment, search narrowing), decided
+by consent (the patient's Consents read from MongoDB, a decision and minimisation per resource)
+and filtered (every released resource checked). The same
 requests go to the other targets, which ignore the token. The 1,000-entry search runs over a
 patient seeded with 1,000 Observations before the run.
 
@@ -37,7 +39,9 @@ import aiohttp
 import orjson
 from pymongo import AsyncMongoClient
 
+from consent.store import ConsentStore
 from gateway.embedded import free_port, local_stack
+from smart_auth.clients import ClientStore, ClientType, new_client
 from smart_auth.grants import Grant
 from smart_auth.keys import KeyRing
 from smart_auth.tokens import TokenPolicy, issue_access_token
@@ -135,10 +139,37 @@ def _seed_bench_patient(fhir_base: str) -> None:
 
 
 async def _mint_tokens(mongo_uri: str, database: str, issuer: str) -> dict[str, str]:
-    """Patient tokens from the gateway's own key ring (the same code the token endpoint uses)."""
+    """Patient tokens from the gateway's own key ring (the same code the token endpoint uses),
+    for a registered third-party app each patient has consented to: every gateway request runs
+    the whole pipeline, consent read and decisions included."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     try:
-        keys = KeyRing(client[database])
+        db = client[database]
+        await ClientStore(db).add(
+            new_client(
+                client_id="bench-app",
+                name="Benchmark app",
+                client_type=ClientType.ASYMMETRIC,
+                scope="patient/*.rs",
+                purposes=("PATRQT",),
+                jwks={"keys": []},
+            ),
+            replace=True,
+        )
+        consents = ConsentStore(db)
+        await consents.ensure_indexes()
+        for patient in set(TOKEN_PATIENTS.values()):
+            await consents.grant_app(
+                patient,
+                "bench-app",
+                "Benchmark app",
+                ["PATRQT"],
+                ["Patient", "Observation"],
+                [],
+                datetime.now(UTC) - timedelta(minutes=1),
+                datetime.now(UTC) + timedelta(days=1),
+            )
+        keys = KeyRing(db)
         key = await keys.signing_key()
         policy = TokenPolicy(issuer, f"{issuer}/fhir")
         tokens = {}
@@ -151,9 +182,15 @@ async def _mint_tokens(mongo_uri: str, database: str, issuer: str) -> dict[str, 
                 fhir_user=f"Patient/{patient}",
                 patient=patient,
                 acts_for=(patient,),
+                purposes=("PATRQT",),
             )
             tokens[scenario] = issue_access_token(
-                key, policy, client_id="bench-app", scope="patient/*.rs", grant=grant, purposes=()
+                key,
+                policy,
+                client_id="bench-app",
+                scope="patient/*.rs",
+                grant=grant,
+                purposes=("PATRQT",),
             ).token
         return tokens
     finally:

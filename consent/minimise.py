@@ -58,6 +58,11 @@ class Profile:
     def elements(self, resource_type: str) -> frozenset[str] | None:
         return self.keep.get(resource_type, self.default)
 
+    def keeps_everything(self, resource_type: str) -> bool:
+        """True when :meth:`apply` would return an unchanged copy for this type (contained
+        resources included: they fall back on the same default)."""
+        return not self.deidentify and self.elements(resource_type) is None and self.default is None
+
     def apply(self, resource: Mapping[str, Any]) -> dict[str, Any]:
         """The resource minimised (a new dict)."""
         return self._apply(resource)[0]

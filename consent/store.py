@@ -12,8 +12,10 @@ Writes are versioned: ``meta.versionId`` counts up from 1 and a write based on a
 raises :class:`~consent.errors.VersionConflict` (the ``replace`` is conditional on the version it
 read, so two concurrent writers cannot both win).
 
-There is no cache: ``active_for`` is one indexed query, run for every request, so a revocation
-written through one gateway instance is seen by the next request on every instance (C-12).
+``active_for`` is one indexed query with no cache. Every write also moves a change counter
+(``change_epochs``, ``_id: "consents"``) after it is done, so a reader may cache consents as long
+as that counter, read afresh for each request, has not moved: a revocation written through one
+gateway instance is still seen by the next request on every instance (C-12).
 
 Every value that reaches a query is a checked ``str`` (a FHIR id, a client id, a status code),
 never a client's JSON (P-13).
@@ -107,6 +109,7 @@ class ConsentStore:
     ) -> None:
         self._consents = db[COLLECTION]
         self._history = db[HISTORY]
+        self._epochs = db["change_epochs"]
         self._clock = clock
 
     async def ensure_indexes(self) -> None:
@@ -158,7 +161,13 @@ class ConsentStore:
             "resource": consent,
         }
 
+    async def _changed(self) -> None:
+        """Move the consents' change counter (after every write): readers that cache consents
+        check it on each request and read again when it moved (C-12)."""
+        await self._epochs.update_one({"_id": "consents"}, {"$inc": {"n": 1}}, upsert=True)
+
     async def _record(self, document: Document, method: str) -> None:
+        await self._changed()
         await self._history.insert_one(
             {
                 "consent_id": document["_id"],
@@ -396,5 +405,6 @@ class ConsentStore:
         if never:
             await self._consents.delete_many({"_id": {"$in": never}, "ever_active": False})
             await self._history.delete_many({"consent_id": {"$in": never}})
+            await self._changed()
         kept = sorted(d["_id"] for d in documents if d["_id"] not in never)
         return ErasureReport(tuple(withdrawn), tuple(sorted(never)), tuple(kept))

@@ -17,7 +17,7 @@ Two halves, in the spirit of google/fhir-gateway's ``AccessChecker``:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway import compartment, searchparams
@@ -44,9 +44,23 @@ def _satisfies(resource: Mapping[str, Any], scope: ResourceScope) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class AccessPolicy:
-    """The per-resource predicate for one token."""
+    """The per-resource predicate for one token (one per request: it remembers, by object
+    identity, whose compartment each resource of the response is in, so that the access check,
+    the consent and the filter compute it once)."""
 
     context: AccessContext
+    _owners: dict[int, tuple[Mapping[str, Any], frozenset[str]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def owners_of(self, resource: Mapping[str, Any]) -> frozenset[str]:
+        """:func:`gateway.compartment.patients_of`, once per resource object."""
+        known = self._owners.get(id(resource))
+        if known is not None and known[0] is resource:
+            return known[1]
+        owners = compartment.patients_of(resource)
+        self._owners[id(resource)] = (resource, owners)  # holding it keeps the id unique
+        return owners
 
     def _reaches(self, resource: Mapping[str, Any]) -> bool:
         """A patient-context scope reaches this resource: it belongs to the token's patients
@@ -58,7 +72,7 @@ class AccessPolicy:
             return False
         if rtype in compartment.PUBLIC_TYPES:
             return True
-        owners = compartment.patients_of(resource)
+        owners = self.owners_of(resource)
         return bool(owners) and owners <= allowed
 
     def permits(self, resource: Mapping[str, Any], letters: frozenset[Letter] = SEE) -> bool:

@@ -21,6 +21,7 @@ from gateway.authenticate import Authenticator
 from gateway.authserver import setup_authserver
 from gateway.consent_api import ConsentApi
 from gateway.consent_gate import ConsentGate
+from gateway.freshness import ChangeEpochs
 from gateway.metrics import Metrics
 from gateway.middleware import add_request_id, fhir_errors, request_context, request_limits
 from gateway.paging import PageSigner, load_secret
@@ -68,18 +69,20 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
     their own small HTTP session for fetching JWKS), and the shared paging secret."""
     settings = app[SETTINGS]
     auth = app[AUTH]
+    db = app[MONGO][settings.mongodb_database]
+    epochs = ChangeEpochs(db)
     jwks_http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
     authenticator = Authenticator(
         issuer=settings.public_base_url,
         audience=settings.fhir_base_url,
         own_jwks=auth.keys.public_jwks,
         revocations=auth.revocations,
+        epochs=epochs,
         external=settings.external_issuers,
         http=jwks_http,
         jwks_refresh_min_seconds=settings.jwks_refresh_min_seconds,
     )
     configured = settings.paging_secret.get_secret_value() if settings.paging_secret else None
-    db = app[MONGO][settings.mongodb_database]
     secret = await load_secret(db, configured)
     consents = ConsentStore(db)
     await consents.ensure_indexes()
@@ -90,7 +93,7 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         authenticator,
         PageSigner(secret, settings.page_link_lifetime_seconds),
         app[METRICS],
-        ConsentGate(consents, auth.clients),
+        ConsentGate(consents, auth.clients, epochs),
         ConsentApi(consents, auth.revoker, settings.fhir_base_url),
     )
     try:

@@ -31,9 +31,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from pymongo.errors import PyMongoError
 
-from gateway.coalesce import Coalescer
 from gateway.context import AccessContext
 from gateway.errors import BadRequest, ServiceUnavailable, Unauthorized
+from gateway.freshness import ChangeEpochs, EpochCache
 from gateway.settings import ExternalIssuer
 from smart_auth.revocations import RevocationList
 from smart_auth.scopes import ScopeSet
@@ -137,6 +137,7 @@ class Authenticator:
         audience: str,
         own_jwks: JwksSource,
         revocations: RevocationList,
+        epochs: ChangeEpochs,
         external: Sequence[ExternalIssuer] = (),
         http: aiohttp.ClientSession | None = None,
         jwks_refresh_min_seconds: float = 30.0,
@@ -156,7 +157,8 @@ class Authenticator:
                 self._fetcher(item.jwks_uri), jwks_refresh_min_seconds
             )
         self._verified: dict[str, AccessContext] = {}
-        self._revoked = Coalescer(revocations.revoked_among)
+        self._epochs = epochs
+        self._revoked: EpochCache[str, bool] = EpochCache(revocations.revoked_among)
 
     def _fetcher(self, uri: str) -> Callable[[], Awaitable[tuple[Mapping[str, Any], float | None]]]:
         async def fetch() -> tuple[Mapping[str, Any], float | None]:
@@ -191,17 +193,19 @@ class Authenticator:
         return cached
 
     async def is_revoked(self, context: AccessContext) -> bool:
-        """Has this token or its grant been revoked (S-25)? A fresh read of the revocation list,
-        shared with the requests arriving at the same time (:mod:`gateway.coalesce`). When the
-        list cannot be read, the request is refused (503), never let through."""
+        """Has this token or its grant been revoked (S-25)? Answered from what was read under the
+        current revocation counter, which is read afresh for every request
+        (:mod:`gateway.freshness`). When it cannot be read, the request is refused (503)."""
         if context.external:
             return False  # an external issuer revokes through its own introspection
         try:
-            found = await self._revoked.get_many(RevocationList.keys(context.jti, context.grant_id))
+            epoch = (await self._epochs.current()).revocations
+            keys = RevocationList.keys(context.jti, context.grant_id)
+            found = await self._revoked.get_many(keys, epoch, False)
         except PyMongoError:
             log.warning("the revocation list cannot be read")
             raise ServiceUnavailable("access cannot be checked right now; try again") from None
-        return bool(found)
+        return any(found.values())
 
     async def _verify(self, token: str) -> AccessContext:
         header, unverified = _unverified(token)

@@ -101,17 +101,27 @@ def binary_patients(resource: Mapping[str, Any]) -> frozenset[str]:
     return frozenset()
 
 
-def _walk_patient_references(value: Any, found: set[str]) -> None:
+def _patient_id(reference: str) -> str | None:
+    """The id of a reference to a Patient (``Patient/x``, absolute, versioned), else ``None``."""
+    if reference.startswith("Patient/") and reference.count("/") == 1:
+        return reference[8:] or None  # the common case, without the general parser
+    normalised = normalise_reference(reference)
+    if normalised is not None and normalised.startswith("Patient/"):
+        return normalised[8:]
+    return None
+
+
+def _walk_patient_references(value: Any, found: set[str], skip: str | None = None) -> None:
     if isinstance(value, dict):
         reference = value.get("reference")
         if isinstance(reference, str) and "Patient" in reference:
-            normalised = normalise_reference(reference)
-            if normalised is not None and normalised.startswith("Patient/"):
-                found.add(normalised[len("Patient/") :])
+            patient = _patient_id(reference)
+            if patient is not None:
+                found.add(patient)
             elif reference.startswith("Patient?"):
                 found.add(reference)  # a conditional reference: unresolved, never "ours"
-        for item in value.values():
-            if isinstance(item, dict | list):
+        for key, item in value.items():
+            if key != skip and isinstance(item, dict | list):
                 _walk_patient_references(item, found)
     elif isinstance(value, list):
         for item in value:
@@ -128,10 +138,7 @@ def patient_references(
     on release). A conditional reference (``Patient?identifier=...``) is returned as written, so
     it never matches a patient id."""
     found: set[str] = set()
-    if with_contained:
-        _walk_patient_references(resource, found)
-    else:
-        _walk_patient_references({k: v for k, v in resource.items() if k != "contained"}, found)
+    _walk_patient_references(resource, found, None if with_contained else "contained")
     return frozenset(found)
 
 
@@ -147,11 +154,50 @@ def patients_of(resource: Mapping[str, Any]) -> frozenset[str]:
     found: set[str] = set()
     if rtype == "Patient" and isinstance(resource.get("id"), str):
         found.add(resource["id"])
-    for name in _patient_params(rtype):
+    simple, general = _owner_paths(rtype)
+    for steps in simple:
+        _collect(resource, steps, 0, found)
+    for name in general:
         for ref in reference_ids(resource, name):
             if ref.startswith("Patient/"):
                 found.add(ref.removeprefix("Patient/"))
     return frozenset(found)
+
+
+def _collect(node: Any, steps: tuple[str, ...], at: int, found: set[str]) -> None:
+    """Follow ``steps`` and add the Patient references found at the end (the hot path of
+    :func:`patients_of`: most compartment parameters are plain element paths)."""
+    if isinstance(node, list):
+        for item in node:
+            _collect(item, steps, at, found)
+        return
+    if not isinstance(node, dict):
+        return
+    if at == len(steps):
+        reference = node.get("reference")
+        if isinstance(reference, str):
+            patient = _patient_id(reference)
+            if patient is not None:
+                found.add(patient)
+        return
+    value = node.get(steps[at])
+    if value is not None:
+        _collect(value, steps, at + 1, found)
+
+
+@cache
+def _owner_paths(resource_type: str) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]:
+    """For each compartment parameter: its plain element paths (followed directly), or the
+    parameter's name when a path has a filter (evaluated through :mod:`gateway.searchparams`)."""
+    simple: list[tuple[str, ...]] = []
+    general: list[str] = []
+    for name in _patient_params(resource_type):
+        paths = search_param(resource_type, name).paths
+        if any(path.where for path in paths):
+            general.append(name)
+        else:
+            simple.extend(path.steps for path in paths if path.target in (None, "Patient"))
+    return tuple(dict.fromkeys(simple)), tuple(general)
 
 
 @cache

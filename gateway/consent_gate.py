@@ -2,9 +2,10 @@
 (CONSENT.md C-03 … C-18), after the scope and compartment checks and for every resource released
 — from the upstream and, later, from the cache alike (C-10).
 
-Per request the gateway reads each concerned patient's active Consents afresh (``active_for``,
-coalesced across concurrent requests by :mod:`gateway.coalesce`): there is no cache of consents
-or decisions, so a withdrawal through any instance holds on the very next request (C-12). The
+Per request the gateway reads the consents' change counter afresh and uses each concerned
+patient's active Consents as read under that counter, reading them again when it has moved
+(:mod:`gateway.freshness`): decisions are never cached and consents never outlive a change, so
+a withdrawal through any instance holds on the very next request (C-12). The
 consents are compiled once per (request, patient) and each resource is then decided cheaply
 (``consent.decide``); what is permitted is minimised for the purposes its decision names
 (``consent.minimise``, C-15/C-16) before the caller's ``_elements``/``_summary`` (C-17).
@@ -17,7 +18,7 @@ consent but are still minimised.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,9 +30,9 @@ from consent.errors import ConsentError
 from consent.minimise import profile_for
 from consent.store import ConsentStore
 from gateway import compartment
-from gateway.coalesce import Coalescer
 from gateway.context import AccessContext
 from gateway.errors import ServiceUnavailable
+from gateway.freshness import ChangeEpochs, EpochCache
 from smart_auth.clients import ClientStore
 
 _CLIENT_TTL_SECONDS = 30.0
@@ -67,9 +68,13 @@ class RequestConsent:
         found = [r for r in refusals if r is not None]
         return found[0] if found and len(found) == len(refusals) else None
 
-    def release(self, resource: dict[str, Any]) -> dict[str, Any] | None:
-        """The resource as released (minimised), or ``None`` when a consent withholds it."""
-        owners = compartment.patients_of(resource)
+    def release(
+        self, resource: dict[str, Any], owners: frozenset[str] | None = None
+    ) -> dict[str, Any] | None:
+        """The resource as released (minimised), or ``None`` when a consent withholds it.
+        ``owners``: the patients whose compartment holds it, when already known."""
+        if owners is None:
+            owners = compartment.patients_of(resource)
         purposes: tuple[str, ...] = self.context.purposes
         for patient in owners:
             evaluator = self.evaluators.get(patient)
@@ -83,9 +88,12 @@ class RequestConsent:
                 return None
             purposes = decision.purposes
         try:
-            return profile_for(purposes).apply(resource)
+            profile = profile_for(purposes)
         except ConsentError:  # a purpose without a profile: keep nothing but the bare resource
-            return profile_for(()).apply(resource)
+            profile = profile_for(())
+        if profile.keeps_everything(str(resource.get("resourceType", ""))):
+            return resource  # nothing to remove: the pipeline owns this parsed resource
+        return profile.apply(resource)
 
     def last_refusal(self) -> Decision | None:
         return next((d for d in reversed(self.decisions) if not d.permitted), None)
@@ -94,10 +102,11 @@ class RequestConsent:
 class ConsentGate:
     """Loads consents and client policies for requests."""
 
-    def __init__(self, store: ConsentStore, clients: ClientStore) -> None:
+    def __init__(self, store: ConsentStore, clients: ClientStore, epochs: ChangeEpochs) -> None:
         self._store = store
         self._clients = clients
-        self._active = Coalescer(store.active_for_many)
+        self._epochs = epochs
+        self._active: EpochCache[str, list[dict[str, Any]]] = EpochCache(store.active_for_many)
         self._trusted: dict[str, tuple[bool, float]] = {}
 
     async def _is_trusted(self, client_id: str) -> bool:
@@ -124,7 +133,8 @@ class ConsentGate:
         if not missing:
             return
         try:
-            found = await self._active.get_many(missing)
+            epoch = (await self._epochs.current()).consents
+            found = await self._active.get_many(missing, epoch, [])
         except PyMongoError:
             raise ServiceUnavailable("consent cannot be checked right now; try again") from None
         for patient in missing:
@@ -132,10 +142,13 @@ class ConsentGate:
             request.evaluators[patient] = compile_consents(consents, request.attributes(patient))
 
     async def load_for(
-        self, request: RequestConsent, resources: Iterable[Mapping[str, Any]]
+        self,
+        request: RequestConsent,
+        resources: Iterable[Mapping[str, Any]],
+        owners_of: Callable[[Mapping[str, Any]], frozenset[str]] = compartment.patients_of,
     ) -> None:
         """Load the consents of every patient these resources belong to."""
         owners: set[str] = set()
         for resource in resources:
-            owners |= compartment.patients_of(resource)
+            owners |= owners_of(resource)
         await self.load(request, owners)

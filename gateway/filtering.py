@@ -18,9 +18,10 @@ from typing import Any
 from gateway.access import SEE, AccessPolicy
 from smart_auth.scopes import Letter
 
-Release = Callable[[dict[str, Any]], dict[str, Any] | None]
-"""A further per-resource step after the access check (consent, minimisation): the resource to
-release (possibly a new, smaller one), or ``None`` to withhold it."""
+Release = Callable[[dict[str, Any], frozenset[str]], dict[str, Any] | None]
+"""A further per-resource step after the access check (consent, minimisation), given the
+resource and the patients whose compartment it is in: the resource to release (possibly a new,
+smaller one), or ``None`` to withhold it."""
 
 
 @dataclass(slots=True)
@@ -53,7 +54,7 @@ def release_resource(
                 resource["contained"] = kept
             else:
                 del resource["contained"]
-    return then(resource) if then is not None else resource
+    return then(resource, policy.owners_of(resource)) if then is not None else resource
 
 
 def _is_paged(bundle: dict[str, Any]) -> bool:

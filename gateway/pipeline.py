@@ -258,7 +258,7 @@ class Pipeline:
             return answer
         if body.get("resourceType") == "Bundle" and kind not in _READS:
             resources = [e["resource"] for e in body.get("entry") or [] if "resource" in e]
-            await self.consent.load_for(consent, resources)
+            await self.consent.load_for(consent, resources, decision.policy.owners_of)
             filter_bundle(
                 body, decision.policy, decision.letters, exact_total=False, then=consent.release
             )

@@ -6,7 +6,8 @@ Entries are keyed ``jti:<jti>`` (one access token) or ``grant:<grant_id>`` (ever
 one authorization: the code, its access tokens and every rotated refresh token). An entry lives
 until the last token it covers has expired (a TTL index removes it then), so the check is a single
 ``_id $in`` lookup with no in-process cache: a revocation is seen by the very next request on any
-instance (S-25).
+instance (S-25): the gateway caches "not revoked" only until the revocation counter moves, and
+reads that counter afresh for every request.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 COLLECTION = "revocations"
+EPOCHS = "change_epochs"
+"""One counter document per kind of change (``{"_id": "revocations", "n": int}``): every write to
+the revocation list increments it *after* writing, so a reader that sees an unchanged counter knows
+its cached answers still hold (see ``gateway/freshness.py``)."""
 
 
 class RevocationList:
@@ -25,6 +30,7 @@ class RevocationList:
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
         self._entries: AsyncCollection[dict[str, Any]] = db[COLLECTION]
+        self._epochs: AsyncCollection[dict[str, Any]] = db[EPOCHS]
 
     async def ensure_indexes(self) -> None:
         await self._entries.create_index("expires_at", expireAfterSeconds=0)
@@ -38,6 +44,7 @@ class RevocationList:
             },
             upsert=True,
         )
+        await self._epochs.update_one({"_id": COLLECTION}, {"$inc": {"n": 1}}, upsert=True)
 
     async def revoke_token(self, jti: str, expires_at: datetime, reason: str = "revoked") -> None:
         """Revoke one access token until it would have expired anyway."""
