@@ -52,6 +52,13 @@ class AccessPolicy:
     _owners: dict[int, tuple[Mapping[str, Any], frozenset[str]]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _only_own_patients: list[bool] = field(default_factory=list, compare=False, repr=False)
+
+    def note_response(self, raw: bytes | None) -> None:
+        """Look once at a whole response's JSON: when it names no patient outside the token's
+        reach, resources need not be searched one by one for such references."""
+        mentioned = compartment.mentioned_patients(raw) if raw is not None else None
+        self._only_own_patients[:] = [mentioned is not None and mentioned <= self.context.patients]
 
     def owners_of(self, resource: Mapping[str, Any]) -> frozenset[str]:
         """:func:`gateway.compartment.patients_of`, once per resource object."""
@@ -68,7 +75,9 @@ class AccessPolicy:
         another patient (say, performed by them) is not released to a patient-context token."""
         rtype = str(resource.get("resourceType", ""))
         allowed = self.context.patients
-        if compartment.patient_references(resource, with_contained=False) - allowed:
+        if not (self._only_own_patients and self._only_own_patients[0]) and (
+            compartment.patient_references(resource, with_contained=False) - allowed
+        ):
             return False
         if rtype in compartment.PUBLIC_TYPES:
             return True

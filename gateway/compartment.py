@@ -129,6 +129,19 @@ def _walk_patient_references(value: Any, found: set[str], skip: str | None = Non
                 _walk_patient_references(item, found)
 
 
+_MENTION = re.compile(rb"Patient(?:/|\\/)([A-Za-z0-9\-.]{1,64})")
+
+
+def mentioned_patients(raw: bytes) -> frozenset[str] | None:
+    """Every patient id written as ``Patient/<id>`` anywhere in a JSON text (a superset of the
+    references in it), or ``None`` when the text could hide one (a conditional reference, or
+    ``\\u`` escapes). When the result holds only a token's own patients, no resource in the
+    text can point at anyone else, and the per-resource search for references can be skipped."""
+    if b"Patient?" in raw or b"\\u" in raw:
+        return None
+    return frozenset(match.decode() for match in _MENTION.findall(raw))
+
+
 def patient_references(
     resource: Mapping[str, Any], *, with_contained: bool = True
 ) -> frozenset[str]:

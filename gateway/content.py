@@ -133,6 +133,8 @@ class Answer:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: dict[str, Any] | None = None
+    raw: bytes | None = None
+    """The JSON the body was parsed from, when it came from the upstream."""
 
     def render(self) -> web.Response:
         if self.body is None:
@@ -162,12 +164,13 @@ def decode_answer(upstream: UpstreamResponse, rewriter: UrlRewriter) -> Answer:
     if not upstream.is_json:
         log.warning("upstream answered a non-JSON body (%s)", upstream.content_type)
         raise UpstreamUnavailable("the upstream FHIR server answered in a format other than JSON")
+    raw = rewriter.body_to_public(upstream.body)
     try:
-        body = orjson.loads(rewriter.body_to_public(upstream.body))
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise UpstreamUnavailable("the upstream FHIR server answered malformed JSON") from None
     if not isinstance(body, dict):
         raise UpstreamUnavailable(
             "the upstream FHIR server answered something other than a resource"
         )
-    return Answer(upstream.status, headers, body)
+    return Answer(upstream.status, headers, body, raw)

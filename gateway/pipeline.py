@@ -30,7 +30,7 @@ import orjson
 from aiohttp import web
 from limits import parse as parse_limit
 from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import FixedWindowRateLimiter
 
 from consent.decide import Decision
 from consent.subsetting import apply_elements, apply_summary
@@ -115,7 +115,7 @@ class Pipeline:
         self.consent = consent
         self.consents = consents
         self._limit = parse_limit(settings.rate_limit_per_client)
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._limiter = FixedWindowRateLimiter(MemoryStorage())
 
     # --- the request -------------------------------------------------------------------------
 
@@ -256,6 +256,8 @@ class Pipeline:
         body = answer.body
         if body.get("resourceType") == "OperationOutcome":
             return answer
+        if decision.patient_only:
+            decision.policy.note_response(answer.raw)
         if body.get("resourceType") == "Bundle" and kind not in _READS:
             resources = [e["resource"] for e in body.get("entry") or [] if "resource" in e]
             await self.consent.load_for(consent, resources, decision.policy.owners_of)
