@@ -256,10 +256,12 @@ def main() -> None:
     args = parser.parse_args()
     use_wrk = shutil.which("wrk") is not None
 
-    def load(url: str, token: str, seconds: int = args.seconds) -> Sample:
+    def load(
+        url: str, token: str, seconds: int = args.seconds, connections: int = args.connections
+    ) -> Sample:
         if use_wrk:
-            return _wrk(url, seconds, args.connections, token)
-        return asyncio.run(_aiohttp_load(url, seconds, args.connections, token))
+            return _wrk(url, seconds, connections, token)
+        return asyncio.run(_aiohttp_load(url, seconds, connections, token))
 
     processes: list[subprocess.Popen[bytes]] = []
     with local_stack() as (mongo_uri, upstream, _mongo):
@@ -301,17 +303,21 @@ def main() -> None:
                 _mint_tokens(mongo_uri, "bench", f"http://127.0.0.1:{gateway_port}")
             )
             results: dict[tuple[str, str], list[Sample]] = {}
+            single: dict[tuple[str, str], list[Sample]] = {}
             for _ in range(args.rounds):
                 for scenario, path in SCENARIOS.items():
                     for target, base in targets.items():
                         load(base + path, tokens[scenario], 1)  # warm-up
                         sample = load(base + path, tokens[scenario])
                         results.setdefault((scenario, target), []).append(sample)
+                        # One request at a time: the latency a request gains, without queueing.
+                        alone = load(base + path, tokens[scenario], connections=1)
+                        single.setdefault((scenario, target), []).append(alone)
         finally:
             for process in processes:
                 process.terminate()
                 process.wait()
-    _report(results, targets, args, use_wrk)
+    _report(results, single, targets, args, use_wrk)
 
 
 def _median(samples: list[Sample]) -> Sample:
@@ -324,6 +330,7 @@ def _median(samples: list[Sample]) -> Sample:
 
 def _report(
     results: dict[tuple[str, str], list[Sample]],
+    single: dict[tuple[str, str], list[Sample]],
     targets: dict[str, str],
     args: argparse.Namespace,
     use_wrk: bool,
@@ -352,6 +359,18 @@ def _report(
         print(
             f"| {scenario} | {gw.rps / bare.rps:.2f} | {gw.rps / direct.rps:.2f} "
             f"| {gw.p50_ms / bare.p50_ms:.2f} | {gw.p50_ms / direct.p50_ms:.2f} |"
+        )
+    print("\nOne request at a time (1 connection): the latency each target adds")
+    print("\n| scenario | upstream p50 ms | bare p50 ms | gateway p50 ms | gateway/upstream p50 |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for scenario in SCENARIOS:
+        up, bare, gw = (
+            _median(single[(scenario, t)])
+            for t in ("upstream alone", "bare aiohttp proxy", "gateway")
+        )
+        print(
+            f"| {scenario} | {up.p50_ms:.2f} | {bare.p50_ms:.2f} | {gw.p50_ms:.2f} "
+            f"| {gw.p50_ms / up.p50_ms:.2f} |"
         )
 
 

@@ -81,7 +81,7 @@ class Profile:
         if isinstance(out.get("contained"), list):
             contained = []
             for item in out["contained"]:
-                if isinstance(item, Mapping):
+                if isinstance(item, dict):
                     minimised, inner = self._apply(item)
                     contained.append(minimised)
                     changed = changed or inner
@@ -97,7 +97,7 @@ class Profile:
 def _label_redacted(resource: dict[str, Any]) -> None:
     found = resource.get("meta")
     meta: dict[str, Any] = found if isinstance(found, dict) else {}
-    security = [s for s in meta.get("security") or [] if isinstance(s, Mapping)]
+    security = [s for s in meta.get("security") or [] if isinstance(s, dict)]
     if not any(
         s.get("system") == REDACTED["system"] and s.get("code") == REDACTED["code"]
         for s in security
@@ -163,7 +163,7 @@ def _deidentify(resource: dict[str, Any]) -> bool:
                 reduced = [
                     {k: v for k, v in item.items() if k in keeps}
                     for item in resource[key]
-                    if isinstance(item, Mapping)
+                    if isinstance(item, dict)
                 ]
                 if reduced != resource[key]:
                     changes.append(1)
@@ -246,7 +246,7 @@ def minimise(resource: Mapping[str, Any], purposes: Iterable[str]) -> dict[str, 
 def _paged(bundle: Mapping[str, Any]) -> bool:
     links = bundle.get("link") or []
     return any(
-        isinstance(link, Mapping) and link.get("relation") in ("next", "previous", "prev")
+        isinstance(link, dict) and link.get("relation") in ("next", "previous", "prev")
         for link in links
     )
 
@@ -264,8 +264,8 @@ def release_bundle(
     """
     entries = []
     for entry in bundle.get("entry") or []:
-        resource = entry.get("resource") if isinstance(entry, Mapping) else None
-        released = release(resource) if isinstance(resource, Mapping) else None
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        released = release(resource) if isinstance(resource, dict) else None
         if released is None:
             continue
         kept = {key: clone(value) for key, value in entry.items() if key != "resource"}

@@ -112,7 +112,7 @@ def _tagged(resource: dict[str, Any]) -> dict[str, Any]:
     if not any(
         t.get("code") == SUBSETTED["code"] and t.get("system") == SUBSETTED["system"]
         for t in tags
-        if isinstance(t, Mapping)
+        if isinstance(t, dict)
     ):
         tags.append(dict(SUBSETTED))
     meta["tag"] = tags
@@ -162,7 +162,7 @@ def _summary(value: Any, info: ElementInfo) -> Any:
     """Summary elements of a BackboneElement (or a list of them), recursively."""
     if isinstance(value, list):
         return [_summary(item, info) for item in value]
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         return clone(value)
     kept: dict[str, Any] = {}
     for key, item in value.items():

@@ -145,7 +145,7 @@ def normalise_reference(reference: str) -> str | None:
 
 
 def _reference_string(value: Any) -> str | None:
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         ref = value.get("reference")
         return ref if isinstance(ref, str) else None
     return value if isinstance(value, str) else None  # canonical and uri elements
@@ -158,7 +158,7 @@ def _reference_type(value: Any, resource: Mapping[str, Any]) -> str | None:
         return None
     if ref.startswith("#"):
         for contained in resource.get("contained", ()):
-            if isinstance(contained, Mapping) and contained.get("id") == ref[1:]:
+            if isinstance(contained, dict) and contained.get("id") == ref[1:]:
                 rtype = contained.get("resourceType")
                 return rtype if isinstance(rtype, str) else None
         return None
@@ -174,7 +174,7 @@ def _walk(resource: Mapping[str, Any], path: ElementPath) -> list[Any]:
     for i, step in enumerate(path.steps):
         found: list[Any] = []
         for node in nodes:
-            if isinstance(node, Mapping):
+            if isinstance(node, dict):
                 value = node.get(step)
                 if isinstance(value, list):
                     found.extend(v for v in value if v is not None)
@@ -182,7 +182,7 @@ def _walk(resource: Mapping[str, Any], path: ElementPath) -> list[Any]:
                     found.append(value)
         for at, child, expected in path.where:
             if at == i:
-                found = [n for n in found if isinstance(n, Mapping) and n.get(child) == expected]
+                found = [n for n in found if isinstance(n, dict) and n.get(child) == expected]
         if not found:
             return found
         nodes = found
@@ -261,10 +261,10 @@ _CONTACT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "o
 
 def _tokens(value: Any) -> Iterable[tuple[str | None, str | None]]:
     """``(system, code)`` pairs of one indexed value (FHIR R4 3.1.1.4.1 token table)."""
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         if "coding" in value or "text" in value:  # CodeableConcept
             for coding in value.get("coding", ()):
-                if isinstance(coding, Mapping):
+                if isinstance(coding, dict):
                     yield coding.get("system"), coding.get("code")
         elif "code" in value or ("system" in value and "value" not in value):  # Coding
             yield value.get("system"), value.get("code")
@@ -328,7 +328,7 @@ _STRING_PARTS = (
 def _strings(value: Any) -> Iterable[str]:
     if isinstance(value, str):
         yield value
-    elif isinstance(value, Mapping):
+    elif isinstance(value, dict):
         for key in _STRING_PARTS:
             part = value.get(key)
             if isinstance(part, str):
