@@ -1,0 +1,137 @@
+"""The cost of the consent step per request (CONSENT.md C-12), measured in-process against the
+embedded MongoDB: what ``ConsentGate`` adds to one read of one resource, with the patient's
+consents unchanged since the last request (the common case: one shared counter read) and right
+after a consent changed (the counter moved: the consents are read again), next to the raw
+indexed query and the per-resource decision.
+
+    .venv/bin/python benchmarks/consent_cost.py [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo import AsyncMongoClient
+
+from consent.store import ConsentStore
+from gateway.consent_gate import ConsentGate
+from gateway.context import AccessContext
+from gateway.embedded import EmbeddedMongo
+from gateway.freshness import ChangeEpochs
+from smart_auth.clients import ClientStore, ClientType, new_client
+from smart_auth.scopes import ScopeSet
+
+PATIENT = "pat-bench"
+OBSERVATION: dict[str, Any] = {
+    "resourceType": "Observation",
+    "id": "o1",
+    "status": "final",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+    "subject": {"reference": f"Patient/{PATIENT}"},
+    "effectiveDateTime": "2025-01-01T00:00:00Z",
+}
+
+
+async def _mean_us(n: int, step: Callable[[], Awaitable[object]]) -> float:
+    for _ in range(50):
+        await step()
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await step()
+        samples.append(time.perf_counter() - started)
+    return statistics.mean(samples) * 1e6
+
+
+async def main(requests: int) -> None:
+    mongo = EmbeddedMongo()
+    mongo.start()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.uri, tz_aware=True)
+    try:
+        db = client["consent_cost"]
+        store = ConsentStore(db)
+        await store.ensure_indexes()
+        clients = ClientStore(db)
+        await clients.add(
+            new_client(
+                client_id="bench-app",
+                name="Bench",
+                client_type=ClientType.ASYMMETRIC,
+                scope="patient/*.rs",
+                purposes=("PATRQT",),
+                jwks={"keys": []},
+            )
+        )
+        now = datetime.now(UTC)
+        for i in range(1000):  # other patients' consents, so the index has work to do
+            await store.grant_app(
+                f"pat-{i}", "bench-app", "Bench", ["PATRQT"], ["Observation"], [], now, None
+            )
+        for types in (["Observation"], ["Patient"], ["Condition"], ["Encounter"], ["Immunization"]):
+            await store.grant_app(
+                PATIENT,
+                "bench-app",
+                "Bench",
+                ["PATRQT"],
+                types,
+                [],
+                now - timedelta(minutes=1),
+                now + timedelta(days=1),
+                supersede=False,
+            )
+        gate = ConsentGate(store, clients, ChangeEpochs(db))
+        context = AccessContext(
+            issuer="i",
+            subject="s",
+            client_id="bench-app",
+            scopes=ScopeSet.parse("patient/*.rs"),
+            jti="j",
+            expires_at=now,
+            patient=PATIENT,
+            purposes=("PATRQT",),
+        )
+
+        async def one_request() -> object:
+            request = await gate.start(context)
+            await gate.load(request, [PATIENT])
+            return request.release(dict(OBSERVATION))
+
+        async def after_a_change() -> object:
+            await db["change_epochs"].update_one({"_id": "consents"}, {"$inc": {"n": 1}})
+            return await one_request()
+
+        async def counter_write() -> object:
+            return await db["change_epochs"].update_one({"_id": "consents"}, {"$inc": {"n": 1}})
+
+        raw = await _mean_us(requests, lambda: store.active_for(PATIENT))
+        unchanged = await _mean_us(requests, one_request)
+        changed = await _mean_us(requests, after_a_change) - await _mean_us(requests, counter_write)
+        request = await gate.start(context)
+        await gate.load(request, [PATIENT])
+        started = time.perf_counter()
+        for _ in range(requests):
+            request.release(dict(OBSERVATION))
+        decide = (time.perf_counter() - started) / requests * 1e6
+    finally:
+        await client.close()
+        mongo.stop()
+    print(f"\n{datetime.now(UTC):%Y-%m-%d}, {requests} requests each, mean wall time per request\n")
+    print("| step | µs |")
+    print("| --- | ---: |")
+    print(f"| `active_for` alone (one indexed query, 5 consents among 1,005) | {raw:,.0f} |")
+    label = "consent step, consents unchanged (counter read + cached consents + decision)"
+    print(f"| {label} | {unchanged:,.0f} |")
+    print(f"| consent step right after a consent changed (consents read again) | {changed:,.0f} |")
+    print(f"| decision + minimisation of one resource (no I/O) | {decide:,.1f} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    asyncio.run(main(parser.parse_args().requests))
