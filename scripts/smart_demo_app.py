@@ -145,6 +145,11 @@ def backend(base: str) -> None:
     )
     print(json.dumps({k: v for k, v in tokens.items() if k != "access_token"}, indent=2))
     print("access token (first 40 characters):", tokens["access_token"][:40] + "...")
+    bundle = _get(f"{base}/fhir/Patient?_count=3", tokens["access_token"])
+    for entry in bundle.get("entry", []):
+        patient = entry["resource"]
+        kept = sorted(k for k in patient if k not in ("resourceType", "id", "meta"))
+        print(f"Patient/{patient['id']}: elements released for HOPERAT: {', '.join(kept)}")
 
 
 def main() -> None:
