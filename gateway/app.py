@@ -21,6 +21,7 @@ from gateway.authenticate import Authenticator
 from gateway.authserver import setup_authserver
 from gateway.consent_api import ConsentApi
 from gateway.consent_gate import ConsentGate
+from gateway.cors import Cors
 from gateway.freshness import ChangeEpochs
 from gateway.metrics import Metrics
 from gateway.middleware import add_request_id, fhir_errors, request_context, request_limits
@@ -95,6 +96,7 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         app[METRICS],
         ConsentGate(consents, auth.clients, epochs),
         ConsentApi(consents, auth.revoker, settings.fhir_base_url),
+        Cors(auth.clients),
     )
     try:
         yield

@@ -49,6 +49,7 @@ from gateway.content import (
     read_form,
 )
 from gateway.context import AccessContext
+from gateway.cors import Cors
 from gateway.errors import (
     BadRequest,
     FhirError,
@@ -105,6 +106,7 @@ class Pipeline:
         metrics: Metrics,
         consent: ConsentGate,
         consents: ConsentApi,
+        cors: Cors,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
@@ -114,12 +116,28 @@ class Pipeline:
         self.metrics = metrics
         self.consent = consent
         self.consents = consents
+        self.cors = cors
         self._limit = parse_limit(settings.rate_limit_per_client)
         self._limiter = FixedWindowRateLimiter(MemoryStorage())
 
     # --- the request -------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """A request, with the CORS headers its origin is entitled to (S-07), errors included."""
+        if request.method == "OPTIONS":
+            return await self.cors.preflight(request)
+        client: list[str] = []
+        try:
+            response = await self._handle(request, client)
+        except FhirError as exc:
+            if "Origin" in request.headers:
+                exc.headers.update(await self.cors.headers(request, client[0] if client else None))
+            raise
+        if "Origin" in request.headers:
+            response.headers.update(await self.cors.headers(request, client[0] if client else None))
+        return response
+
+    async def _handle(self, request: web.Request, client: list[str]) -> web.StreamResponse:
         request[METRIC_LABEL] = "fhir"
         negotiate(request)
         path = request.match_info.get("path", "")
@@ -129,6 +147,7 @@ class Pipeline:
             return (await self._fetch(Call(interaction), request[REQUEST_ID])).render()
 
         context = await self.authenticator.authenticate(request.headers, request.query)
+        client.append(context.client_id)
         await self._rate_limit(context)
         form = await read_form(request)
         interaction = parse(request.method, path, request.query.items(), form)
