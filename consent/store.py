@@ -47,6 +47,7 @@ from consent.fhirtime import fhir_instant
 
 COLLECTION: Final = "consents"
 HISTORY: Final = "consent_history"
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
 _VERSION = re.compile(r"^[1-9][0-9]{0,9}$")
 _MAX_SEARCH = 1000
@@ -299,15 +300,17 @@ class ConsentStore:
         return [dict(document["resource"]) async for document in cursor.limit(limit)]
 
     async def active_for(self, patient_id: str) -> list[dict[str, Any]]:
-        """The patient's active consents: the one indexed read per request (C-12, no cache)."""
+        """The patient's active consents: one indexed read (the store keeps no cache)."""
         query = {"patient_id": model.fhir_id(patient_id, "patient id"), "status": "active"}
         cursor = self._consents.find(query, {"resource": 1, "_id": 0})
         return [document["resource"] async for document in cursor]
 
     async def active_for_many(self, patient_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """``active_for`` for several patients in one indexed query (the gateway batches the
-        requests that arrive together; still no cache, C-12)."""
-        ids = [model.fhir_id(patient_id, "patient id") for patient_id in patient_ids]
+        requests that arrive together; the store keeps no cache)."""
+        # A malformed id (from a malformed reference upstream) has no consents: it is skipped, so
+        # one bad reference cannot fail the other requests whose lookups share this query.
+        ids = [p for p in patient_ids if isinstance(p, str) and _ID.match(p)]
         query = {"patient_id": {"$in": ids}, "status": "active"}
         found: dict[str, list[dict[str, Any]]] = {patient_id: [] for patient_id in ids}
         async for document in self._consents.find(query, {"resource": 1, "patient_id": 1}):

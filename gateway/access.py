@@ -17,7 +17,7 @@ Two halves, in the spirit of google/fhir-gateway's ``AccessChecker``:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import compartment, searchparams
@@ -83,6 +83,12 @@ class AccessPolicy:
             return True
         owners = self.owners_of(resource)
         return bool(owners) and owners <= allowed
+
+    def scopes_for(
+        self, interaction: FhirInteraction, letters: frozenset[Letter]
+    ) -> list[ResourceScope]:
+        """The token's scopes that allow ``letters`` on the interaction's resource type."""
+        return _scopes_for(self.context, interaction.resource_type or "", letters)
 
     def permits(self, resource: Mapping[str, Any], letters: frozenset[Letter] = SEE) -> bool:
         rtype = resource.get("resourceType")
@@ -214,6 +220,8 @@ def _system_level(context: AccessContext, interaction: FhirInteraction) -> Acces
         )
     types = [t for v in interaction.param_values("_type") for t in v.split(",")]
     letters = SEARCH if interaction.kind is Kind.SEARCH_SYSTEM else SEE
+    if "Consent" in types:
+        raise Forbidden("Consents are served at /fhir/Consent, not by a system-level search")
     for rtype in types or ["*"]:
         if not any(s.resource_type in ("*", rtype) and s.letters & letters for s in scopes):
             raise Forbidden(f"the access token has no scope that allows searching {rtype}")
@@ -264,8 +272,3 @@ def authorize(context: AccessContext, interaction: FhirInteraction) -> AccessDec
             raise Forbidden(f"patient-context tokens cannot write {rtype}")
         return AccessDecision(interaction, policy, SEE, False, patient_only)
     raise Forbidden(f"{kind} is not available through this gateway")
-
-
-def reread(decision: AccessDecision, interaction: FhirInteraction) -> AccessDecision:
-    """The same decision for a follow-up request (the compartment check of a write)."""
-    return replace(decision, interaction=interaction)

@@ -2,7 +2,8 @@
 ``fhir-gateway serve``, ``fhir-gateway demo`` and every test.
 
 Each long-lived resource lives in its own cleanup context and cleans up only what it started: the
-MongoDB client, then the upstream ``ClientSession``.
+MongoDB client, the upstream ``ClientSession``, the authorization server's stores, and the FHIR
+pipeline (with its own small session for external issuers' JWKS).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
     auth = app[AUTH]
     db = app[MONGO][settings.mongodb_database]
     epochs = ChangeEpochs(db)
+    configured = settings.paging_secret.get_secret_value() if settings.paging_secret else None
+    secret = await load_secret(db, configured)
+    consents = ConsentStore(db)
+    await consents.ensure_indexes()
     jwks_http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
     authenticator = Authenticator(
         issuer=settings.public_base_url,
@@ -83,10 +88,6 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         http=jwks_http,
         jwks_refresh_min_seconds=settings.jwks_refresh_min_seconds,
     )
-    configured = settings.paging_secret.get_secret_value() if settings.paging_secret else None
-    secret = await load_secret(db, configured)
-    consents = ConsentStore(db)
-    await consents.ensure_indexes()
     app[PIPELINE] = Pipeline(
         settings,
         app[UPSTREAM],

@@ -7,8 +7,9 @@ base, it has not expired, and it is not revoked. Everything else is 401 with
 ``WWW-Authenticate: Bearer`` (S-26). ``HS*`` and ``none`` never verify: the key sets hold public
 keys only and the algorithm list excludes them.
 
-Revocation is checked separately (:meth:`Authenticator.is_revoked`) so the pipeline can run that
-one indexed MongoDB read concurrently with the upstream fetch of a read; a write waits for it.
+Revocation is checked separately (:meth:`Authenticator.is_revoked`: the revocation counter read
+afresh, the list itself only when the counter moved, :mod:`gateway.freshness`) so the pipeline can
+run it concurrently with the upstream fetch of a read; a write waits for it.
 Signature checks are cached per token string (a token's claims never change); expiry is checked on
 every request.
 """

@@ -93,8 +93,10 @@ def security_context(resource: Mapping[str, Any]) -> str | None:
 
 
 def binary_patients(resource: Mapping[str, Any]) -> frozenset[str]:
-    """The patient a Binary belongs to when its ``securityContext`` is that Patient. For any other
-    security context the caller resolves :func:`security_context` and asks :func:`patients_of`."""
+    """The patient a Binary belongs to when its ``securityContext`` is that Patient. A Binary whose
+    security context is another resource (a DocumentReference, say) is not attributed to anyone
+    here, so a patient-context token does not receive it: read the attachment through its
+    DocumentReference instead."""
     context = security_context(resource)
     if context is not None and context.startswith("Patient/"):
         return frozenset({context.removeprefix("Patient/")})
@@ -102,7 +104,9 @@ def binary_patients(resource: Mapping[str, Any]) -> frozenset[str]:
 
 
 def _patient_id(reference: str) -> str | None:
-    """The id of a reference to a Patient (``Patient/x``, absolute, versioned), else ``None``."""
+    """The id of a reference to a Patient (``Patient/x``, absolute, versioned), else ``None``.
+    A malformed id is kept as written: it then never matches a token's patient, and it never
+    reaches a database query (the consent store takes valid ids only)."""
     if reference.startswith("Patient/") and reference.count("/") == 1:
         return reference[8:] or None  # the common case, without the general parser
     normalised = normalise_reference(reference)

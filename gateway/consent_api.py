@@ -158,7 +158,7 @@ class ConsentApi:
                 writes.check_current(current, context)
                 writes.check_in_compartment(body, context, "this Consent")
             updated = await self._store.update(cid, body, if_match=_if_match(headers))
-            if updated.get("status") != "active" and current.get("status") == "active":
+            if _grants_access(current) and not _grants_access(updated):
                 await self._withdrawn(current)
             return Answer(200, _headers(updated), updated)
         if kind is Kind.DELETE:
@@ -167,7 +167,8 @@ class ConsentApi:
             if decision.patient_only:
                 writes.check_current(current, context)
             await self._store.delete(cid, if_match=_if_match(headers))
-            await self._withdrawn(current)
+            if _grants_access(current):
+                await self._withdrawn(current)
             return Answer(204)
         raise Forbidden(
             f"{kind} is not available on Consent; use read, search, create, update or delete"
@@ -209,6 +210,8 @@ class ConsentApi:
             if len(named) != len(parsed):
                 raise BadRequest("patient takes Patient/[id] or [id]")
             chosen = named if chosen is None else chosen & named
+        if chosen is None and decision.patient_only:
+            chosen = set(context.patients)
         patients = sorted(chosen) if chosen is not None else []
         if chosen is not None and not patients:
             return {"resourceType": "Bundle", "type": "searchset", "total": 0}
@@ -253,6 +256,13 @@ class ConsentApi:
                 item["resource"] = entry.resource
             items.append(item)
         return {"resourceType": "Bundle", "type": "history", "total": len(items), "entry": items}
+
+
+def _grants_access(consent: Mapping[str, Any]) -> bool:
+    """An active Consent whose root provision permits: withdrawing it ends what it granted.
+    (Withdrawing a deny, or a draft, takes nothing away, so no token is revoked for it.)"""
+    provision = consent.get("provision") or {}
+    return consent.get("status") == "active" and provision.get("type", "permit") == "permit"
 
 
 def _client_ids(consent: Mapping[str, Any]) -> list[str]:

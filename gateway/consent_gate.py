@@ -48,7 +48,6 @@ class RequestConsent:
     now: datetime
     evaluators: dict[str, Evaluator] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
-    withheld: int = 0
 
     def attributes(self, patient: str) -> RequestAttributes:
         actors = (self.context.fhir_user,) if self.context.fhir_user else ()
@@ -63,7 +62,8 @@ class RequestConsent:
 
     def refusal(self, patients: Iterable[str]) -> Decision | None:
         """A decision that withholds everything of these patients, if there is one (no consent
-        at all, or a blanket deny): the request can be answered without the upstream."""
+        at all, or a blanket deny): the request is answered with it, whatever the upstream
+        returned."""
         refusals = [self.evaluators[p].refusal() for p in patients if p in self.evaluators]
         found = [r for r in refusals if r is not None]
         return found[0] if found and len(found) == len(refusals) else None
@@ -76,17 +76,16 @@ class RequestConsent:
         if owners is None:
             owners = compartment.patients_of(resource)
         purposes: tuple[str, ...] = self.context.purposes
-        for patient in owners:
+        for patient in sorted(owners):
             evaluator = self.evaluators.get(patient)
             if evaluator is None:  # not loaded: nothing may be assumed
-                self.withheld += 1
                 return None
             decision = evaluator.decide(resource)
             self.decisions.append(decision)
             if not decision.permitted:
-                self.withheld += 1
                 return None
-            purposes = decision.purposes
+            # Several owners: only what every one of them permits it for (the strictest profile).
+            purposes = tuple(p for p in purposes if p in decision.purposes)
         try:
             profile = profile_for(purposes)
         except ConsentError:  # a purpose without a profile: keep nothing but the bare resource

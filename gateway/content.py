@@ -118,6 +118,8 @@ async def read_body(
         bundle_type = body.get("type")
         if bundle_type not in ("batch", "transaction"):
             raise BadRequest("the Bundle's type must be 'batch' or 'transaction'")
+        if not isinstance(body.get("entry", []), list):
+            raise BadRequest("Bundle.entry must be an array of entries")
         interaction = FhirInteraction(
             Kind.TRANSACTION if bundle_type == "transaction" else Kind.BATCH, "POST"
         )

@@ -3,7 +3,7 @@ later step and never changed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from smart_auth.scopes import Context, ScopeSet
@@ -31,14 +31,14 @@ class AccessContext:
     """Purposes of use (v3-ActReason codes) the token was issued for."""
     external: bool = False
     """Issued by a configured external issuer rather than by this gateway."""
+    patients: frozenset[str] = field(init=False, compare=False)
+    """The patients a ``patient/`` scope of this token reaches: the patient in context and those
+    the user may act for. Empty when no patient is in context. (Derived once: it is read for
+    every resource released.)"""
 
-    @property
-    def patients(self) -> frozenset[str]:
-        """The patients a ``patient/`` scope of this token reaches: the patient in context and
-        those the user may act for. Empty when no patient is in context."""
-        if self.patient is None:
-            return frozenset()
-        return frozenset({self.patient}) | self.acts_for
+    def __post_init__(self) -> None:
+        reach = frozenset() if self.patient is None else frozenset({self.patient}) | self.acts_for
+        object.__setattr__(self, "patients", reach)
 
     def has_context(self, context: Context) -> bool:
         return context in self.scopes.contexts()

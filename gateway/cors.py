@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from aiohttp import web
+from pymongo.errors import PyMongoError
 
 from smart_auth.clients import ClientStore
 
@@ -32,7 +33,10 @@ class Cors:
         cached = self._answers.get(key)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        answer = await self._clients.origin_allowed(origin, client_id)
+        try:
+            answer = await self._clients.origin_allowed(origin, client_id)
+        except PyMongoError:
+            return False  # no CORS headers rather than an error in place of the real answer
         if len(self._answers) > 10_000:
             self._answers.clear()
         self._answers[key] = (answer, time.monotonic() + _TTL_SECONDS)

@@ -187,10 +187,9 @@ def parse(
         _method(method, {"GET": Kind.HISTORY_TYPE})
         return FhirInteraction(Kind.HISTORY_TYPE, method, rtype, params=params)
     if second.startswith("$"):
-        _method(method, {"GET": Kind.OPERATION, "POST": Kind.OPERATION})
-        return FhirInteraction(
-            Kind.OPERATION, method, rtype, operation=_operation(second, "type"), params=params
-        )
+        operation = _operation(second, "type")
+        _method(method, {"POST": Kind.OPERATION})  # $validate takes the resource as its body
+        return FhirInteraction(Kind.OPERATION, method, rtype, operation=operation, params=params)
 
     rid = _resource_id(second)
     if n == 2:
@@ -208,8 +207,10 @@ def parse(
         _method(method, {"GET": Kind.VREAD})
         return FhirInteraction(Kind.VREAD, method, rtype, rid, _resource_id(segments[3]))
     if n == 3 and third.startswith("$"):
-        _method(method, {"GET": Kind.OPERATION, "POST": Kind.OPERATION})
         op = _operation(third, "instance")
+        # $everything's parameters travel in the query: GET only (a POST body would be ignored).
+        allowed = {"GET": Kind.OPERATION} if op == "everything" else {"POST": Kind.OPERATION}
+        _method(method, allowed)
         return FhirInteraction(Kind.OPERATION, method, rtype, rid, operation=op, params=params)
     if n == 3 and rtype == "Patient":
         # Compartment search: Patient/[id]/[type] (FHIR R4 3.1.0.8.3).

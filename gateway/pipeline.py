@@ -4,13 +4,14 @@
 1. ``authenticate``  the bearer token → :class:`AccessContext` (``authenticate.py``)
 2. ``parse``         the request → :class:`FhirInteraction` (``interaction.py``, ``content.py``)
 3. ``authorize``     scopes + compartment → allowed and narrowed, or refused (``access.py``)
-4. (consent)         per resource, after the scope check — a later step of the pipeline
+4. ``consent``       the patients' consents, decided per resource after the scope check, and
+                     minimisation (``consent_gate.py``); Consent itself is ``consent_api.py``
 5. ``fetch``         the upstream (``upstream.py``); reads run concurrently with the revocation
-                     check, writes wait for it
+                     check and the consent read, writes wait for the revocation check
 6. ``filter``        every released resource checked again; totals, contained, includes; paging
                      links replaced by signed ones (``filtering.py``, ``paging.py``)
-7. (audit)           a later step of the pipeline
-8. respond
+7. (audit)           not built yet: releases are not yet recorded
+8. respond, with the CORS headers the caller's origin is entitled to (``cors.py``)
 
 ``metadata`` is public (S-07/S-08): it needs no token. Batches are run entry by entry through the
 same steps (S-29); a transaction is authorized entry by entry first and sent only when every entry
@@ -34,7 +35,7 @@ from limits.aio.strategies import FixedWindowRateLimiter
 
 from consent.decide import Decision
 from consent.subsetting import apply_elements, apply_summary
-from gateway import writes
+from gateway import compartment, writes
 from gateway.access import SEE, AccessDecision, AccessPolicy, authorize
 from gateway.appkeys import INTERACTION, METRIC_LABEL, PIPELINE, REQUEST_ID
 from gateway.authenticate import Authenticator
@@ -57,6 +58,7 @@ from gateway.errors import (
     NotFound,
     TooManyRequests,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from gateway.filtering import filter_bundle, release_resource
 from gateway.headers import request_headers
@@ -79,6 +81,12 @@ _READS = frozenset({Kind.READ, Kind.VREAD})
 _LOCAL_SHAPING = frozenset({"_elements", "_summary"})
 _PAGE_RELATIONS = frozenset({"next", "previous", "prev", "first", "last"})
 _CONDITIONAL = frozenset({"if-none-match", "if-modified-since"})
+_WRITE_LETTERS: dict[Kind, frozenset[Letter]] = {
+    Kind.CREATE: frozenset({"c"}),
+    Kind.UPDATE: frozenset({"u"}),
+    Kind.PATCH: frozenset({"u"}),
+    Kind.DELETE: frozenset({"d"}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +255,12 @@ class Pipeline:
             # The patients are known before the fetch: read their consents meanwhile.
             patients = sorted(context.patients)
             answer, _ = await asyncio.gather(fetch, self.consent.load(consent, patients))
-            refusal = consent.refusal(patients)
+            refusal = (
+                consent.refusal(patients)
+                if interaction.resource_type is None
+                or compartment.is_compartment_type(interaction.resource_type)
+                else None  # Practitioner, Medication...: no patient data, no consent needed
+            )
             if refusal is not None:
                 if interaction.kind in _READS:
                     raise Forbidden(_explain(refusal))
@@ -288,7 +301,11 @@ class Pipeline:
             self._sign_links(body, decision, self_url, shaping or [])
             if shaping:
                 for entry in body.get("entry", []):
-                    entry["resource"] = _shape(entry["resource"], shaping)
+                    resource = entry.get("resource")
+                    if isinstance(resource, dict) and resource.get("resourceType") != (
+                        "OperationOutcome"
+                    ):
+                        entry["resource"] = _shape(resource, shaping)
             return answer
         if release_resource(body, decision.policy, decision.letters) is None:
             raise NotFound("no such resource is available to this access token")
@@ -363,48 +380,85 @@ class Pipeline:
         answer = await self._fetch(Call(read), request_id)
         return answer.body if answer.status == 200 else None
 
+    async def _check_write(
+        self, context: AccessContext, decision: AccessDecision, call: Call, request_id: str
+    ) -> dict[str, str]:
+        """Everything a write must pass before it is sent (alone or in a transaction); returns
+        the headers to send, with ``If-Match`` pinned to the version that was checked."""
+        interaction, kind = decision.interaction, decision.interaction.kind
+        policy = decision.policy
+        letters = _WRITE_LETTERS[kind]
+        headers = dict(call.headers)
+        if interaction.resource_type == "Consent":
+            raise BadRequest("Consents are written through /fhir/Consent, one at a time")
+        if kind in (Kind.CREATE, Kind.UPDATE):
+            writes.validate(call.body)
+        if kind is Kind.PATCH:
+            if call.media != "application/json-patch+json":
+                raise UnsupportedMediaType("patches are JSON Patch (application/json-patch+json)")
+            writes.check_patch_operations(call.body)
+        restricted = any(s.restriction for s in policy.scopes_for(interaction, letters))
+        if decision.patient_only and any(k.lower() == "if-none-exist" for k in headers):
+            raise Forbidden("conditional creates are not available to patient-context tokens")
+        current: dict[str, Any] | None = None
+        if kind is not Kind.CREATE and (decision.patient_only or restricted):
+            current = await self._current(interaction, request_id)
+            # An update that would create is answered like an update of someone else's resource:
+            # otherwise the difference would tell which ids exist.
+            if current is None or not policy.permits(current, letters):
+                raise NotFound("no such resource is available to this access token")
+            version = (current.get("meta") or {}).get("versionId")
+            if version and not any(k.lower() == "if-match" for k in headers):
+                headers["If-Match"] = f'W/"{version}"'
+        after = call.body if kind in (Kind.CREATE, Kind.UPDATE) else None
+        if kind is Kind.PATCH and current is not None:
+            after = writes.apply_patch(current, call.body)
+            if after.get("id") != current.get("id"):
+                raise Forbidden("a patch cannot change the resource's id")
+        if after is not None and (decision.patient_only or restricted):
+            if decision.patient_only:
+                writes.check_conditional_references(after)
+                if compartment.patient_references(after) - context.patients:  # contained too
+                    raise Forbidden("this write would name a patient outside this token's access")
+            if not policy.permits(after, letters):
+                raise Forbidden(
+                    f"this {interaction.resource_type} would fall outside what this access token "
+                    "may write (its patients, or its scope's restriction)"
+                )
+        return headers
+
     async def _write(
         self, context: AccessContext, decision: AccessDecision, call: Call, request_id: str
     ) -> Answer:
-        interaction, kind = decision.interaction, decision.interaction.kind
-        headers = dict(call.headers)
-        current: dict[str, Any] | None = None
-        if kind in (Kind.CREATE, Kind.UPDATE):
-            writes.validate(call.body)
-        if kind is Kind.PATCH and call.media == "application/json-patch+json":
-            writes.check_patch_operations(call.body)
-        if decision.patient_only:
-            if "If-None-Exist" in {h.title() for h in headers}:
-                raise Forbidden("conditional creates are not available to patient-context tokens")
-            if kind in (Kind.UPDATE, Kind.PATCH, Kind.DELETE):
-                current = await self._current(interaction, request_id)
-                # An update that would create is answered like an update of someone else's
-                # resource: otherwise the difference would tell which ids exist.
-                writes.check_current(current, context)
-                if current is not None:
-                    version = (current.get("meta") or {}).get("versionId")
-                    if version and not any(h.lower() == "if-match" for h in headers):
-                        headers["If-Match"] = f'W/"{version}"'
-            if kind in (Kind.CREATE, Kind.UPDATE):
-                writes.check_in_compartment(call.body, context, f"this {interaction.resource_type}")
-            if kind is Kind.PATCH:
-                if call.media != "application/json-patch+json" or current is None:
-                    raise Forbidden("patient-context tokens patch with JSON Patch only")
-                patched = writes.apply_patch(current, call.body)
-                if patched.get("id") != current.get("id"):
-                    raise Forbidden("a patch cannot change the resource's id")
-                writes.check_in_compartment(patched, context, "the patched resource")
+        headers = await self._check_write(context, decision, call, request_id)
+        interaction = decision.interaction
         answer = await self._fetch(
             Call(interaction, call.body, call.raw, call.media, headers), request_id
         )
+        return await self._release_written(context, decision, answer)
+
+    async def _release_written(
+        self, context: AccessContext, decision: AccessDecision, answer: Answer
+    ) -> Answer:
+        """What a write answers goes through the same checks as a read (scopes, consent,
+        minimisation); what the token may not read is left out of the body."""
         body = answer.body
-        if (
-            body is not None
-            and answer.status < 300
-            and body.get("resourceType") != "OperationOutcome"
-            and release_resource(body, decision.policy, SEE) is None
-        ):
-            answer.body = None  # written, but not readable with this token's scopes
+        if body is None or answer.status >= 300 or body.get("resourceType") == "OperationOutcome":
+            return answer
+        read = AccessDecision(
+            FhirInteraction(Kind.READ, "GET", body.get("resourceType")),
+            decision.policy,
+            SEE,
+            False,
+            decision.patient_only,
+        )
+        consent = await self.consent.start(context)
+        try:
+            released = await self._release(read, Answer(200, {}, body), "", consent)
+        except FhirError:
+            answer.body = None
+            return answer
+        answer.body = released.body
         return answer
 
     # --- batch and transaction (S-29) --------------------------------------------------------
@@ -476,43 +530,29 @@ class Pipeline:
                         "send reads in a batch"
                     )
                 decision = authorize(context, sub.interaction)
-                if sub.interaction.kind in WRITE_KINDS:
-                    await self._check_transaction_write(context, decision, sub, request_id)
+                headers = await self._check_write(context, decision, sub, request_id)
             except FhirError as exc:
-                raise type(exc)(f"entry {index + 1}: {exc.diagnostics}") from None
+                exc.diagnostics = f"entry {index + 1}: {exc.diagnostics}"
+                raise
+            if "If-Match" in headers:  # pin the version that was checked
+                entry["request"]["ifMatch"] = headers["If-Match"]
             decisions.append(decision)
-        answer = await self._fetch(call, request_id)
+        raw = self.rewriter.body_to_upstream(orjson.dumps(call.body))
+        answer = await self._fetch(
+            Call(call.interaction, call.body, raw, call.media, call.headers), request_id
+        )
         if answer.status >= 400 or answer.body is None:
             return answer
-        consent = await self.consent.start(context)
         for decision, entry in zip(decisions, answer.body.get("entry") or [], strict=False):
             resource = entry.get("resource")
             if not isinstance(resource, dict):
                 continue
-            try:
-                released = await self._release(decision, Answer(200, {}, resource), "", consent)
-            except FhirError:
+            released = await self._release_written(context, decision, Answer(200, {}, resource))
+            if released.body is None:
                 entry.pop("resource", None)
-                continue
-            entry["resource"] = released.body
+            else:
+                entry["resource"] = released.body
         return answer
-
-    async def _check_transaction_write(
-        self, context: AccessContext, decision: AccessDecision, sub: Call, request_id: str
-    ) -> None:
-        kind = sub.interaction.kind
-        if kind in (Kind.CREATE, Kind.UPDATE):
-            writes.validate(sub.body)
-        if not decision.patient_only:
-            return
-        if "If-None-Exist" in sub.headers:
-            raise Forbidden("conditional creates are not available to patient-context tokens")
-        if kind in (Kind.UPDATE, Kind.DELETE, Kind.PATCH):
-            writes.check_current(await self._current(sub.interaction, request_id), context)
-        if kind is Kind.PATCH:
-            raise Forbidden("patient-context tokens cannot patch inside a transaction")
-        if kind in (Kind.CREATE, Kind.UPDATE):
-            writes.check_in_compartment(sub.body, context, f"this {sub.interaction.resource_type}")
 
     # --- the upstream ------------------------------------------------------------------------
 

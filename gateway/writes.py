@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from gateway import compartment
 from gateway.context import AccessContext
 from gateway.errors import Forbidden, NotFound, Unprocessable
+from gateway.fhirdata import RESOURCE_TYPES
 
 
 def _issues(exc: ValidationError) -> list[dict[str, Any]]:
@@ -43,14 +44,18 @@ def validate(resource: Mapping[str, Any]) -> None:
     try:
         model = get_fhir_model_class(str(rtype))
     except (KeyError, ValueError):
+        if rtype in RESOURCE_TYPES:
+            return  # an R4 type the R4B models no longer have: the upstream validates it
         raise Unprocessable(f"'{rtype}' is not a FHIR resource type") from None
     try:
         model.model_validate(resource)
-    except ValidationError as exc:
-        issues = _issues(exc)
-        raise Unprocessable(
-            f"the {rtype} is not valid FHIR ({len(issues)} problem(s))", extra_issues=issues
-        ) from None
+    except (KeyError, TypeError, ValueError) as exc:  # e.g. a contained type the models lack
+        if isinstance(exc, ValidationError):
+            issues = _issues(exc)
+            raise Unprocessable(
+                f"the {rtype} is not valid FHIR ({len(issues)} problem(s))", extra_issues=issues
+            ) from None
+        raise Unprocessable(f"the {rtype} is not valid FHIR: {exc}") from None
 
 
 def _conditional_references(value: Any) -> Iterator[str]:
@@ -66,23 +71,30 @@ def _conditional_references(value: Any) -> Iterator[str]:
 
 
 def check_patch_operations(operations: Any) -> None:
-    """A JSON Patch may not change what a resource is (``/id``, ``/resourceType``): the upstream
-    would otherwise write the result over another record."""
+    """A JSON Patch may not change what a resource is (``/id``, ``/resourceType``, or the whole
+    document at ``""``): the upstream would otherwise write the result over another record."""
     for operation in operations if isinstance(operations, list) else []:
         if not isinstance(operation, dict):
             continue
         for key in ("path", "from"):
             target = operation.get(key)
-            if isinstance(target, str) and target.split("/")[1:2] in (["id"], ["resourceType"]):
-                raise Forbidden("a patch cannot change the resource's id or type")
+            if not isinstance(target, str):
+                continue
+            if target in ("", "/") or target.split("/")[1:2] in (["id"], ["resourceType"]):
+                raise Forbidden("a patch cannot change the resource's id or type, nor replace it")
+
+
+def check_conditional_references(resource: Mapping[str, Any]) -> None:
+    """A patient-context write names its references: a conditional one, resolved by the
+    upstream, could name anyone (and tell the caller who it found)."""
+    conditional = next(_conditional_references(resource), None)
+    if conditional is not None:
+        raise Forbidden(f"conditional references ({conditional}) are not available here")
 
 
 def check_in_compartment(resource: Mapping[str, Any], context: AccessContext, what: str) -> None:
     """403 unless a resource a patient-context token writes stays with its patients."""
-    conditional = next(_conditional_references(resource), None)
-    if conditional is not None:
-        # Resolved by the upstream, it could name anyone (and tell the caller who it found).
-        raise Forbidden(f"conditional references ({conditional}) are not available here")
+    check_conditional_references(resource)
     owners = compartment.patients_of(resource)
     if resource.get("resourceType") == "Patient":
         owners = owners | {str(resource.get("id", ""))}

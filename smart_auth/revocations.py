@@ -4,10 +4,10 @@ instance (which reads it on every FHIR request): RFC 7009 revocation, refresh-to
 
 Entries are keyed ``jti:<jti>`` (one access token) or ``grant:<grant_id>`` (every token issued under
 one authorization: the code, its access tokens and every rotated refresh token). An entry lives
-until the last token it covers has expired (a TTL index removes it then), so the check is a single
-``_id $in`` lookup with no in-process cache: a revocation is seen by the very next request on any
-instance (S-25): the gateway caches "not revoked" only until the revocation counter moves, and
-reads that counter afresh for every request.
+until the last token it covers has expired (a TTL index removes it then); the check is a single
+``_id $in`` lookup. Every write also moves a change counter after it is done: the gateway caches
+"not revoked" only until that counter moves and reads the counter afresh for every request, so a
+revocation is seen by the very next request on any instance (S-25).
 """
 
 from __future__ import annotations
