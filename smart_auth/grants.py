@@ -37,7 +37,7 @@ class Grant:
     smart_style_url: str | None = None
     nonce: str | None = None
     consent_id: str | None = None
-    session_id: str | None = None  # online_access: the family lives as long as this session
+    session_id: str | None = None  # online_access: the family lives as long as that sign-in session
     grant_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
