@@ -110,6 +110,7 @@ class ConsentStore:
     ) -> None:
         self._consents = db[COLLECTION]
         self._history = db[HISTORY]
+        # The change counters (smart_auth.revocations.EPOCHS; consent does not import smart_auth).
         self._epochs = db["change_epochs"]
         self._clock = clock
 

@@ -42,23 +42,24 @@ def _satisfies(resource: Mapping[str, Any], scope: ResourceScope) -> bool:
     return True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AccessPolicy:
-    """The per-resource predicate for one token (one per request: it remembers, by object
-    identity, whose compartment each resource of the response is in, so that the access check,
-    the consent and the filter compute it once)."""
+    """The per-resource predicate for one token. One per request, and not frozen on purpose: it
+    remembers, by object identity, whose compartment each resource of the response is in (so the
+    access check, the consent and the filter compute it once), and whether the response names any
+    patient outside the token's reach at all (:meth:`note_response`)."""
 
     context: AccessContext
     _owners: dict[int, tuple[Mapping[str, Any], frozenset[str]]] = field(
         default_factory=dict, compare=False, repr=False
     )
-    _only_own_patients: list[bool] = field(default_factory=list, compare=False, repr=False)
+    _only_own_patients: bool = field(default=False, compare=False, repr=False)
 
     def note_response(self, raw: bytes | None) -> None:
         """Look once at a whole response's JSON: when it names no patient outside the token's
         reach, resources need not be searched one by one for such references."""
         mentioned = compartment.mentioned_patients(raw) if raw is not None else None
-        self._only_own_patients[:] = [mentioned is not None and mentioned <= self.context.patients]
+        self._only_own_patients = mentioned is not None and mentioned <= self.context.patients
 
     def owners_of(self, resource: Mapping[str, Any]) -> frozenset[str]:
         """:func:`gateway.compartment.patients_of`, once per resource object."""
@@ -75,7 +76,7 @@ class AccessPolicy:
         another patient (say, performed by them) is not released to a patient-context token."""
         rtype = str(resource.get("resourceType", ""))
         allowed = self.context.patients
-        if not (self._only_own_patients and self._only_own_patients[0]) and (
+        if not self._only_own_patients and (
             compartment.patient_references(resource, with_contained=False) - allowed
         ):
             return False

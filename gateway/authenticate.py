@@ -35,6 +35,7 @@ from pymongo.errors import PyMongoError
 from gateway.context import AccessContext
 from gateway.errors import BadRequest, ServiceUnavailable, Unauthorized
 from gateway.freshness import ChangeEpochs, EpochCache
+from gateway.narrowing import patient_id
 from gateway.settings import ExternalIssuer
 from smart_auth.revocations import RevocationList
 from smart_auth.scopes import ScopeSet
@@ -122,10 +123,9 @@ def _string_list(value: object) -> tuple[str, ...]:
 
 
 def _bare_patient_id(value: object) -> str | None:
-    if not isinstance(value, str) or not value:
-        return None
-    value = value.rsplit("Patient/", 1)[-1]
-    return value if _ID.match(value) else None
+    """A ``patient`` or ``acts_for`` claim: ``x``, ``Patient/x`` or an absolute URL to it."""
+    patient = patient_id(value) if isinstance(value, str) else None
+    return patient if patient is not None and _ID.match(patient) else None
 
 
 class Authenticator:

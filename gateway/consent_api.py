@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from multidict import CIMultiDict
+
 from consent.codes import CLIENT_SYSTEM
 from consent.errors import (
     ConsentDeleted,
@@ -33,27 +35,20 @@ from gateway import writes
 from gateway.access import AccessDecision, authorize
 from gateway.content import Answer
 from gateway.context import AccessContext
-from gateway.errors import BadRequest, FhirError, Forbidden, NotFound, Unprocessable
+from gateway.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    Gone,
+    NotFound,
+    PreconditionFailed,
+    Unprocessable,
+)
 from gateway.interaction import FhirInteraction, Kind
 from gateway.narrowing import narrow_search, patient_id
 from smart_auth.revocation import Revoker
 
 _SEARCH_PARAMS = frozenset({"patient", "status", "_count", "_id"})
-
-
-class PreconditionFailed(FhirError):
-    status = 412
-    code = "conflict"
-
-
-class Conflict(FhirError):
-    status = 409
-    code = "conflict"
-
-
-class Gone(FhirError):
-    status = 410
-    code = "deleted"
 
 
 def _headers(resource: Mapping[str, Any]) -> dict[str, str]:
@@ -69,12 +64,10 @@ def _http_date(instant: str) -> str:
     return moment.strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
-def _if_match(headers: Mapping[str, str]) -> str | None:
+def _if_match(headers: CIMultiDict[str]) -> str | None:
     """The version an ``If-Match`` names (``W/"3"`` → ``3``)."""
-    for key, value in headers.items():
-        if key.lower() == "if-match":
-            return value.strip().removeprefix("W/").strip('"')
-    return None
+    value = headers.get("If-Match")
+    return value.strip().removeprefix("W/").strip('"') if value is not None else None
 
 
 class ConsentApi:
@@ -90,7 +83,7 @@ class ConsentApi:
         context: AccessContext,
         interaction: FhirInteraction,
         body: Any,
-        headers: Mapping[str, str],
+        headers: CIMultiDict[str],
     ) -> Answer:
         decision = authorize(context, interaction)
         try:
@@ -122,7 +115,7 @@ class ConsentApi:
         context: AccessContext,
         decision: AccessDecision,
         body: Any,
-        headers: Mapping[str, str],
+        headers: CIMultiDict[str],
     ) -> Answer:
         interaction = decision.interaction
         kind, cid = interaction.kind, interaction.resource_id

@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 _JSON_TYPES = frozenset({"application/fhir+json", "application/json"})
 _PATCH_TYPES = frozenset({"application/json-patch+json"})
-_FORM = "application/x-www-form-urlencoded"
-_FORMAT_JSON = frozenset({"json", "application/json", "application/fhir+json", "text/json"})
+FORM = "application/x-www-form-urlencoded"
+FORMAT_JSON = frozenset({"json", "application/json", "application/fhir+json", "text/json"})
 _ACCEPT_JSON = frozenset({"*/*", "application/*", "application/json", "application/fhir+json"})
 _BODY_KINDS = frozenset(
     {Kind.CREATE, Kind.UPDATE, Kind.PATCH, Kind.BATCH, Kind.TRANSACTION, Kind.OPERATION}
@@ -46,7 +46,7 @@ def _media_type(value: str) -> str:
 def negotiate(request: web.Request) -> None:
     """Refuse (406) a caller who will take nothing but a format other than FHIR JSON."""
     for fmt in request.query.getall("_format", []):
-        if _media_type(fmt) not in _FORMAT_JSON:
+        if _media_type(fmt) not in FORMAT_JSON:
             raise NotAcceptable(f"_format={fmt} is not supported; this server speaks FHIR JSON")
     accept = request.headers.get("Accept", "")
     if not accept.strip():
@@ -84,7 +84,7 @@ def check_resource_body(interaction: FhirInteraction, body: Any) -> None:
 async def read_form(request: web.Request) -> list[tuple[str, str]]:
     if not request.path.endswith("/_search") or request.method != "POST":
         return []
-    if _media_type(request.headers.get("Content-Type", _FORM)) != _FORM:
+    if _media_type(request.headers.get("Content-Type", FORM)) != FORM:
         raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded")
     form = await request.post()
     return [(key, value) for key, value in form.items() if isinstance(value, str)]
@@ -92,12 +92,13 @@ async def read_form(request: web.Request) -> list[tuple[str, str]]:
 
 async def read_body(
     request: web.Request, interaction: FhirInteraction
-) -> tuple[FhirInteraction, bytes | None, str | None]:
-    """The request body to forward (and its media type); refines batch into transaction."""
+) -> tuple[FhirInteraction, Any, bytes | None, str | None]:
+    """The request body, parsed and as bytes to forward, and its media type; refines batch into
+    transaction."""
     if interaction.kind not in _BODY_KINDS or interaction.method in ("GET", "DELETE"):
-        return interaction, None, None
+        return interaction, None, None, None
     if interaction.kind is Kind.OPERATION and not request.can_read_body:
-        return interaction, None, None
+        return interaction, None, None, None
     media = _media_type(request.headers.get("Content-Type", ""))
     allowed = _JSON_TYPES | (_PATCH_TYPES if interaction.kind is Kind.PATCH else frozenset())
     if media not in allowed:
@@ -125,7 +126,7 @@ async def read_body(
         )
     else:
         check_resource_body(interaction, body)
-    return interaction, raw, media
+    return interaction, body, raw, media
 
 
 @dataclass(slots=True)

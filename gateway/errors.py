@@ -9,6 +9,9 @@
      ├── NotFound                    404   not-found
      ├── MethodNotAllowed            405   not-supported
      ├── NotAcceptable               406   not-supported
+     ├── Conflict                    409   conflict
+     ├── Gone                        410   deleted
+     ├── PreconditionFailed          412   conflict
      ├── PayloadTooLarge             413   too-long
      ├── UriTooLong                  414   too-long
      ├── UnsupportedMediaType        415   not-supported
@@ -100,6 +103,21 @@ class MethodNotAllowed(FhirError):
 class NotAcceptable(FhirError):
     status = 406
     code = "not-supported"
+
+
+class Conflict(FhirError):
+    status = 409
+    code = "conflict"
+
+
+class Gone(FhirError):
+    status = 410
+    code = "deleted"
+
+
+class PreconditionFailed(FhirError):
+    status = 412
+    code = "conflict"
 
 
 class PayloadTooLarge(FhirError):

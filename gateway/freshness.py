@@ -20,8 +20,8 @@ from typing import Any, Generic, TypeVar
 from pymongo.asynchronous.database import AsyncDatabase
 
 from gateway.coalesce import Coalescer
+from smart_auth.revocations import EPOCHS
 
-EPOCHS = "change_epochs"
 _KINDS = ["revocations", "consents"]
 _CACHE_LIMIT = 50_000
 

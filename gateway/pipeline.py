@@ -32,16 +32,18 @@ from aiohttp import web
 from limits import parse as parse_limit
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import FixedWindowRateLimiter
+from multidict import CIMultiDict
 
 from consent.decide import Decision
 from consent.subsetting import apply_elements, apply_summary
 from gateway import compartment, writes
 from gateway.access import SEE, AccessDecision, AccessPolicy, authorize
-from gateway.appkeys import INTERACTION, METRIC_LABEL, PIPELINE, REQUEST_ID
+from gateway.appkeys import CLIENT_ID, INTERACTION, METRIC_LABEL, PIPELINE, REQUEST_ID
 from gateway.authenticate import Authenticator
 from gateway.consent_api import ConsentApi
 from gateway.consent_gate import ConsentGate, RequestConsent
 from gateway.content import (
+    FORM,
     Answer,
     check_resource_body,
     decode_answer,
@@ -76,7 +78,6 @@ from gateway.settings import Settings
 from gateway.upstream import Upstream
 from smart_auth.scopes import Letter
 
-_FORM = "application/x-www-form-urlencoded"
 _READS = frozenset({Kind.READ, Kind.VREAD})
 _LOCAL_SHAPING = frozenset({"_elements", "_summary"})
 _PAGE_RELATIONS = frozenset({"next", "previous", "prev", "first", "last"})
@@ -97,7 +98,7 @@ class Call:
     body: Any = None
     raw: bytes | None = None
     media: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
     self_url: str = ""
 
 
@@ -134,18 +135,17 @@ class Pipeline:
         """A request, with the CORS headers its origin is entitled to (S-07), errors included."""
         if request.method == "OPTIONS":
             return await self.cors.preflight(request)
-        client: list[str] = []
         try:
-            response = await self._handle(request, client)
+            response = await self._handle(request)
         except FhirError as exc:
             if "Origin" in request.headers:
-                exc.headers.update(await self.cors.headers(request, client[0] if client else None))
+                exc.headers.update(await self.cors.headers(request, request.get(CLIENT_ID)))
             raise
         if "Origin" in request.headers:
-            response.headers.update(await self.cors.headers(request, client[0] if client else None))
+            response.headers.update(await self.cors.headers(request, request.get(CLIENT_ID)))
         return response
 
-    async def _handle(self, request: web.Request, client: list[str]) -> web.StreamResponse:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         request[METRIC_LABEL] = "fhir"
         negotiate(request)
         path = request.match_info.get("path", "")
@@ -155,19 +155,19 @@ class Pipeline:
             return (await self._fetch(Call(interaction), request[REQUEST_ID])).render()
 
         context = await self.authenticator.authenticate(request.headers, request.query)
-        client.append(context.client_id)
+        request[CLIENT_ID] = context.client_id
         await self._rate_limit(context)
         form = await read_form(request)
         interaction = parse(request.method, path, request.query.items(), form)
-        interaction, raw, media = await read_body(request, interaction)
+        interaction, body, raw, media = await read_body(request, interaction)
         request[INTERACTION] = interaction
         request[METRIC_LABEL] = interaction.kind.value
         call = Call(
             interaction,
-            orjson.loads(raw) if raw else None,
+            body,
             raw,
             media,
-            request_headers(request.headers),
+            CIMultiDict(request_headers(request.headers)),
             self.settings.public_base_url + request.path_qs,
         )
         request_id = request[REQUEST_ID]
@@ -244,7 +244,9 @@ class Pipeline:
         upstream_params = [(k, v) for k, v in interaction.params if k not in _LOCAL_SHAPING]
         # Conditional reads are answered here, after the checks: the upstream's 304 would
         # confirm a resource (and give its version) before anything was checked.
-        headers = {k: v for k, v in call.headers.items() if k.lower() not in _CONDITIONAL}
+        headers = CIMultiDict(
+            (k, v) for k, v in call.headers.items() if k.lower() not in _CONDITIONAL
+        )
         consent = await self.consent.start(context)
         fetch = self._fetch(
             Call(interaction.with_params(upstream_params), None, None, None, headers), request_id
@@ -309,8 +311,9 @@ class Pipeline:
             return answer
         if release_resource(body, decision.policy, decision.letters) is None:
             raise NotFound("no such resource is available to this access token")
-        await self.consent.load_for(consent, [body])
-        released = consent.release(body)
+        owners = decision.policy.owners_of(body)
+        await self.consent.load(consent, owners)
+        released = consent.release(body, owners)
         if released is None:
             refusal = consent.last_refusal()
             raise Forbidden(_explain(refusal) if refusal else "withheld by the patient's consent")
@@ -382,13 +385,13 @@ class Pipeline:
 
     async def _check_write(
         self, context: AccessContext, decision: AccessDecision, call: Call, request_id: str
-    ) -> dict[str, str]:
+    ) -> CIMultiDict[str]:
         """Everything a write must pass before it is sent (alone or in a transaction); returns
         the headers to send, with ``If-Match`` pinned to the version that was checked."""
         interaction, kind = decision.interaction, decision.interaction.kind
         policy = decision.policy
         letters = _WRITE_LETTERS[kind]
-        headers = dict(call.headers)
+        headers = call.headers.copy()
         if interaction.resource_type == "Consent":
             raise BadRequest("Consents are written through /fhir/Consent, one at a time")
         if kind in (Kind.CREATE, Kind.UPDATE):
@@ -398,7 +401,7 @@ class Pipeline:
                 raise UnsupportedMediaType("patches are JSON Patch (application/json-patch+json)")
             writes.check_patch_operations(call.body)
         restricted = any(s.restriction for s in policy.scopes_for(interaction, letters))
-        if decision.patient_only and any(k.lower() == "if-none-exist" for k in headers):
+        if decision.patient_only and "If-None-Exist" in headers:
             raise Forbidden("conditional creates are not available to patient-context tokens")
         current: dict[str, Any] | None = None
         if kind is not Kind.CREATE and (decision.patient_only or restricted):
@@ -408,7 +411,7 @@ class Pipeline:
             if current is None or not policy.permits(current, letters):
                 raise NotFound("no such resource is available to this access token")
             version = (current.get("meta") or {}).get("versionId")
-            if version and not any(k.lower() == "if-match" for k in headers):
+            if version and "If-Match" not in headers:
                 headers["If-Match"] = f'W/"{version}"'
         after = call.body if kind in (Kind.CREATE, Kind.UPDATE) else None
         if kind is Kind.PATCH and current is not None:
@@ -486,9 +489,9 @@ class Pipeline:
             interaction.kind in (Kind.CREATE, Kind.UPDATE, Kind.PATCH, Kind.OPERATION)
             and resource is not None
         ):
-            raw = self.rewriter.body_to_upstream(orjson.dumps(resource))
+            raw = orjson.dumps(resource)  # _fetch rewrites gateway URLs for the upstream
             media = "application/fhir+json"
-        headers = {}
+        headers: CIMultiDict[str] = CIMultiDict()
         for field_name, header in (
             ("ifMatch", "If-Match"),
             ("ifNoneMatch", "If-None-Match"),
@@ -537,7 +540,7 @@ class Pipeline:
             if "If-Match" in headers:  # pin the version that was checked
                 entry["request"]["ifMatch"] = headers["If-Match"]
             decisions.append(decision)
-        raw = self.rewriter.body_to_upstream(orjson.dumps(call.body))
+        raw = orjson.dumps(call.body)  # with the pinned versions; _fetch rewrites its URLs
         answer = await self._fetch(
             Call(call.interaction, call.body, raw, call.media, call.headers), request_id
         )
@@ -563,7 +566,7 @@ class Pipeline:
         if body is not None:
             body = self.rewriter.body_to_upstream(body)
         elif interaction.form_post:
-            body, media, params = urlencode(params).encode(), _FORM, []
+            body, media, params = urlencode(params).encode(), FORM, []
         upstream = await self.upstream.send(
             interaction.method,
             interaction.upstream_path,
@@ -598,9 +601,9 @@ def _consent_interaction(interaction: FhirInteraction) -> FhirInteraction:
     return interaction
 
 
-def _conditional(answer: Answer, headers: dict[str, str]) -> Answer:
+def _conditional(answer: Answer, headers: CIMultiDict[str]) -> Answer:
     """``If-None-Match`` on a released resource: 304 when the caller already has this version."""
-    wanted = next((v for k, v in headers.items() if k.lower() == "if-none-match"), None)
+    wanted = headers.get("If-None-Match")
     etag = answer.headers.get("ETag")
     if wanted and etag and answer.status == 200 and etag in {t.strip() for t in wanted.split(",")}:
         return Answer(304, {"ETag": etag})
