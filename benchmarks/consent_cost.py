@@ -19,13 +19,15 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
-from consent.store import ConsentStore
+from consent.store import Change, Channel, ConsentStore
 from gateway.consent_gate import ConsentGate
 from gateway.context import AccessContext
 from gateway.embedded import EmbeddedMongo
 from gateway.freshness import ChangeEpochs
 from smart_auth.clients import ClientStore, ClientType, new_client
 from smart_auth.scopes import ScopeSet
+
+CHANGE = Change("cli", Channel.CLI, "benchmark set-up")
 
 PATIENT = "pat-bench"
 OBSERVATION: dict[str, Any] = {
@@ -71,7 +73,15 @@ async def main(requests: int) -> None:
         now = datetime.now(UTC)
         for i in range(1000):  # other patients' consents, so the index has work to do
             await store.grant_app(
-                f"pat-{i}", "bench-app", "Bench", ["PATRQT"], ["Observation"], [], now, None
+                f"pat-{i}",
+                "bench-app",
+                "Bench",
+                ["PATRQT"],
+                ["Observation"],
+                [],
+                now,
+                None,
+                change=CHANGE,
             )
         for types in (["Observation"], ["Patient"], ["Condition"], ["Encounter"], ["Immunization"]):
             await store.grant_app(
@@ -84,6 +94,7 @@ async def main(requests: int) -> None:
                 now - timedelta(minutes=1),
                 now + timedelta(days=1),
                 supersede=False,
+                change=CHANGE,
             )
         gate = ConsentGate(store, clients, ChangeEpochs(db))
         context = AccessContext(

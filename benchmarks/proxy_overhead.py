@@ -39,12 +39,14 @@ import aiohttp
 import orjson
 from pymongo import AsyncMongoClient
 
-from consent.store import ConsentStore
+from consent.store import Change, Channel, ConsentStore
 from gateway.embedded import free_port, local_stack
 from smart_auth.clients import ClientStore, ClientType, new_client
 from smart_auth.grants import Grant
 from smart_auth.keys import KeyRing
 from smart_auth.tokens import TokenPolicy, issue_access_token
+
+CHANGE = Change("cli", Channel.CLI, "benchmark set-up")
 
 HERE = Path(__file__).resolve().parent
 BENCH_PATIENT = "pat-bench"
@@ -168,6 +170,7 @@ async def _mint_tokens(mongo_uri: str, database: str, issuer: str) -> dict[str, 
                 [],
                 datetime.now(UTC) - timedelta(minutes=1),
                 datetime.now(UTC) + timedelta(days=1),
+                change=CHANGE,
             )
         keys = KeyRing(db)
         key = await keys.signing_key()

@@ -89,6 +89,9 @@ class Basis(StrEnum):
     """Opt-in and no permit matched (C-03)."""
     OPT_OUT = "opt-out"
     """Trusted client, no deny matched (C-04)."""
+    UNATTRIBUTED = "unattributed"
+    """The resource cannot be attributed to patients and is of no type without patient data:
+    nobody's consent can release it (C-27)."""
 
 
 @dataclass(frozen=True, slots=True)

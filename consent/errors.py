@@ -8,6 +8,7 @@
      ├── ConsentNotFound       no Consent with that id or version (404)
      │    └── ConsentDeleted   the Consent existed and was deleted (410)
      ├── VersionConflict       the version a change was based on is no longer current (409/412)
+     ├── ChangeNotAllowed      this writer may not make this change to a Consent (403, C-23)
      └── UnknownPurpose        no minimisation profile for a purpose of use (a configuration error)
 
 The gateway renders them as an OperationOutcome in its one error middleware; this package never
@@ -69,6 +70,10 @@ class ConsentDeleted(ConsentNotFound):
 
 class VersionConflict(ConsentError):
     """The Consent changed since the version the caller read."""
+
+
+class ChangeNotAllowed(ConsentError):
+    """The writer (an app) may not make this change to a Consent (C-23); the message says why."""
 
 
 class UnknownPurpose(ConsentError, KeyError):

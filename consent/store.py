@@ -17,6 +17,10 @@ read, so two concurrent writers cannot both win).
 as that counter, read afresh for each request, has not moved: a revocation written through one
 gateway instance is still seen by the next request on every instance (C-12).
 
+Every version records who made the change and through what (C-23): a :class:`Change`, stored
+beside the resource (``changed_by``, ``channel``, ``reason``) in the current document and in the
+history, never inside the FHIR Consent the apps read.
+
 Every value that reaches a query is a checked ``str`` (a FHIR id, a client id, a status code),
 never a client's JSON (P-13).
 """
@@ -28,6 +32,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Final
 
 from pymongo import ASCENDING, DESCENDING
@@ -78,6 +83,40 @@ def _status(value: object) -> str:
     return value
 
 
+class Channel(StrEnum):
+    """Through what a Consent was changed (C-23)."""
+
+    CONSENT_SCREEN = "consent-screen"
+    """The patient approving an app on the authorization screen (C-05)."""
+    ACCOUNT_PAGES = "account-pages"
+    """The patient's own pages on the gateway ("Connected apps")."""
+    FHIR_API = "fhir-api"
+    """``/fhir/Consent``: an app withdrawing its own permit, or a consent-managing app."""
+    ADMIN_API = "admin-api"
+    """An administrator, through ``/admin``, on a documented request."""
+    CLI = "cli"
+    """An administrator, through ``fhir-gateway consent ...``."""
+    ERASURE = "erasure"
+    """The patient's erasure (C-22)."""
+    SYSTEM = "system"
+    """The gateway itself (a newer approval superseding an older one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Who changed a Consent, through what, and why (C-23); recorded on every version."""
+
+    by: str
+    """``Patient/x`` or ``RelatedPerson/y`` (the person), ``client:<id>`` (an app),
+    ``user:<id>`` (a signed-in administrator), ``cli``."""
+    channel: Channel
+    reason: str | None = None
+    """The documented request an administrator acted on."""
+
+    def as_document(self) -> dict[str, str | None]:
+        return {"changed_by": self.by, "channel": self.channel.value, "reason": self.reason}
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     """One version of a Consent, for ``_history`` Bundles."""
@@ -88,6 +127,8 @@ class HistoryEntry:
     last_updated: datetime
     resource: dict[str, Any] | None
     """``None`` for a deletion."""
+    change: Change | None = None
+    """Who made this version (``None`` for versions written before changes were recorded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +173,7 @@ class ConsentStore:
         consent_id: str,
         version: int,
         ever_active: bool,
+        change: Change,
         *,
         check: bool = True,
     ) -> Document:
@@ -160,6 +202,7 @@ class ConsentStore:
             "version": version,
             "ever_active": ever_active or consent["status"] == "active",
             "last_updated": moment,
+            **change.as_document(),
             "resource": consent,
         }
 
@@ -177,13 +220,16 @@ class ConsentStore:
                 "version": document["version"],
                 "method": method,
                 "last_updated": document["last_updated"],
+                "changed_by": document.get("changed_by"),
+                "channel": document.get("channel"),
+                "reason": document.get("reason"),
                 "resource": document["resource"] if method != "DELETE" else None,
             }
         )
 
-    async def create(self, resource: Mapping[str, Any]) -> dict[str, Any]:
+    async def create(self, resource: Mapping[str, Any], *, change: Change) -> dict[str, Any]:
         """Store a new Consent (a server-assigned id, version 1) and return it."""
-        document = self._document(resource, str(uuid.uuid4()), 1, ever_active=False)
+        document = self._document(resource, str(uuid.uuid4()), 1, False, change)
         await self._consents.insert_one(document)
         await self._record(document, "POST")
         return dict(document["resource"])
@@ -197,16 +243,22 @@ class ConsentStore:
         return document
 
     async def update(
-        self, consent_id: str, resource: Mapping[str, Any], *, if_match: str | None = None
+        self,
+        consent_id: str,
+        resource: Mapping[str, Any],
+        *,
+        change: Change,
+        if_match: str | None = None,
     ) -> dict[str, Any]:
         """Replace a Consent with a new version. ``if_match``: the version the caller read."""
-        return await self._update(await self._current(consent_id), resource, if_match)
+        return await self._update(await self._current(consent_id), resource, if_match, change)
 
     async def _update(
         self,
         current: Document,
         resource: Mapping[str, Any],
         if_match: str | None,
+        change: Change,
         *,
         check: bool = True,
     ) -> dict[str, Any]:
@@ -221,6 +273,7 @@ class ConsentStore:
             consent_id,
             current["version"] + 1,
             current.get("ever_active", False),
+            change,
             check=check,
         )
         if document["patient_id"] != current["patient_id"]:
@@ -233,7 +286,7 @@ class ConsentStore:
         await self._record(document, "PUT")
         return dict(document["resource"])
 
-    async def delete(self, consent_id: str, *, if_match: str | None = None) -> None:
+    async def delete(self, consent_id: str, *, change: Change, if_match: str | None = None) -> None:
         """Delete a Consent; its history (and the deletion) stays readable."""
         current = await self._current(consent_id)
         if if_match is not None and _version(if_match) != current["version"]:
@@ -243,6 +296,7 @@ class ConsentStore:
             raise VersionConflict(f"Consent/{consent_id} changed meanwhile")
         current["version"] += 1
         current["last_updated"] = self._clock()
+        current.update(change.as_document())
         await self._record(current, "DELETE")
 
     # -- reading ---------------------------------------------------------------------------------
@@ -270,7 +324,9 @@ class ConsentStore:
         """Every version, newest first."""
         cursor = self._history.find({"consent_id": model.fhir_id(consent_id, "consent id")})
         entries = [
-            HistoryEntry(str(e["version"]), e["method"], e["last_updated"], e["resource"])
+            HistoryEntry(
+                str(e["version"]), e["method"], e["last_updated"], e["resource"], _change_of(e)
+            )
             async for e in cursor.sort("version", DESCENDING)
         ]
         if not entries:
@@ -320,28 +376,40 @@ class ConsentStore:
 
     # -- the authorization server's operations ---------------------------------------------------
 
-    async def _set_status(self, document: Document, status: str) -> bool:
+    async def _set_status(self, document: Document, status: str, change: Change) -> bool:
         """A new version with another status. Not re-validated: the Consent was valid when it
         was stored, and withdrawing it must not fail because a rule was added since (C-14)."""
         resource = {**document["resource"], "status": status}
         try:
-            await self._update(document, resource, str(document["version"]), check=False)
+            await self._update(document, resource, str(document["version"]), change, check=False)
         except VersionConflict:
             return False
         return True
 
-    async def _deactivate(self, query: dict[str, Any], keep: str | None = None) -> list[str]:
+    async def withdraw(self, consent_id: str, *, change: Change) -> dict[str, Any]:
+        """Set a Consent ``inactive`` (a new version, C-12), whatever it holds; returns it."""
+        for _ in range(3):  # retry when a concurrent writer changed it meanwhile
+            document = await self._current(consent_id)
+            if document["status"] == "inactive":
+                return dict(document["resource"])
+            if await self._set_status(document, "inactive", change):
+                return dict((await self._current(consent_id))["resource"])
+        raise VersionConflict(f"Consent/{consent_id} keeps changing; try again")
+
+    async def _deactivate(
+        self, query: dict[str, Any], change: Change, keep: str | None = None
+    ) -> list[str]:
         changed: list[str] = []
         for _ in range(3):  # retry documents a concurrent writer changed meanwhile
             pending = [d async for d in self._consents.find(query) if d["_id"] != keep]
             if not pending:
                 break
             for document in pending:
-                if await self._set_status(document, "inactive"):
+                if await self._set_status(document, "inactive", change):
                     changed.append(document["_id"])
         return sorted(changed)
 
-    async def revoke_app(self, patient_id: str, client_id: str) -> list[str]:
+    async def revoke_app(self, patient_id: str, client_id: str, *, change: Change) -> list[str]:
         """Set inactive every active permit Consent of the patient naming the app (C-12); return
         their ids. Deny consents naming the app stay in force."""
         query = {
@@ -350,7 +418,7 @@ class ConsentStore:
             "status": "active",
             "root_type": "permit",
         }
-        return await self._deactivate(query)
+        return await self._deactivate(query, change)
 
     async def grant_app(
         self,
@@ -364,6 +432,7 @@ class ConsentStore:
         end: datetime | None,
         recorded_by: str | None = None,
         *,
+        change: Change,
         supersede: bool = True,
     ) -> dict[str, Any]:
         """Write the Consent given on the authorization screen (C-05) and return it. With
@@ -381,7 +450,7 @@ class ConsentStore:
             end,
             recorded_by,
         )
-        created = await self.create(consent)
+        created = await self.create(consent, change=change)
         if supersede:
             query = {
                 "patient_id": patient_id,
@@ -389,10 +458,11 @@ class ConsentStore:
                 "status": "active",
                 "root_type": "permit",
             }
-            await self._deactivate(query, keep=created["id"])
+            superseded = Change(change.by, Channel.SYSTEM, f"superseded by Consent/{created['id']}")
+            await self._deactivate(query, superseded, keep=created["id"])
         return created
 
-    async def erase_patient(self, patient_id: str) -> ErasureReport:
+    async def erase_patient(self, patient_id: str, *, change: Change) -> ErasureReport:
         """C-22 for consents. Consents that ever took effect are evidence that processing was
         lawful (GDPR Art. 7(1), 17(3)(b), (e)), so they and their history are kept; those in force
         are withdrawn (made inactive), so nothing more is released. Drafts and proposals that
@@ -400,7 +470,7 @@ class ConsentStore:
         cached anywhere, so there is no other derived data to delete."""
         query = {"patient_id": model.fhir_id(patient_id, "patient id")}
         documents = [d async for d in self._consents.find(query)]
-        withdrawn = await self._deactivate({**query, "status": "active"})
+        withdrawn = await self._deactivate({**query, "status": "active"}, change)
         never = [
             d["_id"]
             for d in documents
@@ -412,3 +482,13 @@ class ConsentStore:
             await self._changed()
         kept = sorted(d["_id"] for d in documents if d["_id"] not in never)
         return ErasureReport(tuple(withdrawn), tuple(sorted(never)), tuple(kept))
+
+
+def _change_of(document: Mapping[str, Any]) -> Change | None:
+    by, channel = document.get("changed_by"), document.get("channel")
+    if not isinstance(by, str) or not isinstance(channel, str):
+        return None
+    try:
+        return Change(by, Channel(channel), document.get("reason"))
+    except ValueError:
+        return None

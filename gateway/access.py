@@ -27,6 +27,10 @@ from gateway.interaction import FhirInteraction, Kind
 from gateway.narrowing import narrow_search
 from smart_auth.scopes import Context, Letter, ResourceScope
 
+AUTHORITY_TYPES = frozenset({"RelatedPerson", "Person", "Linkage"})
+"""Resources that confer authority over others' records (SECURITY.md P-20); ``Patient.link`` is
+checked on the write itself (``writes.check_authority_unchanged``)."""
+
 READ: frozenset[Letter] = frozenset({"r"})
 SEARCH: frozenset[Letter] = frozenset({"s"})
 SEE: frozenset[Letter] = frozenset({"r", "s"})
@@ -50,6 +54,9 @@ class AccessPolicy:
     patient outside the token's reach at all (:meth:`note_response`)."""
 
     context: AccessContext
+    contexts: dict[str, dict[str, Any] | None] = field(default_factory=dict, compare=False)
+    """Binary security contexts read for this request (``Type/id`` -> the resource, ``None``
+    when not found): a Binary belongs to, and is seen with, the resource it names."""
     _owners: dict[int, tuple[Mapping[str, Any], frozenset[str]]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -66,7 +73,7 @@ class AccessPolicy:
         known = self._owners.get(id(resource))
         if known is not None and known[0] is resource:
             return known[1]
-        owners = compartment.patients_of(resource)
+        owners = compartment.patients_of(resource, self.contexts)
         self._owners[id(resource)] = (resource, owners)  # holding it keeps the id unique
         return owners
 
@@ -105,8 +112,19 @@ class AccessPolicy:
                 if not reaches:
                     continue
             if _satisfies(resource, scope):
-                return True
+                return self._context_permitted(resource, letters)
         return False
+
+    def _context_permitted(self, resource: Mapping[str, Any], letters: frozenset[Letter]) -> bool:
+        """A Binary whose security context is another resource is seen only with it: the token
+        must be allowed that resource too (FHIR R4 Binary 2.3.1.1)."""
+        if resource.get("resourceType") != "Binary":
+            return True
+        reference = compartment.security_context(resource)
+        if reference is None or reference.startswith("Patient/"):
+            return True
+        found = self.contexts.get(reference)
+        return found is not None and self.permits(found, letters | READ)
 
     def permits_bodiless(self, resource_type: str, letters: frozenset[Letter]) -> bool:
         """An entry that names a resource without carrying it (a deletion in a history Bundle):
@@ -264,6 +282,11 @@ def authorize(context: AccessContext, interaction: FhirInteraction) -> AccessDec
         letters, action = letter[kind]
         scopes = _require(context, rtype, letters, action)
         patient_only = _only_patient(scopes)
+        if patient_only and rtype in AUTHORITY_TYPES:
+            # P-20: representation comes from the EHR's data or an administrator, not an app.
+            raise Forbidden(
+                f"patient-context tokens cannot write {rtype}: it decides who may act for whom"
+            )
         if patient_only and rtype not in compartment.PUBLIC_TYPES:
             if not compartment.is_compartment_type(rtype):
                 raise Forbidden(f"patient-context tokens cannot write {rtype}")

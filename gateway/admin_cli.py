@@ -1,5 +1,7 @@
 """The administration commands of ``fhir-gateway`` (SECURITY.md P-09): ``clients add|list|remove``,
-``users add``, ``keys rotate``, and the demo's registrations from ``fixtures/``.
+``users add``, ``keys rotate``, ``patients erase``, ``consent list|history|add|withdraw`` (an
+administrator acting on a documented request, C-23), and the demo's registrations from
+``fixtures/``.
 
 Each command reads the same settings as ``serve`` (environment and ``--config``), connects to
 MongoDB, does one thing, and records a security event with actor ``cli``.
@@ -16,9 +18,10 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
-from consent.errors import InvalidParameter
-from consent.store import ConsentStore
+from consent.errors import ConsentError, InvalidParameter
+from consent.store import Change, Channel, ConsentStore
 from gateway.authserver import auth_config
+from gateway.consent_api import revoke_if_withdrawn
 from gateway.erasure import erase_patient
 from gateway.settings import Settings, SettingsError, load_settings
 from smart_auth.clients import ClientError, ClientType, new_client
@@ -79,6 +82,7 @@ def _clients_add(args: argparse.Namespace) -> int:
                 purposes=tuple(args.purpose),
                 origins=tuple(args.origin or ()),
                 trusted=args.trusted,
+                manages_consent=args.manages_consent,
                 url=args.url,
                 secret=_read(args.secret_file) if args.secret_file else None,
                 jwks=json.loads(_read(args.jwks_file)) if args.jwks_file else None,
@@ -164,6 +168,81 @@ def _patients_erase(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+def _consent_work(
+    args: argparse.Namespace, work: Callable[[AuthServices, ConsentStore], Awaitable[int]]
+) -> int:
+    async def run(services: AuthServices) -> int:
+        try:
+            return await work(services, ConsentStore(services.db))
+        except ConsentError as exc:
+            raise CommandError(str(exc)) from None
+
+    return _run(args, run)
+
+
+def _cli_change(args: argparse.Namespace) -> Change:
+    reason = str(args.reason).strip()
+    if not reason:
+        raise CommandError("--reason: the documented request this change acts on")
+    return Change("cli", Channel.CLI, reason[:500])
+
+
+def _consent_list(args: argparse.Namespace) -> int:
+    async def work(_services: AuthServices, store: ConsentStore) -> int:
+        for consent in await store.search(patient_id=args.patient, limit=1000):
+            provision = consent.get("provision") or {}
+            print(
+                f"{consent['id']}\t{consent['status']}\t{provision.get('type', '')}\t"
+                f"v{consent['meta']['versionId']}\t{consent['meta']['lastUpdated']}"
+            )
+        return 0
+
+    return _consent_work(args, work)
+
+
+def _consent_history(args: argparse.Namespace) -> int:
+    async def work(_services: AuthServices, store: ConsentStore) -> int:
+        for entry in await store.history(args.id):
+            change = entry.change
+            who = f"{change.by} ({change.channel.value})" if change else "(not recorded)"
+            why = f"\t{change.reason}" if change and change.reason else ""
+            when = f"{entry.last_updated:%Y-%m-%d %H:%M}"
+            print(f"v{entry.version_id}\t{entry.method}\t{when}\t{who}{why}")
+        return 0
+
+    return _consent_work(args, work)
+
+
+def _consent_add(args: argparse.Namespace) -> int:
+    async def work(services: AuthServices, store: ConsentStore) -> int:
+        try:
+            consent = json.loads(_read(args.file))
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"{args.file}: not JSON ({exc.msg})") from None
+        created = await store.create(consent, change=_cli_change(args))
+        await services.events.record(
+            "cli-consent-created", actor="cli", detail={"consent": created["id"]}
+        )
+        print(f"created Consent/{created['id']}")
+        return 0
+
+    return _consent_work(args, work)
+
+
+def _consent_withdraw(args: argparse.Namespace) -> int:
+    async def work(services: AuthServices, store: ConsentStore) -> int:
+        current = await store.read(args.id)
+        updated = await store.withdraw(args.id, change=_cli_change(args))
+        await revoke_if_withdrawn(services.revoker, current, updated)
+        await services.events.record(
+            "cli-consent-withdrawn", actor="cli", detail={"consent": args.id}
+        )
+        print(f"Consent/{args.id} is inactive (version {updated['meta']['versionId']})")
+        return 0
+
+    return _consent_work(args, work)
+
+
 def _keys_rotate(args: argparse.Namespace) -> int:
     async def work(services: AuthServices) -> int:
         old = await services.keys.signing_key()
@@ -192,6 +271,7 @@ async def register_demo(services: AuthServices) -> list[str]:
             purposes=tuple(spec["purposes"]),
             origins=tuple(spec.get("origins", ())),
             trusted=bool(spec.get("trusted", False)),
+            manages_consent=bool(spec.get("manages_consent", False)),
             url=spec.get("url"),
             secret=secret,
             jwks=jwks,
@@ -242,6 +322,12 @@ def add_commands(commands: Any, config_help: str) -> None:
     add.add_argument("--origin", action="append", help="a CORS origin of the app; repeatable")
     add.add_argument("--url", help="the app's web address, shown on the consent screen")
     add.add_argument("--trusted", action="store_true", help="the hospital's own app (C-04)")
+    add.add_argument(
+        "--manages-consent",
+        action="store_true",
+        help="the hospital's own patient portal: may change Consents for the patients its token "
+        "reaches, never one that applies to itself (C-23)",
+    )
     add.add_argument("--replace", action="store_true", help="overwrite an existing registration")
     kind = add.add_mutually_exclusive_group(required=True)
     kind.add_argument("--public", action="store_true", help="a public client (no secret)")
@@ -281,5 +367,25 @@ def add_commands(commands: Any, config_help: str) -> None:
     erase.add_argument("--patient", required=True, help="the Patient id")
     erase.set_defaults(func=_patients_erase)
 
-    for parser in (add, listing, remove, uadd, rotate, erase):
+    consent = commands.add_parser(
+        "consent", help="read and change patients' Consents on a documented request (C-23)"
+    )
+    csub = consent.add_subparsers(dest="consent_command", required=True)
+    clist = csub.add_parser("list", help="a patient's Consents")
+    clist.add_argument("--patient", required=True, help="the Patient id")
+    clist.set_defaults(func=_consent_list)
+    chistory = csub.add_parser("history", help="every version, who changed it, how and why")
+    chistory.add_argument("--id", required=True, help="the Consent id")
+    chistory.set_defaults(func=_consent_history)
+    cadd = csub.add_parser("add", help="store a Consent given outside the gateway (e.g. on paper)")
+    cadd.add_argument("--file", type=Path, required=True, help="the FHIR Consent as JSON")
+    cwithdraw = csub.add_parser("withdraw", help="set a Consent inactive; the apps' tokens go too")
+    cwithdraw.add_argument("--id", required=True, help="the Consent id")
+    for parser, func in ((cadd, _consent_add), (cwithdraw, _consent_withdraw)):
+        parser.add_argument(
+            "--reason", required=True, help="the documented request this change acts on"
+        )
+        parser.set_defaults(func=func)
+
+    for parser in (add, listing, remove, uadd, rotate, erase, clist, chistory, cadd, cwithdraw):
         parser.add_argument("--config", type=Path, help=config_help)

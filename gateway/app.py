@@ -17,13 +17,22 @@ from pymongo import AsyncMongoClient
 
 from consent.store import ConsentStore
 from gateway import health
-from gateway.appkeys import AUTH, METRICS, MONGO, PIPELINE, REWRITER, SETTINGS, UPSTREAM
+from gateway.appkeys import (
+    AUTH,
+    EPOCHS,
+    METRICS,
+    MONGO,
+    PIPELINE,
+    REPRESENTATION,
+    REWRITER,
+    SETTINGS,
+    UPSTREAM,
+)
 from gateway.authenticate import Authenticator
 from gateway.authserver import setup_authserver
 from gateway.consent_api import ConsentApi
 from gateway.consent_gate import ConsentGate
 from gateway.cors import Cors
-from gateway.freshness import ChangeEpochs
 from gateway.metrics import Metrics
 from gateway.middleware import add_request_id, fhir_errors, request_context, request_limits
 from gateway.paging import PageSigner, load_secret
@@ -72,7 +81,7 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     auth = app[AUTH]
     db = app[MONGO][settings.mongodb_database]
-    epochs = ChangeEpochs(db)
+    epochs = app[EPOCHS]
     configured = settings.paging_secret.get_secret_value() if settings.paging_secret else None
     secret = await load_secret(db, configured)
     consents = ConsentStore(db)
@@ -96,8 +105,9 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         PageSigner(secret, settings.page_link_lifetime_seconds),
         app[METRICS],
         ConsentGate(consents, auth.clients, epochs),
-        ConsentApi(consents, auth.revoker, settings.fhir_base_url),
+        ConsentApi(consents, auth.revoker, auth.clients, settings.fhir_base_url),
         Cors(auth.clients),
+        app[REPRESENTATION],
     )
     try:
         yield

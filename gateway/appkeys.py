@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
+from gateway.freshness import ChangeEpochs
 from gateway.interaction import FhirInteraction
 from gateway.metrics import Metrics
+from gateway.representation import Representation
 from gateway.rewrite import UrlRewriter
 from gateway.settings import Settings
 from gateway.upstream import Upstream
@@ -28,6 +30,8 @@ REWRITER = web.AppKey("rewriter", UrlRewriter)
 AUTH = web.AppKey("auth", AuthServices)
 AUTH_SERVER = web.AppKey("auth_server", SmartAuthorizationServer)
 AUTH_THREADS = web.AppKey("auth_threads", ThreadPoolExecutor)
+EPOCHS = web.AppKey("epochs", ChangeEpochs)
+REPRESENTATION = web.AppKey("representation", Representation)
 PIPELINE = web.AppKey["Pipeline"]("pipeline")
 
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,13 @@ from gateway.logs import AccessLogger, configure_logging
 from gateway.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("gateway")
+
+DEMO_METRICS_TOKEN = "demo-metrics-token"  # noqa: S105 - published: the demo's only
+"""The demo's ``metrics_token`` unless the environment sets one."""
+
+
+def _env_sets(name: str) -> bool:
+    return f"FHIR_GATEWAY_{name.upper()}" in os.environ
 
 
 async def _settle_gc(_app: web.Application) -> None:
@@ -72,6 +80,7 @@ def _demo(args: argparse.Namespace) -> int:
             public_base_url=public,
             upstream_url=upstream.base_url,
             mongodb_uri=mongo_uri,
+            **({} if _env_sets("metrics_token") else {"metrics_token": DEMO_METRICS_TOKEN}),
         )
         configure_logging(settings.log_level)
         register_demo_sync(settings)  # the demo apps, users and keys from fixtures/
@@ -81,7 +90,9 @@ def _demo(args: argparse.Namespace) -> int:
             f"  Capabilities:     {settings.fhir_base_url}/metadata\n"
             f"  SMART discovery:  {settings.fhir_base_url}/.well-known/smart-configuration\n"
             "  Try an app:       .venv/bin/python scripts/smart_demo_app.py\n"
-            f"  Health / metrics: {public}/healthz  {public}/readyz  {public}/metrics\n"
+            f"  Health:           {public}/healthz  {public}/readyz\n"
+            f"  Metrics:          curl -H 'Authorization: Bearer {DEMO_METRICS_TOKEN}' "
+            f"{public}/metrics\n"
             "  Demo sign-ins:    amelia / maria (patients), hannah (practitioner), admin;\n"
             "                    passwords in fixtures/users.json (demo only)\n"
             "Press Ctrl-C to stop the gateway, the FHIR server and the database.\n"

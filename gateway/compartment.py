@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from gateway.fhirdata import PATIENT_COMPARTMENT_PARAMS
+from gateway.fhirdata import PATIENT_COMPARTMENT_PARAMS, load_json
 from gateway.searchparams import (
     UnknownParameter,
     normalise_reference,
@@ -29,49 +29,30 @@ from gateway.searchparams import (
     search_param,
 )
 
+_ATTRIBUTION = load_json("attribution.json")
+
 PUBLIC_TYPES: frozenset[str] = frozenset(
-    {
-        # Directory: who gives care and where. Their elements describe staff, organisations and
-        # places; none can refer to a Patient (no reference search parameter targets one).
-        "Practitioner",
-        "PractitionerRole",
-        "Organization",
-        "OrganizationAffiliation",
-        "Location",
-        "HealthcareService",
-        "Endpoint",
-        # Products: what is given, not to whom (MedicationRequest, ...Dispense etc. say that).
-        "Medication",
-        "MedicationKnowledge",
-        "Substance",
-        # Terminology and conformance: how codes and the server's data are defined.
-        "CodeSystem",
-        "ValueSet",
-        "ConceptMap",
-        "NamingSystem",
-        "CapabilityStatement",
-        "StructureDefinition",
-        "OperationDefinition",
-        "SearchParameter",
-        "CompartmentDefinition",
-        "ImplementationGuide",
-        # Definitions (knowledge artefacts): forms and rules, never their answers or uses, which
-        # are QuestionnaireResponse, CarePlan, RequestGroup... inside the compartment.
-        "Questionnaire",
-        "ActivityDefinition",
-        "PlanDefinition",
-        "Library",
-        "ObservationDefinition",
-        "SpecimenDefinition",
-        "DeviceDefinition",
-    }
+    rtype for group in _ATTRIBUTION["without_patient_data"].values() for rtype in group
 )
-"""Types that carry no patient data: a patient-context token may read them. Deliberately left out,
-although outside the compartment: Device (``Device.patient``), Person and Linkage (they join
-patients' records), Slot (a person's availability), Subscription (criteria may name a patient, the
-channel may carry credentials), Bundle and Binary (they can hold anything), Contract, PaymentNotice,
-PaymentReconciliation, MessageHeader, and every rarely used type. A type that is neither in the
-compartment nor here is not released to a patient-context token."""
+"""Types that carry no patient data (``gateway/data/attribution.json``, reviewed type by type): a
+patient-context token may read them and they need no consent. A type that is neither in the
+compartment, a carrier, nor here is not released to anyone (C-27)."""
+
+CARRIERS: dict[str, tuple[tuple[str, ...], ...]] = {
+    rtype: tuple(tuple(path.split(".")) for path in paths)
+    for rtype, paths in _ATTRIBUTION["carriers"].items()
+}
+"""Types outside the compartment attributed through the Patient references at these paths."""
+
+UNATTRIBUTED = "?"
+"""The owner of what cannot be attributed to patients (no patient id can equal it): a resource
+owned by it is released to nobody (C-27)."""
+
+_MAX_NESTING = 3
+
+Contexts = Mapping[str, Mapping[str, Any] | None]
+"""Binary security contexts read for a request: ``Type/id`` -> the resource (``None``: not
+found)."""
 
 
 def compartment_params(resource_type: str) -> tuple[str, ...]:
@@ -92,15 +73,61 @@ def security_context(resource: Mapping[str, Any]) -> str | None:
     return normalise_reference(ref) if isinstance(ref, str) else None
 
 
-def binary_patients(resource: Mapping[str, Any]) -> frozenset[str]:
-    """The patient a Binary belongs to when its ``securityContext`` is that Patient. A Binary whose
-    security context is another resource (a DocumentReference, say) is not attributed to anyone
-    here, so a patient-context token does not receive it: read the attachment through its
-    DocumentReference instead."""
+def _binary_owners(resource: Mapping[str, Any], contexts: Contexts | None) -> frozenset[str]:
+    """A Binary belongs to the patients of its ``securityContext``: that Patient, or the owners of
+    the resource it names when the caller has read it (``contexts``). Without a context it is
+    attributed to nobody, and so withheld (C-27)."""
     context = security_context(resource)
     if context is not None and context.startswith("Patient/"):
         return frozenset({context.removeprefix("Patient/")})
-    return frozenset()
+    found = (contexts or {}).get(context) if context is not None else None
+    if found is None or found.get("resourceType") == "Binary":
+        return frozenset({UNATTRIBUTED})
+    return patients_of(found) or frozenset({UNATTRIBUTED})
+
+
+def _bundle_owners(resource: Mapping[str, Any], depth: int) -> frozenset[str]:
+    """A Bundle (a document, a message, a stored collection) belongs to every patient of every
+    resource it holds; one it cannot attribute makes it unattributable."""
+    if depth >= _MAX_NESTING:
+        return frozenset({UNATTRIBUTED})
+    owners: set[str] = set()
+    entries = resource.get("entry")
+    for entry in entries if isinstance(entries, list) else ():
+        held = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(held, dict):
+            continue
+        found = _owners(held, None, depth + 1)
+        if not found and str(held.get("resourceType")) not in PUBLIC_TYPES:
+            return frozenset({UNATTRIBUTED})
+        owners |= found
+    return frozenset(owners)
+
+
+def _carrier_owners(
+    resource: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]
+) -> frozenset[str]:
+    references: list[Any] = []
+    for steps in paths:
+        _values(resource, steps, 0, references)
+    owners: set[str] = set()
+    for value in references:
+        literal = value.get("reference") if isinstance(value, dict) else None
+        patient = _patient_id(literal) if isinstance(literal, str) else None
+        if patient is None:
+            return frozenset({UNATTRIBUTED})
+        owners.add(patient)
+    return frozenset(owners)
+
+
+def _values(node: Any, steps: tuple[str, ...], at: int, out: list[Any]) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _values(item, steps, at, out)
+    elif at == len(steps):
+        out.append(node)
+    elif isinstance(node, dict) and steps[at] in node:
+        _values(node[steps[at]], steps, at + 1, out)
 
 
 def _patient_id(reference: str) -> str | None:
@@ -159,15 +186,27 @@ def patient_references(
     return frozenset(found)
 
 
-def patients_of(resource: Mapping[str, Any]) -> frozenset[str]:
-    """The ids of the patients whose compartment holds ``resource``: every ``Patient/<id>`` its
-    type's compartment parameters point at, plus its own id for a Patient, plus a Binary's Patient
-    security context. Contained resources are not looked into (the caller checks them)."""
+def patients_of(resource: Mapping[str, Any], contexts: Contexts | None = None) -> frozenset[str]:
+    """The ids of the patients whose data ``resource`` is: every ``Patient/<id>`` its type's
+    compartment parameters point at, plus its own id for a Patient; for the carriers outside the
+    compartment (Binary through its security context, Bundle through what it holds, and those of
+    ``attribution.json``), the patients they carry, or :data:`UNATTRIBUTED`. Contained resources
+    are not looked into (the caller checks them). Empty: no patient's data is attributed to it —
+    which releases it only for a type that holds none (:data:`PUBLIC_TYPES`, C-27)."""
+    return _owners(resource, contexts, 0)
+
+
+def _owners(resource: Mapping[str, Any], contexts: Contexts | None, depth: int) -> frozenset[str]:
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
-        return frozenset()
+        return frozenset({UNATTRIBUTED})
     if rtype == "Binary":
-        return binary_patients(resource)
+        return _binary_owners(resource, contexts)
+    if rtype == "Bundle":
+        return _bundle_owners(resource, depth)
+    carried = CARRIERS.get(rtype)
+    if carried is not None:
+        return _carrier_owners(resource, carried)
     found: set[str] = set()
     if rtype == "Patient" and isinstance(resource.get("id"), str):
         found.add(resource["id"])
@@ -179,6 +218,14 @@ def patients_of(resource: Mapping[str, Any]) -> frozenset[str]:
             if ref.startswith("Patient/"):
                 found.add(ref.removeprefix("Patient/"))
     return frozenset(found)
+
+
+def attributed(resource: Mapping[str, Any], owners: frozenset[str]) -> bool:
+    """C-27: the resource may be released at all — it is some patients' (and all of them are
+    known), or of a type that holds no patient data."""
+    if UNATTRIBUTED in owners:
+        return False
+    return bool(owners) or resource.get("resourceType") in PUBLIC_TYPES
 
 
 def _collect(node: Any, steps: tuple[str, ...], at: int, found: set[str]) -> None:

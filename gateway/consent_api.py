@@ -1,11 +1,15 @@
 """``/fhir/Consent``: the patients' Consents, served by the gateway itself from MongoDB, never by
 the upstream (CONSENT.md C-01, C-02, C-12, C-13).
 
-Same SMART rules as every FHIR type: ``patient/Consent.cruds`` lets a patient manage the consents
-of the patients their token reaches (their own, their child's); ``user/`` or ``system/`` scopes on
-Consent read (and write) across patients. Every change is a new version (``meta.versionId``,
-``_history``, ``If-Match``). A Consent that breaks the R4 invariants (ppc-1, ppc-2...) or the
-gateway's own rules is refused with 422, one issue per broken rule.
+Same SMART rules as every FHIR type for reading: ``patient/Consent.rs`` reaches the consents of
+the patients the token reaches (their own, their child's); ``user/`` or ``system/`` scopes read
+across patients. On top of the scopes, who may change what is :mod:`consent.authority` (C-23): an
+app reads the Consents that concern it and withdraws its own permit, nothing else; an app
+registered with ``manages_consent`` (the hospital's patient portal) manages them for its patients
+but never widens its own access. Every change records who made it, through ``fhir-api``. Every
+change is a new version (``meta.versionId``, ``_history``, ``If-Match``). A Consent that breaks the
+R4 invariants (ppc-1, ppc-2...) or the gateway's own rules is refused with 422, one issue per
+broken rule; a body whose elements have the wrong JSON types is refused the same way (P-22).
 
 Withdrawal takes effect at once: setting a Consent inactive (or any status but active) or deleting
 it is seen by the very next FHIR request on every instance (consents are read per request), and
@@ -20,8 +24,9 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from consent.codes import CLIENT_SYSTEM
+from consent import authority
 from consent.errors import (
+    ChangeNotAllowed,
     ConsentDeleted,
     ConsentError,
     ConsentInvalid,
@@ -30,7 +35,7 @@ from consent.errors import (
     VersionConflict,
 )
 from consent.model import patient_id_of
-from consent.store import ConsentStore, HistoryEntry
+from consent.store import Change, Channel, ConsentStore, HistoryEntry
 from gateway import writes
 from gateway.access import AccessDecision, authorize
 from gateway.content import Answer
@@ -46,7 +51,9 @@ from gateway.errors import (
 )
 from gateway.interaction import FhirInteraction, Kind
 from gateway.narrowing import narrow_search, patient_id
+from smart_auth.clients import ClientStore
 from smart_auth.revocation import Revoker
+from smart_auth.scopes import Letter
 
 _SEARCH_PARAMS = frozenset({"patient", "status", "_count", "_id"})
 
@@ -73,10 +80,19 @@ def _if_match(headers: CIMultiDict[str]) -> str | None:
 class ConsentApi:
     """The FHIR REST interactions on Consent."""
 
-    def __init__(self, store: ConsentStore, revoker: Revoker, fhir_base: str) -> None:
+    def __init__(
+        self, store: ConsentStore, revoker: Revoker, clients: ClientStore, fhir_base: str
+    ) -> None:
         self._store = store
         self._revoker = revoker
+        self._clients = clients
         self._base = fhir_base
+
+    async def _writer(self, context: AccessContext) -> authority.Writer:
+        """The app, as registered now (read afresh: the flag is authority, never cached)."""
+        client = await self._clients.get(context.client_id)
+        manages = bool(client is not None and client.manages_consent and not context.external)
+        return authority.Writer(context.client_id, manages)
 
     async def handle(
         self,
@@ -101,13 +117,29 @@ class ConsentApi:
             if _if_match(headers) is not None:
                 raise PreconditionFailed(str(exc)) from None
             raise Conflict(str(exc)) from None
+        except ChangeNotAllowed as exc:
+            raise Forbidden(str(exc)) from None
         except InvalidParameter as exc:
             raise BadRequest(str(exc)) from None
         except ConsentError as exc:
             raise BadRequest(str(exc)) from None
 
-    def _check_visible(self, decision: AccessDecision, resource: Mapping[str, Any]) -> None:
-        if not decision.policy.permits(resource, decision.letters | frozenset({"r"})):
+    @staticmethod
+    def _visible(
+        decision: AccessDecision,
+        writer: authority.Writer,
+        resource: Mapping[str, Any],
+        letters: frozenset[Letter],
+    ) -> bool:
+        """Within the token's scopes and patients, and one the app may read (C-23)."""
+        if not decision.policy.permits(resource, letters):
+            return False
+        return writer.manages_consent or authority.concerns(resource, writer.client_id)
+
+    def _check_visible(
+        self, decision: AccessDecision, writer: authority.Writer, resource: Mapping[str, Any]
+    ) -> None:
+        if not self._visible(decision, writer, resource, decision.letters | frozenset({"r"})):
             raise NotFound("no such Consent is available to this access token")
 
     async def _handle(
@@ -119,27 +151,30 @@ class ConsentApi:
     ) -> Answer:
         interaction = decision.interaction
         kind, cid = interaction.kind, interaction.resource_id
+        writer = await self._writer(context)
+        change = Change(_changed_by(context), Channel.FHIR_API)
         if kind is Kind.READ:
             assert cid is not None
             resource = await self._store.read(cid)
-            self._check_visible(decision, resource)
+            self._check_visible(decision, writer, resource)
             return Answer(200, _headers(resource), resource)
         if kind is Kind.VREAD:
             assert cid is not None and interaction.version_id is not None
             resource = await self._store.vread(cid, interaction.version_id)
-            self._check_visible(decision, resource)
+            self._check_visible(decision, writer, resource)
             return Answer(200, _headers(resource), resource)
         if kind is Kind.HISTORY_INSTANCE:
             assert cid is not None
             current = await self._latest(cid)
-            self._check_visible(decision, current)
+            self._check_visible(decision, writer, current)
             return Answer(200, {}, self._history_bundle(cid, await self._store.history(cid)))
         if kind is Kind.SEARCH_TYPE:
-            return Answer(200, {}, await self._search(context, decision))
+            return Answer(200, {}, await self._search(context, decision, writer))
         if kind is Kind.CREATE:
             if decision.patient_only:
                 writes.check_in_compartment(body, context, "this Consent")
-            created = await self._store.create(body)
+            authority.check_create(writer, body)
+            created = await self._store.create(body, change=change)
             location = (
                 f"{self._base}/Consent/{created['id']}/_history/{created['meta']['versionId']}"
             )
@@ -147,21 +182,25 @@ class ConsentApi:
         if kind is Kind.UPDATE:
             assert cid is not None
             current = await self._store.read(cid)
+            self._check_visible(decision, writer, current)
             if decision.patient_only:
                 writes.check_current(current, context)
                 writes.check_in_compartment(body, context, "this Consent")
-            updated = await self._store.update(cid, body, if_match=_if_match(headers))
-            if _grants_access(current) and not _grants_access(updated):
-                await self._withdrawn(current)
+            authority.check_update(writer, current, body)
+            updated = await self._store.update(
+                cid, body, change=change, if_match=_if_match(headers)
+            )
+            await revoke_if_withdrawn(self._revoker, current, updated)
             return Answer(200, _headers(updated), updated)
         if kind is Kind.DELETE:
             assert cid is not None
             current = await self._store.read(cid)
+            self._check_visible(decision, writer, current)
             if decision.patient_only:
                 writes.check_current(current, context)
-            await self._store.delete(cid, if_match=_if_match(headers))
-            if _grants_access(current):
-                await self._withdrawn(current)
+            authority.check_delete(writer, current)
+            await self._store.delete(cid, change=change, if_match=_if_match(headers))
+            await revoke_if_withdrawn(self._revoker, current, None)
             return Answer(204)
         raise Forbidden(
             f"{kind} is not available on Consent; use read, search, create, update or delete"
@@ -174,18 +213,9 @@ class ConsentApi:
                 return entry.resource
         raise ConsentNotFound(consent_id)
 
-    async def _withdrawn(self, consent: Mapping[str, Any]) -> None:
-        """C-13: the app's tokens granted under this Consent, and its tokens for this patient,
-        are revoked with it."""
-        consent_id = str(consent.get("id", ""))
-        await self._revoker.revoke_consent(consent_id)
-        patient = patient_id_of(consent)
-        if patient is None:
-            return
-        for client_id in _client_ids(consent):
-            await self._revoker.revoke_app_for_patient(client_id, patient)
-
-    async def _search(self, context: AccessContext, decision: AccessDecision) -> dict[str, Any]:
+    async def _search(
+        self, context: AccessContext, decision: AccessDecision, writer: authority.Writer
+    ) -> dict[str, Any]:
         params = list(decision.interaction.params)
         if decision.patient_only:
             params = narrow_search(params, "Consent", context.patients, add_constraint=False)
@@ -218,7 +248,7 @@ class ConsentApi:
         if "_id" in values:
             wanted = set(values["_id"].split(","))
             found = [c for c in found if c.get("id") in wanted]
-        found = [c for c in found if decision.policy.permits(c, decision.letters)]
+        found = [c for c in found if self._visible(decision, writer, c, decision.letters)]
         return {
             "resourceType": "Bundle",
             "type": "searchset",
@@ -251,6 +281,21 @@ class ConsentApi:
         return {"resourceType": "Bundle", "type": "history", "total": len(items), "entry": items}
 
 
+async def revoke_if_withdrawn(
+    revoker: Revoker, before: Mapping[str, Any], after: Mapping[str, Any] | None
+) -> None:
+    """C-13: when a change ends a permit (``after`` is ``None`` for a deletion), the app's tokens
+    granted under this Consent, and its tokens for this patient, are revoked with it."""
+    if not _grants_access(before) or (after is not None and _grants_access(after)):
+        return
+    await revoker.revoke_consent(str(before.get("id", "")))
+    patient = patient_id_of(before)
+    if patient is None:
+        return
+    for client_id in sorted(authority.client_ids(before)):
+        await revoker.revoke_app_for_patient(client_id, patient)
+
+
 def _grants_access(consent: Mapping[str, Any]) -> bool:
     """An active Consent whose root provision permits: withdrawing it ends what it granted.
     (Withdrawing a deny, or a draft, takes nothing away, so no token is revoked for it.)"""
@@ -258,20 +303,7 @@ def _grants_access(consent: Mapping[str, Any]) -> bool:
     return consent.get("status") == "active" and provision.get("type", "permit") == "permit"
 
 
-def _client_ids(consent: Mapping[str, Any]) -> list[str]:
-    found: list[str] = []
-
-    def walk(provision: Any) -> None:
-        if not isinstance(provision, Mapping):
-            return
-        for actor in provision.get("actor") or []:
-            identifier = ((actor or {}).get("reference") or {}).get("identifier") or {}
-            if identifier.get("system") == CLIENT_SYSTEM and isinstance(
-                identifier.get("value"), str
-            ):
-                found.append(identifier["value"])
-        for child in provision.get("provision") or []:
-            walk(child)
-
-    walk(consent.get("provision"))
-    return list(dict.fromkeys(found))
+def _changed_by(context: AccessContext) -> str:
+    """Who changes a Consent through the FHIR API: the app, and the person using it."""
+    app = f"client:{context.client_id}"
+    return f"{context.fhir_user} via {app}" if context.fhir_user else app

@@ -25,7 +25,8 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
-from consent.decide import Decision, Evaluator, RequestAttributes, compile_consents
+from consent.codes import ACCESS
+from consent.decide import Basis, Decision, Evaluator, RequestAttributes, compile_consents
 from consent.errors import ConsentError
 from consent.minimise import profile_for
 from consent.store import ConsentStore
@@ -46,8 +47,14 @@ class RequestConsent:
     context: AccessContext
     trusted: bool
     now: datetime
+    action: str = ACCESS
+    """The consentaction the request is evaluated as: ``access`` for reads; writes are
+    ``collect`` (create) or ``correct`` (update, patch, delete), C-24."""
     evaluators: dict[str, Evaluator] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
+    contexts: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    """Binary security contexts read for this request (``Type/id`` -> the resource): a Binary is
+    decided as the resource it belongs to (FHIR R4 Binary 2.3.1.1)."""
 
     def attributes(self, patient: str) -> RequestAttributes:
         actors = (self.context.fhir_user,) if self.context.fhir_user else ()
@@ -58,6 +65,7 @@ class RequestConsent:
             actors=actors,
             purposes=self.context.purposes,
             trusted=self.trusted,
+            action=self.action,
         )
 
     def refusal(self, patients: Iterable[str]) -> Decision | None:
@@ -74,13 +82,17 @@ class RequestConsent:
         """The resource as released (minimised), or ``None`` when a consent withholds it.
         ``owners``: the patients whose compartment holds it, when already known."""
         if owners is None:
-            owners = compartment.patients_of(resource)
+            owners = compartment.patients_of(resource, self.contexts)
+        if not compartment.attributed(resource, owners):
+            self.decisions.append(_UNATTRIBUTED)
+            return None
+        decided = self._decided_as(resource)
         purposes: tuple[str, ...] = self.context.purposes
         for patient in sorted(owners):
             evaluator = self.evaluators.get(patient)
             if evaluator is None:  # not loaded: nothing may be assumed
                 return None
-            decision = evaluator.decide(resource)
+            decision = evaluator.decide(decided)
             self.decisions.append(decision)
             if not decision.permitted:
                 return None
@@ -94,8 +106,39 @@ class RequestConsent:
             return resource  # nothing to remove: the pipeline owns this parsed resource
         return profile.apply(resource)
 
+    def _decided_as(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """What a resource's consent decision looks at: itself, or for a Binary the resource of
+        its security context (its labels and codes, not the Binary's lack of them)."""
+        if resource.get("resourceType") == "Binary":
+            context = compartment.security_context(resource)
+            found = self.contexts.get(context) if context is not None else None
+            if found is not None:
+                return found
+        return resource
+
+    def refusal_for(self, resource: dict[str, Any], owners: frozenset[str]) -> Decision | None:
+        """The decision of the first of ``owners`` whose consent does not permit this resource
+        (every owner must have been loaded), or ``None`` when all of them permit it."""
+        for patient in sorted(owners):
+            evaluator = self.evaluators.get(patient)
+            if evaluator is None:
+                raise RuntimeError(f"consents of Patient/{patient} were not loaded")
+            decision = evaluator.decide(resource)
+            self.decisions.append(decision)
+            if not decision.permitted:
+                return decision
+        return None
+
     def last_refusal(self) -> Decision | None:
         return next((d for d in reversed(self.decisions) if not d.permitted), None)
+
+
+_UNATTRIBUTED = Decision(
+    False,
+    Basis.UNATTRIBUTED,
+    "withheld: it cannot be attributed to patients, and only data whose patients consented, or "
+    "data about no patient, is released",
+)
 
 
 class ConsentGate:
@@ -119,16 +162,20 @@ class ConsentGate:
         self._trusted[client_id] = (trusted, time.monotonic() + _CLIENT_TTL_SECONDS)
         return trusted
 
-    async def start(self, context: AccessContext) -> RequestConsent:
+    async def start(self, context: AccessContext, action: str = ACCESS) -> RequestConsent:
         try:
             trusted = await self._is_trusted(context.client_id)
         except PyMongoError:
             raise ServiceUnavailable("consent cannot be checked right now; try again") from None
-        return RequestConsent(context, trusted, datetime.now(UTC))
+        return RequestConsent(context, trusted, datetime.now(UTC), action)
 
     async def load(self, request: RequestConsent, patients: Iterable[str]) -> None:
         """Read the active consents of these patients (fresh, C-12) and compile them."""
-        missing = [p for p in dict.fromkeys(patients) if p not in request.evaluators]
+        missing = [
+            p
+            for p in dict.fromkeys(patients)
+            if p not in request.evaluators and p != compartment.UNATTRIBUTED
+        ]
         if not missing:
             return
         try:

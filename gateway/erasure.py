@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from consent.model import fhir_id
-from consent.store import ConsentStore
+from consent.store import Change, Channel, ConsentStore
 from smart_auth.services import AuthServices
 
 
@@ -41,7 +41,8 @@ async def erase_patient(
     """Erase what the gateway holds of one patient; the patient id is checked (P-13)."""
     patient = fhir_id(patient_id, "patient id")
     grants = await services.revoker.revoke_patient(patient)
-    report = await consents.erase_patient(patient)
+    change = Change(f"user:{actor}" if actor and actor != "cli" else "cli", Channel.ERASURE)
+    report = await consents.erase_patient(patient, change=change)
     erasure = Erasure(patient, len(grants), report.withdrawn, report.deleted, report.kept)
     await services.events.record("patient-erased", actor=actor, detail=erasure.as_dict())
     return erasure

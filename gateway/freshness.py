@@ -22,7 +22,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from gateway.coalesce import Coalescer
 from smart_auth.revocations import EPOCHS
 
-_KINDS = ["revocations", "consents"]
+_KINDS = ["revocations", "consents", "representation"]
 _CACHE_LIMIT = 50_000
 
 K = TypeVar("K", bound=Hashable)
@@ -33,6 +33,7 @@ V = TypeVar("V")
 class Epochs:
     revocations: int
     consents: int
+    representation: int = 0
 
 
 class ChangeEpochs:
@@ -47,7 +48,20 @@ class ChangeEpochs:
             doc["_id"]: int(doc.get("n", 0))
             async for doc in self._collection.find({"_id": {"$in": _KINDS}})
         }
-        return {"now": Epochs(found.get("revocations", 0), found.get("consents", 0))}
+        return {
+            "now": Epochs(
+                found.get("revocations", 0),
+                found.get("consents", 0),
+                found.get("representation", 0),
+            )
+        }
+
+    async def moved(self, kind: str) -> None:
+        """Move one counter, after a change of what it guards (``representation``: a write of a
+        RelatedPerson, Person or Patient through the gateway)."""
+        if kind not in _KINDS:
+            raise ValueError(f"no change counter {kind!r}")
+        await self._collection.update_one({"_id": kind}, {"$inc": {"n": 1}}, upsert=True)
 
     async def current(self) -> Epochs:
         """The counters as they are now (read after this call began)."""

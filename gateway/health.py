@@ -1,13 +1,18 @@
 """Operational endpoints: ``/healthz`` (the process is up), ``/readyz`` (MongoDB and the upstream
-answer), ``/metrics`` (Prometheus text format). Their answers never name internal hosts (P-14)."""
+answer), ``/metrics`` (Prometheus text format). Their answers never name internal hosts (P-14).
+
+``/metrics`` reveals nothing to strangers (P-21): it is served only with the bearer token of the
+``metrics_token`` setting (404 when none is set, 401 for a missing or wrong token), and its labels
+carry interaction kinds and statuses, never patient, user or resource ids."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 
 from aiohttp import web
 
-from gateway.appkeys import METRIC_LABEL, METRICS, MONGO, UPSTREAM
+from gateway.appkeys import METRIC_LABEL, METRICS, MONGO, SETTINGS, UPSTREAM
 
 _CHECK_TIMEOUT = 3.0
 
@@ -42,8 +47,29 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
+def _metrics_refusal(request: web.Request) -> web.Response | None:
+    """A plain-text refusal unless the request carries the metrics token (P-21)."""
+    configured = request.app[SETTINGS].metrics_token
+    if configured is None:
+        return web.Response(
+            status=404, text="metrics are served only with a token: set metrics_token"
+        )
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    expected = configured.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        return web.Response(
+            status=401,
+            text="send the metrics token as 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
+    return None
+
+
 async def metrics(request: web.Request) -> web.Response:
     request[METRIC_LABEL] = "metrics"
+    refusal = _metrics_refusal(request)
+    if refusal is not None:
+        return refusal
     body = request.app[METRICS].render()
     return web.Response(
         body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}

@@ -61,6 +61,7 @@ from gateway.errors import (
     TooManyRequests,
     Unauthorized,
     UnsupportedMediaType,
+    UpstreamUnavailable,
 )
 from gateway.filtering import filter_bundle, release_resource
 from gateway.headers import request_headers
@@ -72,16 +73,26 @@ from gateway.interaction import (
     parse,
 )
 from gateway.metrics import Metrics
+from gateway.narrowing import patient_id
 from gateway.paging import PageLink, PageSigner
+from gateway.representation import REPRESENTATION_TYPES, Representation
 from gateway.rewrite import UrlRewriter
 from gateway.settings import Settings
 from gateway.upstream import Upstream
 from smart_auth.scopes import Letter
 
 _READS = frozenset({Kind.READ, Kind.VREAD})
+_VALIDATE: frozenset[Letter] = frozenset({"c", "u"})
+_MAX_CONTEXTS = 20
 _LOCAL_SHAPING = frozenset({"_elements", "_summary"})
 _PAGE_RELATIONS = frozenset({"next", "previous", "prev", "first", "last"})
 _CONDITIONAL = frozenset({"if-none-match", "if-modified-since"})
+_WRITE_ACTIONS: dict[Kind, str] = {  # consentaction codes (C-24)
+    Kind.CREATE: "collect",
+    Kind.UPDATE: "correct",
+    Kind.PATCH: "correct",
+    Kind.DELETE: "correct",
+}
 _WRITE_LETTERS: dict[Kind, frozenset[Letter]] = {
     Kind.CREATE: frozenset({"c"}),
     Kind.UPDATE: frozenset({"u"}),
@@ -116,6 +127,7 @@ class Pipeline:
         consent: ConsentGate,
         consents: ConsentApi,
         cors: Cors,
+        representation: Representation,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
@@ -126,6 +138,7 @@ class Pipeline:
         self.consent = consent
         self.consents = consents
         self.cors = cors
+        self.representation = representation
         self._limit = parse_limit(settings.rate_limit_per_client)
         self._limiter = FixedWindowRateLimiter(MemoryStorage())
 
@@ -157,6 +170,7 @@ class Pipeline:
         context = await self.authenticator.authenticate(request.headers, request.query)
         request[CLIENT_ID] = context.client_id
         await self._rate_limit(context)
+        await self.representation.check(context)  # C-25: a parent still acts for the child
         form = await read_form(request)
         interaction = parse(request.method, path, request.query.items(), form)
         interaction, body, raw, media = await read_body(request, interaction)
@@ -217,12 +231,22 @@ class Pipeline:
         if kind in WRITE_KINDS:
             return await self._write(context, decision, call, request_id)
         if kind is Kind.OPERATION and call.interaction.operation == "validate":
-            return await self._validate(call, request_id)
+            return await self._validate(decision, call, request_id)
         return await self._read(context, decision, call, request_id)
 
-    async def _validate(self, call: Call, request_id: str) -> Answer:
+    async def _validate(self, decision: AccessDecision, call: Call, request_id: str) -> Answer:
         """``$validate`` writes nothing and answers an OperationOutcome about the caller's own
-        body; any other answer is not passed on."""
+        body; any other answer is not passed on. On an instance, the instance must be one the
+        token could update: the same answer as for a resource that does not exist otherwise."""
+        interaction = call.interaction
+        if interaction.resource_id is not None:
+            restricted = any(
+                s.restriction for s in decision.policy.scopes_for(interaction, _VALIDATE)
+            )
+            if decision.patient_only or restricted:
+                current = await self._current(interaction, request_id)
+                if current is None or not decision.policy.permits(current, _VALIDATE):
+                    raise NotFound("no such resource is available to this access token")
         answer = await self._fetch(call, request_id)
         if answer.body is not None and answer.body.get("resourceType") != "OperationOutcome":
             answer.body = None
@@ -251,11 +275,13 @@ class Pipeline:
         fetch = self._fetch(
             Call(interaction.with_params(upstream_params), None, None, None, headers), request_id
         )
-        if not decision.patient_only:
+        patients = sorted(
+            context.patients if decision.patient_only else _named_patients(interaction)
+        )
+        if not patients:
             answer = await fetch
         else:
             # The patients are known before the fetch: read their consents meanwhile.
-            patients = sorted(context.patients)
             answer, _ = await asyncio.gather(fetch, self.consent.load(consent, patients))
             refusal = (
                 consent.refusal(patients)
@@ -267,7 +293,9 @@ class Pipeline:
                 if interaction.kind in _READS:
                     raise Forbidden(_explain(refusal))
                 return _refused_search(refusal)
-        released = await self._release(decision, answer, call.self_url, consent, shaping)
+        released = await self._release(
+            decision, answer, call.self_url, consent, request_id, shaping
+        )
         return _conditional(released, call.headers)
 
     async def _release(
@@ -276,6 +304,7 @@ class Pipeline:
         answer: Answer,
         self_url: str,
         consent: RequestConsent,
+        request_id: str,
         shaping: list[tuple[str, str]] | None = None,
     ) -> Answer:
         kind = decision.interaction.kind
@@ -292,6 +321,8 @@ class Pipeline:
             return answer
         if decision.patient_only:
             decision.policy.note_response(answer.raw)
+        await self._read_contexts(decision.policy, body, request_id)
+        consent.contexts = decision.policy.contexts
         if body.get("resourceType") == "Bundle" and kind not in _READS:
             resources = [e["resource"] for e in body.get("entry") or [] if "resource" in e]
             await self.consent.load_for(consent, resources, decision.policy.owners_of)
@@ -319,6 +350,37 @@ class Pipeline:
             raise Forbidden(_explain(refusal) if refusal else "withheld by the patient's consent")
         answer.body = _shape(released, shaping or [])
         return answer
+
+    async def _read_contexts(
+        self, policy: AccessPolicy, body: dict[str, Any], request_id: str
+    ) -> None:
+        """Read the resources that the Binaries of a response name as their security context
+        (other than a Patient), so that each Binary is attributed to, and decided as, that
+        resource (C-27). One read per distinct context, at most ``_MAX_CONTEXTS`` per response;
+        a Binary whose context was not read is withheld."""
+        found = [body] if body.get("resourceType") == "Binary" else []
+        if body.get("resourceType") == "Bundle":
+            found += [
+                e["resource"]
+                for e in body.get("entry") or []
+                if isinstance(e, dict)
+                and isinstance(e.get("resource"), dict)
+                and e["resource"].get("resourceType") == "Binary"
+            ]
+        wanted = {
+            ref
+            for ref in (compartment.security_context(b) for b in found)
+            if ref is not None and not ref.startswith("Patient/") and ref not in policy.contexts
+        }
+        for reference in sorted(wanted)[:_MAX_CONTEXTS]:
+            rtype, _, rid = reference.partition("/")
+            try:
+                read = parse("GET", f"{rtype}/{rid}")
+            except FhirError:
+                policy.contexts[reference] = None
+                continue
+            answer = await self._fetch(Call(read), request_id)
+            policy.contexts[reference] = answer.body if answer.status == 200 else None
 
     def _sign_links(
         self,
@@ -372,7 +434,9 @@ class Pipeline:
         ):
             raise Forbidden("this paging link does not lead to a Bundle")
         consent = await self.consent.start(context)
-        return await self._release(decision, answer, call.self_url, consent, list(page.shaping))
+        return await self._release(
+            decision, answer, call.self_url, consent, request_id, list(page.shaping)
+        )
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -404,13 +468,16 @@ class Pipeline:
         if decision.patient_only and "If-None-Exist" in headers:
             raise Forbidden("conditional creates are not available to patient-context tokens")
         current: dict[str, Any] | None = None
-        if kind is not Kind.CREATE and (decision.patient_only or restricted):
+        if kind is not Kind.CREATE:
+            # Whose record this is decides the consent (C-24), whatever the token.
             current = await self._current(interaction, request_id)
             # An update that would create is answered like an update of someone else's resource:
             # otherwise the difference would tell which ids exist.
-            if current is None or not policy.permits(current, letters):
+            if (decision.patient_only or restricted) and (
+                current is None or not policy.permits(current, letters)
+            ):
                 raise NotFound("no such resource is available to this access token")
-            version = (current.get("meta") or {}).get("versionId")
+            version = ((current or {}).get("meta") or {}).get("versionId")
             if version and "If-Match" not in headers:
                 headers["If-Match"] = f'W/"{version}"'
         after = call.body if kind in (Kind.CREATE, Kind.UPDATE) else None
@@ -418,6 +485,8 @@ class Pipeline:
             after = writes.apply_patch(current, call.body)
             if after.get("id") != current.get("id"):
                 raise Forbidden("a patch cannot change the resource's id")
+        if decision.patient_only and current is not None and after is not None:
+            writes.check_authority_unchanged(current, after)
         if after is not None and (decision.patient_only or restricted):
             if decision.patient_only:
                 writes.check_conditional_references(after)
@@ -428,7 +497,23 @@ class Pipeline:
                     f"this {interaction.resource_type} would fall outside what this access token "
                     "may write (its patients, or its scope's restriction)"
                 )
+        await self._check_write_consent(context, kind, [r for r in (current, after) if r])
         return headers
+
+    async def _check_write_consent(
+        self, context: AccessContext, kind: Kind, resources: list[dict[str, Any]]
+    ) -> None:
+        """C-24: the patients whose record a write touches (before and after it) must consent to
+        this app doing it, exactly as for a read, before anything reaches the upstream."""
+        consent = await self.consent.start(context, _WRITE_ACTIONS[kind])
+        for resource in resources:
+            owners = compartment.patients_of(resource)
+            if not owners:
+                continue  # no patient's data: scopes alone decide
+            await self.consent.load(consent, owners)
+            refusal = consent.refusal_for(resource, owners)
+            if refusal is not None:
+                raise Forbidden(_explain(refusal))
 
     async def _write(
         self, context: AccessContext, decision: AccessDecision, call: Call, request_id: str
@@ -438,10 +523,12 @@ class Pipeline:
         answer = await self._fetch(
             Call(interaction, call.body, call.raw, call.media, headers), request_id
         )
-        return await self._release_written(context, decision, answer)
+        if interaction.resource_type in REPRESENTATION_TYPES and answer.status < 300:
+            await self.representation.changed()
+        return await self._release_written(context, decision, answer, request_id)
 
     async def _release_written(
-        self, context: AccessContext, decision: AccessDecision, answer: Answer
+        self, context: AccessContext, decision: AccessDecision, answer: Answer, request_id: str
     ) -> Answer:
         """What a write answers goes through the same checks as a read (scopes, consent,
         minimisation); what the token may not read is left out of the body."""
@@ -457,7 +544,7 @@ class Pipeline:
         )
         consent = await self.consent.start(context)
         try:
-            released = await self._release(read, Answer(200, {}, body), "", consent)
+            released = await self._release(read, Answer(200, {}, body), "", consent, request_id)
         except FhirError:
             answer.body = None
             return answer
@@ -544,13 +631,29 @@ class Pipeline:
         answer = await self._fetch(
             Call(call.interaction, call.body, raw, call.media, call.headers), request_id
         )
+        if answer.status < 300 and any(
+            d.interaction.resource_type in REPRESENTATION_TYPES for d in decisions
+        ):
+            await self.representation.changed()
         if answer.status >= 400 or answer.body is None:
             return answer
-        for decision, entry in zip(decisions, answer.body.get("entry") or [], strict=False):
+        answered = answer.body.get("entry") or []
+        if not isinstance(answered, list) or len(answered) != len(decisions):
+            # Every entry answered must be checked against the entry it answers: an answer that
+            # does not line up with the request is not released (it was written, though).
+            raise UpstreamUnavailable(
+                "the FHIR server's transaction response does not match the request entry by "
+                "entry; the transaction was sent, but its answer cannot be checked"
+            )
+        for decision, entry in zip(decisions, answered, strict=True):
+            if not isinstance(entry, dict):
+                continue
             resource = entry.get("resource")
             if not isinstance(resource, dict):
                 continue
-            released = await self._release_written(context, decision, Answer(200, {}, resource))
+            released = await self._release_written(
+                context, decision, Answer(200, {}, resource), request_id
+            )
             if released.body is None:
                 entry.pop("resource", None)
             else:
@@ -578,6 +681,31 @@ class Pipeline:
         )
         self.metrics.upstream_latency.labels(interaction.kind.value).observe(upstream.seconds)
         return decode_answer(upstream, self.rewriter)
+
+
+_PATIENT_PARAMS = frozenset({"patient", "subject"})
+
+
+def _named_patients(interaction: FhirInteraction) -> list[str]:
+    """The patients a ``user/`` or ``system/`` request is about before anything is fetched (a
+    compartment, ``$everything``, or ``patient=``/``subject=`` values that all name patients),
+    so that a refusal that holds for all of them is answered as such (C-03); ``[]`` otherwise."""
+    if interaction.compartment is not None and interaction.compartment[0] == "Patient":
+        return [interaction.compartment[1]]
+    if interaction.operation == "everything" and interaction.resource_id:
+        return [interaction.resource_id]
+    if interaction.kind is not Kind.SEARCH_TYPE:
+        return []
+    named: list[str] = []
+    for name, value in interaction.params:
+        if name not in _PATIENT_PARAMS:
+            continue
+        for item in value.split(","):
+            patient = patient_id(item)
+            if patient is None or (name != "patient" and not item.strip().startswith("Patient/")):
+                return []  # not only patients: the refusal could depend on the data
+            named.append(patient)
+    return named
 
 
 def _shape(resource: dict[str, Any], shaping: list[tuple[str, str]]) -> dict[str, Any]:

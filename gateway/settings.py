@@ -172,6 +172,16 @@ class Settings(BaseSettings):
         description="Per-client request limit on the FHIR API, per gateway instance (429 above).",
     )
     jwks_refresh_min_seconds: float = Field(default=30.0, ge=0)
+    representation_check_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="How old a check that a parent still represents a child may be (C-25).",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token that /metrics requires; without one /metrics is not served.",
+    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -105,6 +105,22 @@ def check_in_compartment(resource: Mapping[str, Any], context: AccessContext, wh
         raise Forbidden(f"{what} must belong to a patient this token may act for")
 
 
+_AUTHORITY_ELEMENTS: dict[str, tuple[str, ...]] = {"Patient": ("link",)}
+"""Elements that confer authority over another record (P-20): a patient-context token may not
+change them (``Patient.link`` joins records; ``RelatedPerson`` and ``Person`` are refused whole by
+the access step)."""
+
+
+def check_authority_unchanged(current: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+    """403 when a patient-context write would change an authority-bearing element (P-20)."""
+    for element in _AUTHORITY_ELEMENTS.get(str(current.get("resourceType")), ()):
+        if current.get(element) != after.get(element):
+            raise Forbidden(
+                f"{current.get('resourceType')}.{element} links records; it is changed in the "
+                "EHR, not by an app"
+            )
+
+
 def check_current(current: Mapping[str, Any] | None, context: AccessContext) -> None:
     """An existing resource a patient-context token updates or deletes must be in its
     compartment; one that is not is answered like one that does not exist."""

@@ -82,6 +82,10 @@ class Client(ClientMixin):  # type: ignore[misc]
     purposes: tuple[str, ...] = ()
     origins: tuple[str, ...] = ()
     trusted: bool = False
+    manages_consent: bool = False
+    """The hospital's own patient portal (C-23): it may change Consents for the patients its token
+    reaches, as the patient could on the gateway's pages, but never one that applies to itself.
+    Off by default: an app may only read the Consents that concern it and withdraw its own."""
     url: str | None = None
     secret_digest: str | None = field(default=None, repr=False)
     jwks: dict[str, Any] | None = None
@@ -224,6 +228,7 @@ def _to_doc(client: Client) -> dict[str, Any]:
         "purposes": list(client.purposes),
         "origins": [_origin(o) for o in client.origins],
         "trusted": client.trusted,
+        "manages_consent": client.manages_consent,
         "url": client.url,
         "secret_digest": client.secret_digest,
         "jwks": client.jwks,
@@ -242,6 +247,7 @@ def _from_doc(doc: dict[str, Any]) -> Client:
         purposes=tuple(doc.get("purposes", ())),
         origins=tuple(doc.get("origins", ())),
         trusted=bool(doc.get("trusted", False)),
+        manages_consent=bool(doc.get("manages_consent", False)),
         url=doc.get("url"),
         secret_digest=doc.get("secret_digest"),
         jwks=doc.get("jwks"),
@@ -260,6 +266,7 @@ def new_client(
     purposes: tuple[str, ...],
     origins: tuple[str, ...] = (),
     trusted: bool = False,
+    manages_consent: bool = False,
     url: str | None = None,
     secret: str | None = None,
     jwks: dict[str, Any] | None = None,
@@ -281,6 +288,7 @@ def new_client(
         purposes=tuple(purposes),
         origins=tuple(origins),
         trusted=trusted,
+        manages_consent=manages_consent,
         url=url,
         secret_digest=secret_digest(secret) if secret is not None else None,
         jwks=jwks,

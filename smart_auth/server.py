@@ -17,6 +17,7 @@ so two concurrent redemptions cannot both succeed.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +51,17 @@ from smart_auth.tokens import (
 )
 
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+
+Represented = Callable[[str], Awaitable[frozenset[str] | None]]
+"""The patients a user (by id) may act for now, read afresh from the FHIR data; ``None`` when that
+cannot be known (C-25). Given by the web layer, which reads the FHIR server."""
+
+
+class TemporarilyUnavailable(OAuth2Error):  # type: ignore[misc]
+    """Something the decision needs cannot be read now: try again later (never a grant)."""
+
+    error = "temporarily_unavailable"
+    status_code = 503
 REFRESH_SCOPES = frozenset({"offline_access", "online_access"})
 REFRESH = "refresh_token"
 
@@ -126,10 +138,13 @@ class SmartRefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
 
 
 class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
-    def __init__(self, services: AuthServices, bridge: Bridge) -> None:
+    def __init__(
+        self, services: AuthServices, bridge: Bridge, represented: Represented | None = None
+    ) -> None:
         super().__init__()
         self.services = services
         self.bridge = bridge
+        self.represented = represented
         self.register_token_generator("default", self._generate_token)
         self.register_client_auth_method(
             "private_key_jwt",
@@ -227,7 +242,25 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         online_only = "offline_access" not in grant.scope.split() and grant.session_id is not None
         if online_only and not await self.services.sessions.alive(str(grant.session_id)):
             return None  # online_access: the family lives as long as the session
+        if not await self._still_represented(grant):
+            await self.services.revoker.revoke_grant(grant.grant_id, "representation ended")
+            return None
         return found, grant
+
+    async def _still_represented(self, grant: Grant) -> bool:
+        """C-25: a grant that acts for others (a parent for a child) is re-checked against the
+        FHIR data at every refresh; it lives on only while every one of its patients is still
+        the user's to act for."""
+        if not grant.acts_for or self.represented is None or grant.user_id is None:
+            return True  # not a patient user's grant: nobody is represented
+        own = (grant.fhir_user or "").removeprefix("Patient/")
+        reach = {p for p in (grant.patient, *grant.acts_for) if p} - {own}
+        if not reach:
+            return True
+        now = await self.represented(grant.user_id)
+        if now is None:
+            raise TemporarilyUnavailable("whom this user may act for cannot be checked now")
+        return reach <= now
 
     async def _save_token(
         self,

@@ -19,9 +19,20 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gateway.appkeys import AUTH, AUTH_SERVER, AUTH_THREADS, MONGO, SETTINGS
+from gateway.appkeys import (
+    AUTH,
+    AUTH_SERVER,
+    AUTH_THREADS,
+    EPOCHS,
+    MONGO,
+    REPRESENTATION,
+    SETTINGS,
+    UPSTREAM,
+)
 from gateway.authserver import admin, authorize, endpoints, login
 from gateway.authserver.errors import auth_errors
+from gateway.freshness import ChangeEpochs
+from gateway.representation import Representation, RepresentationUnknown
 from gateway.settings import Settings
 from smart_auth.client_keys import FetchedJwks, JwksFetcher, max_age
 from smart_auth.requests import Bridge
@@ -79,7 +90,24 @@ async def _auth_context(app: web.Application) -> AsyncIterator[None]:
         await services.ensure_indexes()
         app[AUTH] = services
         app[AUTH_THREADS] = threads
-        app[AUTH_SERVER] = SmartAuthorizationServer(services, Bridge(asyncio.get_running_loop()))
+        app[EPOCHS] = epochs = ChangeEpochs(db)
+        app[REPRESENTATION] = representation = Representation(
+            app[UPSTREAM],
+            services.users,
+            services.revoker,
+            epochs,
+            settings.representation_check_seconds,
+        )
+
+        async def represented(user_id: str) -> frozenset[str] | None:
+            try:
+                return await representation.current(user_id)
+            except RepresentationUnknown:
+                return None
+
+        app[AUTH_SERVER] = SmartAuthorizationServer(
+            services, Bridge(asyncio.get_running_loop()), represented
+        )
         yield
     finally:
         threads.shutdown(wait=False, cancel_futures=True)

@@ -11,6 +11,10 @@ Every administrative action is recorded as a security event (P-09).
 - ``GET /admin/users`` · ``POST /admin/users``
 - ``POST /admin/keys/rotate``
 - ``POST /admin/patients/{patient_id}/erase`` (C-22)
+- ``GET /admin/consents?patient=ID`` · ``GET /admin/consents/{id}/history`` ·
+  ``POST /admin/consents`` · ``PUT /admin/consents/{id}`` · ``POST /admin/consents/{id}/withdraw``:
+  an administrator changes a patient's Consents on a documented request (C-23); every change needs
+  a ``reason`` (the request it acts on), which is recorded with the new version
 - ``POST /admin/launch`` and ``POST /auth/launch`` → ``{"launch": ...}``
 """
 
@@ -22,11 +26,19 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from consent.errors import InvalidParameter
-from consent.store import ConsentStore
+from consent.errors import (
+    ConsentDeleted,
+    ConsentError,
+    ConsentInvalid,
+    ConsentNotFound,
+    InvalidParameter,
+    VersionConflict,
+)
+from consent.store import Change, Channel, ConsentStore, HistoryEntry
 from gateway.appkeys import AUTH, METRIC_LABEL
 from gateway.authserver.errors import ApiError
 from gateway.authserver.rendering import current_session, record
+from gateway.consent_api import revoke_if_withdrawn
 from gateway.erasure import erase_patient
 from smart_auth.clients import Client, ClientError, ClientType, new_client
 from smart_auth.launch import LaunchError
@@ -78,6 +90,13 @@ def _strings(body: dict[str, Any], name: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _object(body: dict[str, Any], name: str) -> dict[str, Any]:
+    value = body.get(name)
+    if not isinstance(value, dict):
+        raise ApiError(400, "invalid_request", f"'{name}' must be a JSON object")
+    return value
+
+
 def _bool(body: dict[str, Any], name: str, default: bool) -> bool:
     value = body.get(name, default)
     if not isinstance(value, bool):
@@ -95,6 +114,7 @@ def client_json(client: Client) -> dict[str, Any]:
         "purposes": list(client.purposes),
         "origins": list(client.origins),
         "trusted": client.trusted,
+        "manages_consent": client.manages_consent,
         "url": client.url,
         "jwks_uri": client.jwks_uri,
         "has_jwks": client.jwks is not None,
@@ -134,6 +154,7 @@ async def add_client(request: web.Request) -> web.Response:
             purposes=_strings(body, "purposes"),
             origins=_strings(body, "origins"),
             trusted=_bool(body, "trusted", False),
+            manages_consent=_bool(body, "manages_consent", False),
             url=_str(body, "url", required=False),
             secret=_str(body, "secret", required=False),
             jwks=jwks,
@@ -220,6 +241,126 @@ async def erase_patient_data(request: web.Request) -> web.Response:
     return web.json_response(erasure.as_dict())
 
 
+_MAX_REASON = 500
+
+
+def _reason(body: dict[str, Any]) -> str:
+    reason = _str(body, "reason")
+    if not reason or not reason.strip() or len(reason) > _MAX_REASON:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"'reason': the documented request this change acts on (1-{_MAX_REASON} characters)",
+        )
+    return reason.strip()
+
+
+def _consents(request: web.Request) -> ConsentStore:
+    return ConsentStore(request.app[AUTH].db)
+
+
+def _history_json(entry: HistoryEntry) -> dict[str, Any]:
+    return {
+        "version": entry.version_id,
+        "method": entry.method,
+        "at": entry.last_updated.isoformat(),
+        "changed_by": entry.change.by if entry.change else None,
+        "channel": entry.change.channel.value if entry.change else None,
+        "reason": entry.change.reason if entry.change else None,
+    }
+
+
+async def _consent_call(work: Any) -> Any:
+    """The consent store's errors as the admin API's JSON errors."""
+    try:
+        return await work
+    except ConsentInvalid as exc:
+        raise ApiError(422, "invalid_consent", str(exc)) from None
+    except ConsentDeleted as exc:
+        raise ApiError(410, "gone", str(exc)) from None
+    except ConsentNotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    except VersionConflict as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    except ConsentError as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from None
+
+
+async def list_consents(request: web.Request) -> web.Response:
+    """``GET /admin/consents?patient=ID``: the patient's Consents, newest first."""
+    await _caller(request, (Role.ADMIN,))
+    patient = request.query.get("patient", "")
+    found = await _consent_call(_consents(request).search(patient_id=patient, limit=1000))
+    return web.json_response(found)
+
+
+async def consent_history(request: web.Request) -> web.Response:
+    """``GET /admin/consents/{id}/history``: every version, with who changed it and how."""
+    await _caller(request, (Role.ADMIN,))
+    entries = await _consent_call(_consents(request).history(request.match_info["consent_id"]))
+    return web.json_response([_history_json(entry) for entry in entries])
+
+
+async def add_consent(request: web.Request) -> web.Response:
+    """``POST /admin/consents`` ``{"consent": {...}, "reason": "..."}``."""
+    session = await _caller(request, (Role.ADMIN,))
+    body = await _body(request)
+    change = Change(f"user:{session.user_id}", Channel.ADMIN_API, _reason(body))
+    created = await _consent_call(
+        _consents(request).create(_object(body, "consent"), change=change)
+    )
+    await record(
+        request,
+        "admin-consent-created",
+        actor=session.user_id,
+        detail={"consent": created["id"], "reason": change.reason},
+    )
+    return web.json_response(created, status=201)
+
+
+async def update_consent(request: web.Request) -> web.Response:
+    """``PUT /admin/consents/{id}`` ``{"consent": {...}, "reason": "...", "if_match": "2"}``."""
+    session = await _caller(request, (Role.ADMIN,))
+    body = await _body(request)
+    change = Change(f"user:{session.user_id}", Channel.ADMIN_API, _reason(body))
+    store, consent_id = _consents(request), request.match_info["consent_id"]
+    current = await _consent_call(store.read(consent_id))
+    updated = await _consent_call(
+        store.update(
+            consent_id,
+            _object(body, "consent"),
+            change=change,
+            if_match=_str(body, "if_match", required=False),
+        )
+    )
+    await revoke_if_withdrawn(request.app[AUTH].revoker, current, updated)
+    await record(
+        request,
+        "admin-consent-updated",
+        actor=session.user_id,
+        detail={"consent": consent_id, "reason": change.reason},
+    )
+    return web.json_response(updated)
+
+
+async def withdraw_consent(request: web.Request) -> web.Response:
+    """``POST /admin/consents/{id}/withdraw`` ``{"reason": "..."}``: status ``inactive``."""
+    session = await _caller(request, (Role.ADMIN,))
+    body = await _body(request)
+    change = Change(f"user:{session.user_id}", Channel.ADMIN_API, _reason(body))
+    store, consent_id = _consents(request), request.match_info["consent_id"]
+    current = await _consent_call(store.read(consent_id))
+    updated = await _consent_call(store.withdraw(consent_id, change=change))
+    await revoke_if_withdrawn(request.app[AUTH].revoker, current, updated)
+    await record(
+        request,
+        "admin-consent-withdrawn",
+        actor=session.user_id,
+        detail={"consent": consent_id, "reason": change.reason},
+    )
+    return web.json_response(updated)
+
+
 async def create_launch(request: web.Request) -> web.Response:
     request[METRIC_LABEL] = "launch"
     session = await _caller(request, (Role.PRACTITIONER, Role.ADMIN))
@@ -251,3 +392,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/users", add_user)
     app.router.add_post("/admin/keys/rotate", rotate_keys)
     app.router.add_post("/admin/patients/{patient_id}/erase", erase_patient_data)
+    app.router.add_get("/admin/consents", list_consents)
+    app.router.add_post("/admin/consents", add_consent)
+    app.router.add_put("/admin/consents/{consent_id}", update_consent)
+    app.router.add_get("/admin/consents/{consent_id}/history", consent_history)
+    app.router.add_post("/admin/consents/{consent_id}/withdraw", withdraw_consent)

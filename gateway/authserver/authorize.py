@@ -18,7 +18,7 @@ from aiohttp import web
 from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidRequestError
 
 from gateway.appkeys import AUTH, AUTH_SERVER, METRIC_LABEL, SETTINGS, UPSTREAM
-from gateway.authserver.actsfor import acts_for, patient_names
+from gateway.authserver.actsfor import patient_names
 from gateway.authserver.adapter import call, plain_request, stored_request, to_response
 from gateway.authserver.consents import write_app_consent
 from gateway.authserver.errors import BadPage, NotAllowed, NotSignedIn
@@ -31,6 +31,7 @@ from gateway.authserver.rendering import (
     render,
     set_cookie,
 )
+from gateway.representation import acts_for
 from smart_auth.clients import Client
 from smart_auth.consent_screen import (
     DEFAULT_EXPIRY,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from consent.errors import ConsentError
-from consent.store import ConsentStore
+from consent.store import Change, Channel, ConsentStore
 from gateway.appkeys import MONGO, SETTINGS
 from gateway.authserver.errors import BadPage
 from gateway.fhirdata import PATIENT_COMPARTMENT_PARAMS
@@ -41,6 +41,7 @@ async def write_app_consent(
             terms.start,
             terms.end,
             user.fhir_user,
+            change=Change(user.fhir_user or f"user:{user.user_id}", Channel.CONSENT_SCREEN),
         )
     except ConsentError as exc:
         raise BadPage(

@@ -21,8 +21,10 @@ from consent.errors import (
     InvalidParameter,
     VersionConflict,
 )
-from consent.store import COLLECTION, ConsentStore
+from consent.store import COLLECTION, Change, Channel, ConsentStore
 from tests.consent.conftest import seed_resource
+
+CHANGE = Change("cli", Channel.CLI, "test")
 
 DB = AsyncDatabase[dict[str, Any]]
 NOW = datetime.now(UTC)
@@ -63,7 +65,7 @@ async def test_c02_indexes_on_patient_status_and_actor(store: ConsentStore, db: 
 
 
 async def test_c01_create_assigns_id_and_version(store: ConsentStore) -> None:
-    created = await store.create({**grant(), "id": "client-chosen"})
+    created = await store.create({**grant(), "id": "client-chosen"}, change=CHANGE)
     assert created["id"] != "client-chosen"
     assert created["meta"]["versionId"] == "1"
     assert created["meta"]["lastUpdated"].endswith("Z")
@@ -77,15 +79,17 @@ async def test_c01_invalid_consent_is_refused_with_every_rule_and_not_stored(
     del broken["policyRule"]
     broken["provision"] = {**broken["provision"], "type": "maybe"}
     with pytest.raises(ConsentInvalid) as refused:
-        await store.create(broken)
+        await store.create(broken, change=CHANGE)
     assert {issue.rule for issue in refused.value.issues} == {"ppc-1", "binding"}
     assert await store.search(patient_id="pat-1") == []
 
 
 async def test_c01_update_makes_a_new_version_and_keeps_the_old(store: ConsentStore) -> None:
-    created = await store.create(grant())
+    created = await store.create(grant(), change=CHANGE)
     consent_id = created["id"]
-    updated = await store.update(consent_id, {**created, "status": "inactive"}, if_match="1")
+    updated = await store.update(
+        consent_id, {**created, "status": "inactive"}, if_match="1", change=CHANGE
+    )
     assert updated["meta"]["versionId"] == "2"
     assert (await store.read(consent_id))["status"] == "inactive"
     assert (await store.vread(consent_id, "1"))["status"] == "active"
@@ -95,17 +99,19 @@ async def test_c01_update_makes_a_new_version_and_keeps_the_old(store: ConsentSt
 
 
 async def test_c01_stale_version_conflicts(store: ConsentStore) -> None:
-    created = await store.create(grant())
-    await store.update(created["id"], {**created, "status": "inactive"}, if_match="1")
+    created = await store.create(grant(), change=CHANGE)
+    await store.update(
+        created["id"], {**created, "status": "inactive"}, if_match="1", change=CHANGE
+    )
     with pytest.raises(VersionConflict):
-        await store.update(created["id"], created, if_match="1")
+        await store.update(created["id"], created, if_match="1", change=CHANGE)
 
 
 async def test_c01_concurrent_writers_of_one_version_one_wins(store: ConsentStore) -> None:
-    created = await store.create(grant())
+    created = await store.create(grant(), change=CHANGE)
     results = await asyncio.gather(
         *(
-            store.update(created["id"], {**created, "status": s}, if_match="1")
+            store.update(created["id"], {**created, "status": s}, if_match="1", change=CHANGE)
             for s in ("inactive", "rejected", "draft")
         ),
         return_exceptions=True,
@@ -116,18 +122,18 @@ async def test_c01_concurrent_writers_of_one_version_one_wins(store: ConsentStor
 
 
 async def test_c01_update_cannot_move_a_consent_to_another_patient(store: ConsentStore) -> None:
-    created = await store.create(grant())
+    created = await store.create(grant(), change=CHANGE)
     moved = {**created, "patient": {"reference": "Patient/pat-2"}}
     with pytest.raises(ConsentInvalid, match="patient"):
-        await store.update(created["id"], moved)
+        await store.update(created["id"], moved, change=CHANGE)
     with pytest.raises(ConsentInvalid, match="id"):
-        await store.update(created["id"], {**created, "id": "other"})
+        await store.update(created["id"], {**created, "id": "other"}, change=CHANGE)
     assert (await store.read(created["id"]))["patient"] == {"reference": "Patient/pat-1"}
 
 
 async def test_c12_delete_is_recorded_and_ends_the_consent(store: ConsentStore) -> None:
-    created = await store.create(grant())
-    await store.delete(created["id"], if_match="1")
+    created = await store.create(grant(), change=CHANGE)
+    await store.delete(created["id"], if_match="1", change=CHANGE)
     with pytest.raises(ConsentDeleted):
         await store.read(created["id"])
     with pytest.raises(ConsentDeleted):
@@ -142,7 +148,7 @@ async def test_c01_unknown_ids_and_versions(store: ConsentStore) -> None:
         await store.read("no-such-consent")
     with pytest.raises(ConsentNotFound):
         await store.history("no-such-consent")
-    created = await store.create(grant())
+    created = await store.create(grant(), change=CHANGE)
     with pytest.raises(ConsentNotFound):
         await store.vread(created["id"], "7")
 
@@ -153,8 +159,8 @@ async def test_c01_unknown_ids_and_versions(store: ConsentStore) -> None:
 async def test_p13_query_operators_as_patient_ids_are_refused(
     store: ConsentStore, hostile: Any
 ) -> None:
-    await store.create(grant("pat-1"))
-    await store.create(grant("pat-2"))
+    await store.create(grant("pat-1"), change=CHANGE)
+    await store.create(grant("pat-2"), change=CHANGE)
     with pytest.raises(InvalidParameter):
         await store.active_for(hostile)
     with pytest.raises(InvalidParameter):
@@ -162,9 +168,9 @@ async def test_p13_query_operators_as_patient_ids_are_refused(
     with pytest.raises(InvalidParameter):
         await store.read(hostile)
     with pytest.raises(InvalidParameter):
-        await store.revoke_app(hostile, "app-a")
+        await store.revoke_app(hostile, "app-a", change=CHANGE)
     with pytest.raises(InvalidParameter):
-        await store.erase_patient(hostile)
+        await store.erase_patient(hostile, change=CHANGE)
     assert len(await store.active_for("pat-1")) == 1
 
 
@@ -172,29 +178,29 @@ async def test_p13_query_operators_as_patient_ids_are_refused(
 async def test_p13_query_operators_as_client_ids_are_refused(
     store: ConsentStore, hostile: Any
 ) -> None:
-    await store.create(grant("pat-1"))
+    await store.create(grant("pat-1"), change=CHANGE)
     with pytest.raises(InvalidParameter):
-        await store.revoke_app("pat-1", hostile)
+        await store.revoke_app("pat-1", hostile, change=CHANGE)
     with pytest.raises(InvalidParameter):
         await store.search(client_id=hostile)
     assert len(await store.active_for("pat-1")) == 1
 
 
 async def test_p13_status_and_version_are_checked_values(store: ConsentStore) -> None:
-    created = await store.create(grant())
+    created = await store.create(grant(), change=CHANGE)
     with pytest.raises(InvalidParameter):
         await store.search(status={"$in": ["active"]})  # type: ignore[arg-type]
     with pytest.raises(InvalidParameter):
         await store.vread(created["id"], "1 || true")
     with pytest.raises(InvalidParameter):
-        await store.update(created["id"], created, if_match='W/"1"')
+        await store.update(created["id"], created, if_match='W/"1"', change=CHANGE)
 
 
 async def test_c02_search_by_patient_status_and_app(store: ConsentStore) -> None:
-    a1 = await store.create(grant("pat-1", "app-a"))
-    b1 = await store.create(grant("pat-1", "app-b"))
-    a2 = await store.create(grant("pat-2", "app-a"))
-    await store.update(b1["id"], {**b1, "status": "inactive"})
+    a1 = await store.create(grant("pat-1", "app-a"), change=CHANGE)
+    b1 = await store.create(grant("pat-1", "app-b"), change=CHANGE)
+    a2 = await store.create(grant("pat-2", "app-a"), change=CHANGE)
+    await store.update(b1["id"], {**b1, "status": "inactive"}, change=CHANGE)
     assert {c["id"] for c in await store.search(patient_id="pat-1")} == {a1["id"], b1["id"]}
     assert [c["id"] for c in await store.search(patient_id="pat-1", status="active")] == [a1["id"]]
     assert {c["id"] for c in await store.search(client_id="app-a")} == {a1["id"], a2["id"]}
@@ -207,25 +213,25 @@ async def test_c02_search_by_patient_status_and_app(store: ConsentStore) -> None
 async def test_c06_active_for_returns_only_the_patients_active_consents(
     store: ConsentStore,
 ) -> None:
-    active = await store.create(grant("pat-1"))
-    await store.create(grant("pat-1", status="draft"))
-    await store.create(grant("pat-2"))
+    active = await store.create(grant("pat-1"), change=CHANGE)
+    await store.create(grant("pat-1", status="draft"), change=CHANGE)
+    await store.create(grant("pat-2"), change=CHANGE)
     assert await store.active_for("pat-1") == [active]
 
 
 async def test_c12_revoke_app_deactivates_its_permits_only(store: ConsentStore) -> None:
-    mine = await store.create(grant("pat-1", "app-a"))
-    again = await store.create(grant("pat-1", "app-a"))
-    blocked = await store.create(deny_app("pat-1", "app-a"))
-    other_app = await store.create(grant("pat-1", "app-b"))
-    other_patient = await store.create(grant("pat-2", "app-a"))
-    revoked = await store.revoke_app("pat-1", "app-a")
+    mine = await store.create(grant("pat-1", "app-a"), change=CHANGE)
+    again = await store.create(grant("pat-1", "app-a"), change=CHANGE)
+    blocked = await store.create(deny_app("pat-1", "app-a"), change=CHANGE)
+    other_app = await store.create(grant("pat-1", "app-b"), change=CHANGE)
+    other_patient = await store.create(grant("pat-2", "app-a"), change=CHANGE)
+    revoked = await store.revoke_app("pat-1", "app-a", change=CHANGE)
     assert revoked == sorted([mine["id"], again["id"]])
     still = {c["id"] for c in await store.active_for("pat-1")}
     assert still == {blocked["id"], other_app["id"]}
     assert [c["id"] for c in await store.active_for("pat-2")] == [other_patient["id"]]
     assert (await store.read(mine["id"]))["meta"]["versionId"] == "2"
-    assert await store.revoke_app("pat-1", "app-a") == []
+    assert await store.revoke_app("pat-1", "app-a", change=CHANGE) == []
 
 
 async def test_c12_revocation_through_one_instance_is_seen_by_the_next_request_on_another(
@@ -236,11 +242,13 @@ async def test_c12_revocation_through_one_instance_is_seen_by_the_next_request_o
     )
     try:
         other = ConsentStore(other_client[db.name])
-        await store.grant_app("pat-1", "app-a", "App A", ["TREAT"], ["Observation"], [], START, END)
+        await store.grant_app(
+            "pat-1", "app-a", "App A", ["TREAT"], ["Observation"], [], START, END, change=CHANGE
+        )
         observation = seed_resource("Observation") | {"subject": {"reference": "Patient/pat-1"}}
         assert decide(await other.active_for("pat-1"), request(), observation).permitted
         started = time.perf_counter()
-        await store.revoke_app("pat-1", "app-a")
+        await store.revoke_app("pat-1", "app-a", change=CHANGE)
         decision = decide(await other.active_for("pat-1"), request(), observation)
         elapsed = time.perf_counter() - started
         assert decision.basis is Basis.NO_CONSENT
@@ -252,10 +260,10 @@ async def test_c12_revocation_through_one_instance_is_seen_by_the_next_request_o
 async def test_c14_revocation_works_for_a_consent_todays_rules_would_reject(
     store: ConsentStore, db: DB
 ) -> None:
-    created = await store.create(grant())
+    created = await store.create(grant(), change=CHANGE)
     legacy = {k: v for k, v in created.items() if k != "category"}  # stored before a rule
     await db[COLLECTION].update_one({"_id": created["id"]}, {"$set": {"resource": legacy}})
-    assert await store.revoke_app("pat-1", "app-a") == [created["id"]]
+    assert await store.revoke_app("pat-1", "app-a", change=CHANGE) == [created["id"]]
     assert await store.active_for("pat-1") == []
 
 
@@ -270,6 +278,7 @@ async def test_c05_grant_app_writes_a_valid_consent_that_permits(store: ConsentS
         START,
         END,
         "Patient/pat-1",
+        change=CHANGE,
     )
     model.validate(consent)
     assert consent["performer"] == [{"reference": "Patient/pat-1"}]
@@ -279,23 +288,43 @@ async def test_c05_grant_app_writes_a_valid_consent_that_permits(store: ConsentS
 
 
 async def test_c05_a_new_grant_supersedes_the_apps_earlier_grant(store: ConsentStore) -> None:
-    first = await store.grant_app("pat-1", "app-a", "A", ["TREAT"], ["Observation"], [], START, END)
-    other = await store.grant_app("pat-1", "app-b", "B", ["TREAT"], ["Observation"], [], START, END)
-    second = await store.grant_app("pat-1", "app-a", "A", ["TREAT"], ["Condition"], [], START, END)
+    first = await store.grant_app(
+        "pat-1", "app-a", "A", ["TREAT"], ["Observation"], [], START, END, change=CHANGE
+    )
+    other = await store.grant_app(
+        "pat-1", "app-b", "B", ["TREAT"], ["Observation"], [], START, END, change=CHANGE
+    )
+    second = await store.grant_app(
+        "pat-1", "app-a", "A", ["TREAT"], ["Condition"], [], START, END, change=CHANGE
+    )
     assert {c["id"] for c in await store.active_for("pat-1")} == {other["id"], second["id"]}
     assert (await store.read(first["id"]))["status"] == "inactive"
 
 
 async def test_c05_grant_app_refuses_bad_values(store: ConsentStore) -> None:
     with pytest.raises(InvalidParameter):
-        await store.grant_app("pat-1", "app-a", "A", [], ["NotAType"], [], START, END)
-    with pytest.raises(InvalidParameter):
-        await store.grant_app("pat 1", "app-a", "A", [], ["Observation"], [], START, END)
-    with pytest.raises(InvalidParameter):
-        await store.grant_app("pat-1", "app a", "A", [], ["Observation"], [], START, END)
+        await store.grant_app(
+            "pat-1", "app-a", "A", [], ["NotAType"], [], START, END, change=CHANGE
+        )
     with pytest.raises(InvalidParameter):
         await store.grant_app(
-            "pat-1", "app-a", "A", [], [], ["patient/Observation.rs?_id=x"], START, END
+            "pat 1", "app-a", "A", [], ["Observation"], [], START, END, change=CHANGE
+        )
+    with pytest.raises(InvalidParameter):
+        await store.grant_app(
+            "pat-1", "app a", "A", [], ["Observation"], [], START, END, change=CHANGE
+        )
+    with pytest.raises(InvalidParameter):
+        await store.grant_app(
+            "pat-1",
+            "app-a",
+            "A",
+            [],
+            [],
+            ["patient/Observation.rs?_id=x"],
+            START,
+            END,
+            change=CHANGE,
         )
     assert await store.search(patient_id="pat-1") == []
 
@@ -303,14 +332,14 @@ async def test_c05_grant_app_refuses_bad_values(store: ConsentStore) -> None:
 async def test_c22_erasure_withdraws_keeps_evidence_and_deletes_unused_drafts(
     store: ConsentStore, db: DB
 ) -> None:
-    active = await store.create(grant("pat-1"))
-    revoked = await store.create(grant("pat-1"))
-    await store.update(revoked["id"], {**revoked, "status": "inactive"})
-    draft = await store.create(grant("pat-1", status="draft"))
-    was_active = await store.create(grant("pat-1", "app-b"))
-    await store.update(was_active["id"], {**was_active, "status": "draft"})
-    other = await store.create(grant("pat-2"))
-    report = await store.erase_patient("pat-1")
+    active = await store.create(grant("pat-1"), change=CHANGE)
+    revoked = await store.create(grant("pat-1"), change=CHANGE)
+    await store.update(revoked["id"], {**revoked, "status": "inactive"}, change=CHANGE)
+    draft = await store.create(grant("pat-1", status="draft"), change=CHANGE)
+    was_active = await store.create(grant("pat-1", "app-b"), change=CHANGE)
+    await store.update(was_active["id"], {**was_active, "status": "draft"}, change=CHANGE)
+    other = await store.create(grant("pat-2"), change=CHANGE)
+    report = await store.erase_patient("pat-1", change=CHANGE)
     assert report.withdrawn == (active["id"],)
     assert report.deleted == (draft["id"],)
     assert set(report.kept) == {active["id"], revoked["id"], was_active["id"]}
@@ -326,7 +355,7 @@ async def test_c12_active_for_cost_per_call(store: ConsentStore) -> None:
     patients = [f"pat-{i}" for i in range(200)]
     consents = [grant(p, f"app-{j}") for p in patients for j in range(5)]
     for consent in consents:
-        await store.create(consent)
+        await store.create(consent, change=CHANGE)
     for _ in range(50):  # warm up
         await store.active_for("pat-7")
     calls = 1000

@@ -29,6 +29,7 @@ async def register_client(
     trusted: bool,
     scope: str = "patient/*.cruds user/*.cruds system/*.cruds",
     purposes: tuple[str, ...] = ("TREAT",),
+    manages_consent: bool = False,
 ) -> None:
     """Register a backend-style client (no redirect) unless it exists."""
     auth = services(gateway)
@@ -41,6 +42,7 @@ async def register_client(
                 scope=scope,
                 purposes=purposes,
                 trusted=trusted,
+                manages_consent=manages_consent,
                 jwks={"keys": []},
             )
         )
@@ -50,13 +52,18 @@ async def register_client(
 async def session_for(gateway: RunningGateway) -> AsyncIterator[SessionFor]:
     """Factory: an HTTP session whose requests carry a token minted by the gateway's own key ring
     with the given claims (see :func:`tests.smart_auth.tokens.minted_token`). The client defaults
-    to a registered trusted app (``trusted=False`` registers it as a third-party app)."""
+    to a registered trusted app (``trusted=False`` registers it as a third-party app;
+    ``manages_consent=True`` as the hospital's patient portal, C-23)."""
     sessions: list[aiohttp.ClientSession] = []
 
-    async def make(*, trusted: bool = True, **claims: object) -> aiohttp.ClientSession:
+    async def make(
+        *, trusted: bool = True, manages_consent: bool = False, **claims: object
+    ) -> aiohttp.ClientSession:
         claims.setdefault("client_id", TRUSTED_APP)
         claims.setdefault("purposes", ("TREAT",))
-        await register_client(gateway, str(claims["client_id"]), trusted=trusted)
+        await register_client(
+            gateway, str(claims["client_id"]), trusted=trusted, manages_consent=manages_consent
+        )
         token = await minted_token(gateway, **claims)  # type: ignore[arg-type]
         session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
         sessions.append(session)

@@ -78,9 +78,11 @@ async def app_session(
 
 
 async def patient_session(session_for: SessionFor, patient: str = AMELIA) -> aiohttp.ClientSession:
-    """The patient's own consent-management app (trusted, patient/Consent.cruds)."""
+    """The hospital's patient portal (trusted, ``manages_consent``, patient/Consent.cruds): the
+    patient manages their consents through it (C-23)."""
     return await session_for(
         client_id="consent-manager",
+        manages_consent=True,
         scope="patient/Consent.cruds",
         patient=patient,
         acts_for=(patient,),
@@ -356,16 +358,32 @@ async def test_c02_a_patient_manages_only_their_own_consents_and_versions_are_ke
         assert response.status == 412  # stale version
     async with manager.get(f"{gateway.fhir}/Consent/{mine['id']}/_history/1") as response:
         assert (await _json(response))["status"] == "active"
-    # An administrator's user/ scope reads across patients; another patient's token does not.
-    admin = await session_for(
-        client_id="admin-console",
+    # The hospital's consent desk (manages_consent) with a user/ scope reads across patients; an
+    # ordinary app with the same scope only reads the Consents that concern it (C-23); another
+    # patient's token reads none of them.
+    desk = await session_for(
+        client_id="consent-desk",
+        manages_consent=True,
         scope="user/Consent.rs",
         patient=None,
         acts_for=(),
         fhir_user=None,
     )
-    async with admin.get(f"{gateway.fhir}/Consent?status=inactive") as response:
+    async with desk.get(f"{gateway.fhir}/Consent?status=inactive") as response:
         assert mine["id"] in {e["resource"]["id"] for e in (await _json(response))["entry"]}
+    other_app = await session_for(
+        client_id="other-reader",
+        scope="user/Consent.rs",
+        patient=None,
+        acts_for=(),
+        fhir_user=None,
+    )
+    async with other_app.get(f"{gateway.fhir}/Consent?status=inactive") as response:
+        assert mine["id"] not in {
+            e["resource"]["id"] for e in (await _json(response)).get("entry", [])
+        }
+    async with other_app.get(f"{gateway.fhir}/Consent/{mine['id']}") as response:
+        assert response.status == 404
     daniel = await patient_session(session_for, "pat-daniel-novak")
     async with daniel.get(f"{gateway.fhir}/Consent/{mine['id']}") as response:
         assert response.status == 404

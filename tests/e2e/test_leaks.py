@@ -1306,9 +1306,12 @@ async def test_resource_shared_with_another_patient_is_not_released(
 async def test_p08_parent_sees_her_child_and_nobody_else(
     gateway: RunningGateway, session_for: SessionFor, local_stack_env: Stack
 ) -> None:
+    from tests.smart_auth.tokens import MARIA as MARIA_USER
+    from tests.smart_auth.tokens import ensure_user
+
     maria = await session_for(
         scope="patient/*.rs",
-        user_id="maria",
+        user_id=await ensure_user(gateway, MARIA_USER),  # her account links her to Leo (C-25)
         fhir_user=f"Patient/{MARIA}",
         patient=MARIA,
         acts_for=(MARIA, LEO),

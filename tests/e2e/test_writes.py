@@ -71,11 +71,11 @@ async def test_s26_a_resource_shared_with_another_patient_cannot_be_deleted(
         assert response.status == 200  # still there
 
 
-async def test_c03_what_a_write_answers_goes_through_consent(
+async def test_c03_c24_a_write_without_consent_neither_writes_nor_reads_back(
     gateway: RunningGateway, session_for: SessionFor, fresh_upstream: Stack
 ) -> None:
-    """A third-party app without the patient's consent may not read a resource back by writing
-    a no-op patch to it."""
+    """A third-party app without the patient's consent may not write to the record (C-24), so it
+    cannot read a resource back by writing a no-op patch to it either (C-03)."""
     app = await _amelia(session_for, trusted=False, client_id="diary-app", purposes=("PATRQT",))
     url = f"{gateway.fhir}/Observation/obs-amelia-rossi-1"
     async with app.get(url) as response:
@@ -83,8 +83,9 @@ async def test_c03_what_a_write_answers_goes_through_consent(
     noop = [{"op": "test", "path": "/status", "value": "final"}]
     async with app.patch(url, data=orjson.dumps(noop), headers=PATCH) as response:
         status, body = await _status(response)
-    assert status == 200
-    assert body is None
+    assert status == 403
+    assert body is not None and "no consent" in body["issue"][0]["diagnostics"]
+    assert "valueQuantity" not in orjson.dumps(body).decode()
 
 
 @pytest.mark.parametrize(

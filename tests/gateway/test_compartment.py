@@ -11,7 +11,8 @@ import pytest
 
 from gateway.compartment import (
     PUBLIC_TYPES,
-    binary_patients,
+    UNATTRIBUTED,
+    attributed,
     compartment_params,
     is_compartment_param,
     is_compartment_type,
@@ -133,21 +134,54 @@ def test_s28_a_patient_is_in_its_own_and_its_linked_patients_compartments() -> N
 def test_s28_resources_without_a_patient_link_belong_to_nobody() -> None:
     assert patients_of({"resourceType": "Observation", "code": {"text": "x"}}) == frozenset()
     assert patients_of({"resourceType": "Organization", "id": "o1"}) == frozenset()
-    assert patients_of({"id": "no-type"}) == frozenset()
-    assert patients_of({"resourceType": "Device", "patient": {"reference": "Patient/p1"}}) == set()
+    assert patients_of({"id": "no-type"}) == {UNATTRIBUTED}
 
 
-def test_s28_binary_follows_its_security_context() -> None:
+def test_c27_carriers_outside_the_compartment_are_attributed_or_unattributable() -> None:
+    device = {"resourceType": "Device", "patient": {"reference": "Patient/p1"}}
+    assert patients_of(device) == {"p1"}
+    assert patients_of({"resourceType": "Device"}) == frozenset()
+    assert not attributed({"resourceType": "Device"}, frozenset())  # nobody's: withheld
+    linkage = {
+        "resourceType": "Linkage",
+        "item": [
+            {"type": "source", "resource": {"reference": "Patient/p1"}},
+            {"type": "alternate", "resource": {"reference": "Observation/o2"}},
+        ],
+    }
+    assert patients_of(linkage) == {UNATTRIBUTED}  # an item that is no Patient: unknown
+    bundle = {
+        "resourceType": "Bundle",
+        "entry": [
+            {"resource": {"resourceType": "Observation", "subject": {"reference": "Patient/p1"}}},
+            {"resource": {"resourceType": "Organization", "id": "o"}},
+        ],
+    }
+    assert patients_of(bundle) == {"p1"}
+    bundle["entry"].append({"resource": {"resourceType": "Observation", "id": "nobody's"}})
+    assert patients_of(bundle) == {UNATTRIBUTED}
+    nested: dict[str, Any] = {"resourceType": "Bundle", "entry": []}
+    for _ in range(5):
+        nested = {"resourceType": "Bundle", "entry": [{"resource": nested}]}
+    assert patients_of(nested) == {UNATTRIBUTED}
+    assert attributed({"resourceType": "Practitioner"}, frozenset())
+    assert not attributed({"resourceType": "Basic"}, frozenset())
+
+
+def test_s28_c27_binary_follows_its_security_context() -> None:
     direct = {"resourceType": "Binary", "securityContext": {"reference": "Patient/p1"}}
-    assert patients_of(direct) == binary_patients(direct) == {"p1"}
+    assert patients_of(direct) == {"p1"}
     via = {
         "resourceType": "Binary",
         "securityContext": {"reference": "https://x.example/fhir/DocumentReference/d1"},
     }
-    assert patients_of(via) == frozenset()
-    assert security_context(via) == "DocumentReference/d1"  # the caller resolves it
+    assert patients_of(via) == {UNATTRIBUTED}  # until the caller has read its context
+    assert security_context(via) == "DocumentReference/d1"
+    document = {"resourceType": "DocumentReference", "subject": {"reference": "Patient/p2"}}
+    assert patients_of(via, {"DocumentReference/d1": document}) == {"p2"}
+    assert patients_of(via, {"DocumentReference/d1": None}) == {UNATTRIBUTED}
     assert security_context({"resourceType": "Binary"}) is None
-    assert patients_of({"resourceType": "Binary", "contentType": "text/plain"}) == frozenset()
+    assert patients_of({"resourceType": "Binary", "contentType": "text/plain"}) == {UNATTRIBUTED}
     assert "Binary" not in PUBLIC_TYPES and not is_compartment_type("Binary")
 
 

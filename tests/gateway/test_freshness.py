@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 from pymongo import AsyncMongoClient
 
 from consent.model import app_grant
-from consent.store import ConsentStore
+from consent.store import Change, Channel, ConsentStore
 from gateway.freshness import ChangeEpochs, EpochCache
 from smart_auth.revocations import RevocationList
 from tests.conftest import Stack
+
+CHANGE = Change("cli", Channel.CLI, "test")
 
 
 async def test_a_cached_value_is_reused_until_the_counter_moves() -> None:
@@ -53,9 +55,9 @@ async def test_s25_c12_writes_move_the_counters_the_gateway_reads(local_stack_en
             datetime.now(UTC),
             datetime.now(UTC) + timedelta(days=1),
         )
-        created = await store.create(consent)
+        created = await store.create(consent, change=CHANGE)
         assert (await epochs.current()).consents == after_revoke.consents + 1
-        await store.revoke_app("pat-a", "app-1")
+        await store.revoke_app("pat-a", "app-1", change=CHANGE)
         assert (await epochs.current()).consents == after_revoke.consents + 2
         assert created["status"] == "active"
     finally:

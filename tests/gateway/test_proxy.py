@@ -83,7 +83,12 @@ async def gw(
         upstream_timeout_seconds=1.0,
         upstream_auth="bearer",
         upstream_bearer_token="gateway-own-credential",
+        metrics_token=METRICS_TOKEN,
     )
+
+
+METRICS_TOKEN = "test-metrics-token"  # noqa: S105 - a test value
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 @pytest_asyncio.fixture
@@ -460,12 +465,36 @@ async def test_metrics_count_requests_by_interaction_and_status(
             await response.read()
     async with client.get(f"{gw.fhir}/NotAType") as response:
         await response.read()
-    async with client.get(f"{gw.base}/metrics") as response:
+    async with client.get(f"{gw.base}/metrics", headers=METRICS_AUTH) as response:
         text = await response.text()
     assert 'fhir_gateway_requests_total{interaction="read",status="200"} 3.0' in text
     assert 'fhir_gateway_requests_total{interaction="fhir",status="404"} 1.0' in text
     assert 'fhir_gateway_upstream_duration_seconds_count{interaction="read"} 3.0' in text
     assert "fhir_gateway_request_duration_seconds_bucket" in text
+
+
+async def test_p21_metrics_need_their_token_and_name_no_ids(
+    gw: RunningGateway,
+    client: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
+    start_gateway: StartGateway,
+    upstream: ScriptedUpstream,
+    local_stack_env: Stack,
+) -> None:
+    async with client.get(f"{gw.fhir}/Patient/p1") as response:
+        await response.read()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": METRICS_TOKEN}):
+        async with http.get(f"{gw.base}/metrics", headers=headers) as response:
+            assert response.status == 401
+            assert "fhir_gateway" not in await response.text()
+    async with http.get(f"{gw.base}/metrics", headers=METRICS_AUTH) as response:
+        assert response.status == 200
+        text = await response.text()
+    assert "fhir_gateway_requests_total" in text
+    assert "p1" not in text and "test-system" not in text  # no resource, patient or client ids
+    unset = await start_gateway(upstream_url=upstream.base, mongodb_uri=local_stack_env.mongo_uri)
+    async with http.get(f"{unset.base}/metrics", headers=METRICS_AUTH) as response:
+        assert response.status == 404
 
 
 async def test_readyz_reports_each_dependency(
