@@ -275,9 +275,11 @@ class Pipeline:
         fetch = self._fetch(
             Call(interaction.with_params(upstream_params), None, None, None, headers), request_id
         )
-        patients = sorted(
-            context.patients if decision.patient_only else _named_patients(interaction)
-        )
+        named = _named_patients(call.interaction)
+        if decision.patient_only:  # the patients asked about, else every one the token reaches
+            patients = sorted(context.patients.intersection(named) or context.patients)
+        else:
+            patients = sorted(named)
         if not patients:
             answer = await fetch
         else:

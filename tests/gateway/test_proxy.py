@@ -87,7 +87,7 @@ async def gw(
     )
 
 
-METRICS_TOKEN = "test-metrics-token"  # noqa: S105 - a test value
+METRICS_TOKEN = "test-metrics-token"
 METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
@@ -519,3 +519,34 @@ async def test_readyz_reports_each_dependency(
     assert upstream.base not in str(body)
     async with http.get(f"{gw.base}/healthz") as response:
         assert response.status == 200
+
+
+async def test_a_transaction_answer_that_does_not_line_up_is_not_released(
+    gw: RunningGateway, upstream: ScriptedUpstream, client: aiohttp.ClientSession
+) -> None:
+    """Every entry of a transaction's answer is checked against the entry it answers: one answer
+    more (or fewer) than the request held cannot be matched, so it is not released (fail closed,
+    not ``zip`` silently skipping the extra entries)."""
+    observation = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+    transaction = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": observation, "request": {"method": "POST", "url": "Observation"}}],
+    }
+    smuggled = {"resourceType": "Patient", "id": "someone-else", "name": [{"family": "Hidden"}]}
+    upstream.body = orjson.dumps(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction-response",
+            "entry": [
+                {"response": {"status": "201 Created"}, "resource": {**observation, "id": "o1"}},
+                {"response": {"status": "200 OK"}, "resource": smuggled},
+            ],
+        }
+    )
+    async with client.post(
+        gw.fhir, data=orjson.dumps(transaction), headers={"Content-Type": "application/fhir+json"}
+    ) as response:
+        assert response.status == 502
+        text = await response.text()
+    assert "Hidden" not in text and "someone-else" not in text
