@@ -62,6 +62,8 @@ class TemporarilyUnavailable(OAuth2Error):  # type: ignore[misc]
 
     error = "temporarily_unavailable"
     status_code = 503
+
+
 REFRESH_SCOPES = frozenset({"offline_access", "online_access"})
 REFRESH = "refresh_token"
 
