@@ -13,6 +13,7 @@ from gateway.metrics import Metrics
 from gateway.rewrite import UrlRewriter
 from gateway.settings import Settings
 from gateway.upstream import Upstream
+from smart_auth.key_provider import KeyProvider
 from smart_auth.server import SmartAuthorizationServer
 from smart_auth.services import AuthServices
 from smart_auth.sessions import Session
@@ -28,6 +29,7 @@ REWRITER = web.AppKey("rewriter", UrlRewriter)
 AUTH = web.AppKey("auth", AuthServices)
 AUTH_SERVER = web.AppKey("auth_server", SmartAuthorizationServer)
 AUTH_THREADS = web.AppKey("auth_threads", ThreadPoolExecutor)
+KEY_PROVIDER = web.AppKey[KeyProvider]("key_provider")
 PIPELINE = web.AppKey["Pipeline"]("pipeline")
 
 REQUEST_ID = web.RequestKey("request_id", str)
