@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import platform
 import re
@@ -43,6 +44,7 @@ from consent.store import Change, Channel, ConsentStore
 from gateway.embedded import free_port, local_stack
 from smart_auth.clients import ClientStore, ClientType, new_client
 from smart_auth.grants import Grant
+from smart_auth.key_provider import LocalKeyProvider
 from smart_auth.keys import KeyRing
 from smart_auth.tokens import TokenPolicy, issue_access_token
 
@@ -140,7 +142,7 @@ def _seed_bench_patient(fhir_base: str) -> None:
         post({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 
 
-async def _mint_tokens(mongo_uri: str, database: str, issuer: str) -> dict[str, str]:
+async def _mint_tokens(mongo_uri: str, database: str, issuer: str, kek: bytes) -> dict[str, str]:
     """Patient tokens from the gateway's own key ring (the same code the token endpoint uses),
     for a registered third-party app each patient has consented to: every gateway request runs
     the whole pipeline, consent read and decisions included."""
@@ -172,7 +174,7 @@ async def _mint_tokens(mongo_uri: str, database: str, issuer: str) -> dict[str, 
                 datetime.now(UTC) + timedelta(days=1),
                 change=CHANGE,
             )
-        keys = KeyRing(db)
+        keys = KeyRing(db, LocalKeyProvider(kek))
         key = await keys.signing_key()
         policy = TokenPolicy(issuer, f"{issuer}/fhir")
         tokens = {}
@@ -267,6 +269,7 @@ def main() -> None:
         return asyncio.run(_aiohttp_load(url, seconds, connections, token))
 
     processes: list[subprocess.Popen[bytes]] = []
+    kek = os.urandom(32)  # a throwaway key-encryption key for this run
     with local_stack() as (mongo_uri, upstream, _mongo):
         try:
             origin = upstream.base_url.rsplit("/fhir", 1)[0]
@@ -286,6 +289,7 @@ def main() -> None:
                 "FHIR_GATEWAY_MONGODB_URI": mongo_uri,
                 "FHIR_GATEWAY_PORT": str(gateway_port),
                 "FHIR_GATEWAY_PUBLIC_BASE_URL": f"http://127.0.0.1:{gateway_port}",
+                "FHIR_GATEWAY_KEY_ENCRYPTION_KEY": base64.b64encode(kek).decode(),
             }
             processes.append(
                 subprocess.Popen(
@@ -303,7 +307,7 @@ def main() -> None:
             for base in targets.values():
                 _wait_http(base + "/fhir/metadata")
             tokens = asyncio.run(
-                _mint_tokens(mongo_uri, "bench", f"http://127.0.0.1:{gateway_port}")
+                _mint_tokens(mongo_uri, "bench", f"http://127.0.0.1:{gateway_port}", kek)
             )
             results: dict[tuple[str, str], list[Sample]] = {}
             single: dict[tuple[str, str], list[Sample]] = {}

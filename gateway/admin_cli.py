@@ -3,8 +3,9 @@
 administrator acting on a documented request, C-23), and the demo's registrations from
 ``fixtures/``.
 
-Each command reads the same settings as ``serve`` (environment and ``--config``), connects to
-MongoDB, does one thing, and records a security event with actor ``cli``.
+Each command reads the same settings as ``serve`` (environment and ``--config``, the key-encryption
+key included: the stores it opens seal their secrets, P-19), connects to MongoDB, does one thing,
+and records a security event with actor ``cli``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from pymongo import AsyncMongoClient
 
 from consent.errors import ConsentError, InvalidParameter
 from consent.store import Change, Channel, ConsentStore
-from gateway.authserver import auth_config
+from gateway.authserver import open_services
 from gateway.consent_api import revoke_if_withdrawn
 from gateway.erasure import erase_patient
-from gateway.settings import Settings, SettingsError, load_settings
+from gateway.settings import Settings, SettingsError, load_key_provider, load_settings
 from smart_auth.clients import ClientError, ClientType, new_client
 from smart_auth.passwords import WeakPassword
-from smart_auth.services import AuthServices, build_services
+from smart_auth.services import AuthServices
 from smart_auth.users import Role, UserError
 
 CLIENTS_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "clients"
@@ -40,12 +41,12 @@ class CommandError(Exception):
 async def _with_services(settings: Settings, work: Callable[[AuthServices], Awaitable[int]]) -> int:
     if settings.mongodb_uri is None:
         raise SettingsError("FHIR_GATEWAY_MONGODB_URI or MONGODB_URI is required")
+    key_provider = load_key_provider(settings)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         settings.mongodb_uri, serverSelectionTimeoutMS=5000, tz_aware=True
     )
     try:
-        services = build_services(client[settings.mongodb_database], auth_config(settings))
-        await services.ensure_indexes()
+        services = await open_services(client[settings.mongodb_database], settings, key_provider)
         return await work(services)
     finally:
         await client.close()

@@ -4,6 +4,9 @@
 Each long-lived resource lives in its own cleanup context and cleans up only what it started: the
 MongoDB client, the upstream ``ClientSession``, the authorization server's stores, and the FHIR
 pipeline (with its own small session for external issuers' JWKS).
+
+The secrets kept in MongoDB are sealed by a key provider (P-19): the one of the configured
+key-encryption key, or one passed in (a KMS, say). Without either the application is not built.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from gateway import health
 from gateway.appkeys import (
     AUTH,
     EPOCHS,
+    KEY_PROVIDER,
     METRICS,
     MONGO,
     PIPELINE,
@@ -38,8 +42,9 @@ from gateway.middleware import add_request_id, fhir_errors, request_context, req
 from gateway.paging import PageSigner, load_secret
 from gateway.pipeline import Pipeline, handle_fhir
 from gateway.rewrite import UrlRewriter
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings, SettingsError, load_key_provider
 from gateway.upstream import Upstream, create_session
+from smart_auth.key_provider import KeyProvider
 
 
 def runner_options(settings: Settings) -> dict[str, Any]:
@@ -83,7 +88,7 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
     db = app[MONGO][settings.mongodb_database]
     epochs = app[EPOCHS]
     configured = settings.paging_secret.get_secret_value() if settings.paging_secret else None
-    secret = await load_secret(db, configured)
+    secret = await load_secret(db, configured, app[KEY_PROVIDER])
     consents = ConsentStore(db)
     await consents.ensure_indexes()
     jwks_http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
@@ -115,8 +120,9 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         await jwks_http.close()
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Build the gateway for these settings."""
+def create_app(settings: Settings, *, key_provider: KeyProvider | None = None) -> web.Application:
+    """Build the gateway for these settings; ``key_provider`` replaces the one of the configured
+    key-encryption key."""
     if settings.upstream_url is None:
         raise SettingsError("FHIR_GATEWAY_UPSTREAM_URL (TOML key 'upstream_url') is required")
     if settings.mongodb_uri is None:
@@ -129,6 +135,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[KEY_PROVIDER] = key_provider or load_key_provider(settings)
     app[METRICS] = Metrics()
     app[REWRITER] = UrlRewriter(
         [settings.upstream_url, *settings.upstream_aliases], settings.fhir_base_url

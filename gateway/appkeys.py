@@ -15,6 +15,7 @@ from gateway.representation import Representation
 from gateway.rewrite import UrlRewriter
 from gateway.settings import Settings
 from gateway.upstream import Upstream
+from smart_auth.key_provider import KeyProvider
 from smart_auth.server import SmartAuthorizationServer
 from smart_auth.services import AuthServices
 from smart_auth.sessions import Session
@@ -32,6 +33,7 @@ AUTH_SERVER = web.AppKey("auth_server", SmartAuthorizationServer)
 AUTH_THREADS = web.AppKey("auth_threads", ThreadPoolExecutor)
 EPOCHS = web.AppKey("epochs", ChangeEpochs)
 REPRESENTATION = web.AppKey("representation", Representation)
+KEY_PROVIDER = web.AppKey[KeyProvider]("key_provider")
 PIPELINE = web.AppKey["Pipeline"]("pipeline")
 
 REQUEST_ID = web.RequestKey("request_id", str)

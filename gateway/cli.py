@@ -1,17 +1,23 @@
 """The ``fhir-gateway`` command.
 
-``serve`` runs the gateway from its settings (environment and an optional TOML file).
+``serve`` runs the gateway from its settings (environment and an optional TOML file); it needs a
+key-encryption key (P-19) and stops with a message naming the settings when there is none, or when
+the one given does not open the secrets already in MongoDB.
 ``demo`` starts the embedded MongoDB and the seeded local FHIR server, then the gateway on
-127.0.0.1:8080, prints where everything is, and stops all three on Ctrl-C.
+127.0.0.1:8080, prints where everything is, and stops all three on Ctrl-C. Unless one is
+configured, it makes a throwaway key-encryption key next to its database (in its temporary
+directory, or in ``--data-dir`` so that a kept database stays readable).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +28,7 @@ from gateway.app import create_app, runner_options
 from gateway.embedded import EmbeddedError, local_stack
 from gateway.logs import AccessLogger, configure_logging
 from gateway.settings import Settings, SettingsError, load_settings
+from smart_auth.key_provider import KeyProviderError, write_key_file
 
 log = logging.getLogger("gateway")
 
@@ -33,6 +40,9 @@ def _env_sets(name: str) -> bool:
     return f"FHIR_GATEWAY_{name.upper()}" in os.environ
 
 
+DEMO_KEY_FILE = "key-encryption-key"
+
+
 async def _settle_gc(_app: web.Application) -> None:
     """After start-up: leave the long-lived objects out of garbage collection (``gc.freeze``) and
     collect less often. Parsing a large Bundle allocates hundreds of thousands of objects; with
@@ -42,9 +52,8 @@ async def _settle_gc(_app: web.Application) -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-def _run(settings: Settings, banner: str | None = None) -> None:
+def _run(app: web.Application, settings: Settings, banner: str | None = None) -> None:
     """Serve until SIGINT/SIGTERM; ``banner`` is printed once the gateway is listening."""
-    app = create_app(settings)
     app.on_startup.append(_settle_gc)
     web.run_app(
         app,
@@ -59,20 +68,36 @@ def _run(settings: Settings, banner: str | None = None) -> None:
 def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.log_level)
+    app = create_app(settings)
     log.info(
         "FHIR gateway listening on %s:%s, FHIR base %s",
         settings.host,
         settings.port,
         settings.fhir_base_url,
     )
-    _run(settings)
+    _run(app, settings)
     return 0
+
+
+def _demo_key(settings: Settings, workdir: Path) -> Settings:
+    """The settings with a throwaway key-encryption key in ``workdir``, unless one is set."""
+    if settings.key_encryption_key is not None or settings.key_encryption_key_file is not None:
+        return settings
+    path = workdir / DEMO_KEY_FILE
+    with contextlib.suppress(FileExistsError):  # a kept demo database: keep its key
+        write_key_file(path)
+    return settings.model_copy(update={"key_encryption_key_file": path})
 
 
 def _demo(args: argparse.Namespace) -> int:
     public = f"http://{args.host}:{args.port}"
     print("Starting the embedded MongoDB and the local FHIR server...", flush=True)
-    with local_stack(args.data_dir) as (mongo_uri, upstream, _mongo):
+    with contextlib.ExitStack() as stack:
+        workdir = args.data_dir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="fhir-gateway-"))
+        )
+        workdir.mkdir(parents=True, exist_ok=True)
+        mongo_uri, upstream, _mongo = stack.enter_context(local_stack(workdir))
         settings = load_settings(
             args.config,
             host=args.host,
@@ -82,8 +107,11 @@ def _demo(args: argparse.Namespace) -> int:
             mongodb_uri=mongo_uri,
             **({} if _env_sets("metrics_token") else {"metrics_token": DEMO_METRICS_TOKEN}),
         )
+        settings = _demo_key(settings, workdir)
         configure_logging(settings.log_level)
         register_demo_sync(settings)  # the demo apps, users and keys from fixtures/
+        key_file = settings.key_encryption_key_file
+        sealing = f"in {key_file}" if key_file else "from the settings"
         banner = (
             "\nThe FHIR consent gateway demo is running (synthetic data only).\n"
             f"  FHIR base:        {settings.fhir_base_url}\n"
@@ -95,9 +123,10 @@ def _demo(args: argparse.Namespace) -> int:
             f"{public}/metrics\n"
             "  Demo sign-ins:    amelia / maria (patients), hannah (practitioner), admin;\n"
             "                    passwords in fixtures/users.json (demo only)\n"
+            f"  Secrets at rest:  sealed by the key-encryption key {sealing}\n"
             "Press Ctrl-C to stop the gateway, the FHIR server and the database.\n"
         )
-        _run(settings, banner)
+        _run(create_app(settings), settings, banner)
     print("Stopped.", flush=True)
     return 0
 
@@ -142,6 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmbeddedError as exc:
         print(f"fhir-gateway: {exc}", file=sys.stderr)
         return 1
+    except KeyProviderError as exc:
+        print(
+            "fhir-gateway: the secrets stored in MongoDB do not open with the configured "
+            "key-encryption key (FHIR_GATEWAY_KEY_ENCRYPTION_KEY_FILE or "
+            f"FHIR_GATEWAY_KEY_ENCRYPTION_KEY): {exc}",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

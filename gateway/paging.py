@@ -6,7 +6,8 @@ base, so following it can only reach the configured upstream, P-10), the interac
 continues, and the identity it was issued to (issuer, subject, client, patient), with an expiry;
 it is signed with HMAC-SHA256. Following a page link re-checks all of it: a changed byte, another
 token's identity or an expired link gets 403. The secret is shared by every gateway instance (a
-setting, or a random key kept in MongoDB), so a link works on any instance.
+setting, or a random key kept in MongoDB sealed by the key provider, P-19), so a link works on any
+instance.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from pymongo.errors import DuplicateKeyError
 
 from gateway.context import AccessContext
 from gateway.errors import Forbidden
+from smart_auth.key_provider import KeyProvider, Sealed, seal, unseal
 
 _STATE = "gateway_state"
 _SECRET_ID = "paging_secret"  # noqa: S105 - the name of a document, not a secret
+_AAD = "paging-secret"
 
 
 def _b64(data: bytes) -> str:
@@ -100,16 +103,28 @@ class PageSigner:
         )
 
 
-async def load_secret(db: AsyncDatabase[dict[str, Any]], configured: str | None) -> bytes:
+async def load_secret(
+    db: AsyncDatabase[dict[str, Any]], configured: str | None, provider: KeyProvider
+) -> bytes:
     """The paging secret: the configured one, else the one every instance shares in MongoDB
-    (created by whichever instance starts first)."""
+    (created by whichever instance starts first, sealed by ``provider``). A secret an earlier
+    version stored in clear is sealed here, once, whichever instance gets there first; raises
+    :class:`~smart_auth.key_provider.KeyProviderError` when the stored one does not unseal (it is
+    never replaced: links already issued would stop working, and a wrong key must be noticed)."""
     if configured:
         return hashlib.sha256(configured.encode()).digest()
     state = db[_STATE]
     existing = await state.find_one({"_id": _SECRET_ID})
     if existing is None:
+        sealed = await seal(provider, secrets.token_bytes(32), _AAD)
         with contextlib.suppress(DuplicateKeyError):  # another instance created it first
-            await state.insert_one({"_id": _SECRET_ID, "value": secrets.token_bytes(32)})
-        existing = await state.find_one({"_id": _SECRET_ID})
+            await state.insert_one({"_id": _SECRET_ID, "sealed": sealed.to_doc()})
+    elif "value" in existing:  # in clear, written by an earlier version
+        sealed = await seal(provider, bytes(existing["value"]), _AAD)
+        await state.update_one(
+            {"_id": _SECRET_ID, "value": {"$exists": True}},
+            {"$set": {"sealed": sealed.to_doc()}, "$unset": {"value": ""}},
+        )
+    existing = await state.find_one({"_id": _SECRET_ID})
     assert existing is not None
-    return bytes(existing["value"])
+    return await unseal(provider, Sealed.from_doc(existing.get("sealed")), _AAD)

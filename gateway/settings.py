@@ -3,6 +3,9 @@ an optional TOML file (environment wins over the file, the file over the default
 
 A bad value stops start-up with a :class:`SettingsError` that names the setting, both as the
 environment variable and as the TOML key, so an operator can find it in either place.
+
+:func:`load_key_provider` turns the key-encryption key settings into the key provider that seals
+the secrets kept in MongoDB (P-19); the gateway does not start without one.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 from yarl import URL
+
+from smart_auth.key_provider import LocalKeyProvider, parse_key, read_key_file
 
 ENV_PREFIX = "FHIR_GATEWAY_"
 
@@ -124,6 +129,15 @@ class Settings(BaseSettings):
     )
     mongodb_database: str = Field(default="fhir_gateway", pattern=r"^[A-Za-z0-9_-]{1,63}$")
 
+    # --- secrets at rest (P-19): one of the two is required to serve
+    key_encryption_key_file: Path | None = Field(
+        default=None,
+        description="A file holding the key-encryption key: 32 random bytes, raw or base64.",
+    )
+    key_encryption_key: SecretStr | None = Field(
+        default=None, description="The key-encryption key itself: 32 random bytes in base64."
+    )
+
     # --- request limits (P-12)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_url_bytes: int = Field(default=8192, ge=256)
@@ -164,7 +178,8 @@ class Settings(BaseSettings):
     page_link_lifetime_seconds: int = Field(default=3600, ge=10)
     paging_secret: SecretStr | None = Field(
         default=None,
-        description="HMAC key for signed paging links (default: generated once, kept in MongoDB).",
+        description="HMAC key for signed paging links (default: generated once, kept in MongoDB "
+        "sealed by the key-encryption key).",
     )
     rate_limit_per_client: str = Field(
         default="1200/minute",
@@ -204,6 +219,19 @@ class Settings(BaseSettings):
     @classmethod
     def _aliases(cls, value: list[str]) -> list[str]:
         return [_http_base(v, "upstream_aliases") for v in value]
+
+    @field_validator("key_encryption_key")
+    @classmethod
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_key(value.get_secret_value().encode())  # raises ValueError, never echoing it
+        return value
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Settings:
+        if self.key_encryption_key_file is not None and self.key_encryption_key is not None:
+            raise ValueError("set key_encryption_key_file or key_encryption_key, not both")
+        return self
 
     @model_validator(mode="after")
     def _credentials(self) -> Settings:
@@ -281,3 +309,23 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
     finally:
         _toml_values.reset(token)
+
+
+def load_key_provider(settings: Settings) -> LocalKeyProvider:
+    """The key provider of the configured key-encryption key; :class:`SettingsError` naming the
+    settings when there is none or it cannot be read."""
+    if settings.key_encryption_key is not None:
+        return LocalKeyProvider(parse_key(settings.key_encryption_key.get_secret_value().encode()))
+    path = settings.key_encryption_key_file
+    if path is None:
+        raise SettingsError(
+            f"no key-encryption key: set {_describe(('key_encryption_key_file',))} to a file "
+            f"holding 32 random bytes (raw or base64), or {_describe(('key_encryption_key',))} "
+            "to their base64 (make one with: openssl rand -base64 32). The gateway keeps its "
+            "signing keys and other secrets in MongoDB sealed by this key, and does not run with "
+            "them in clear; 'fhir-gateway demo' makes a throwaway key for trying it out"
+        )
+    try:
+        return LocalKeyProvider(read_key_file(path))
+    except ValueError as exc:
+        raise SettingsError(f"{_describe(('key_encryption_key_file',))}: {exc}") from None

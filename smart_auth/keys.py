@@ -11,27 +11,40 @@ Several gateway instances share one key ring: the current key is named by one st
 same moment end with one new key. :meth:`KeyRing.public_jwks` is cheap: one ``_id`` lookup of that
 state document, then the cached key set unless the state's version changed.
 
-Private keys are stored as JWKs in MongoDB; protect the database accordingly.
+Secrets at rest (P-19): a key is stored as its public JWK in clear (what the JWKS publishes) and its
+private JWK sealed by the key provider (:mod:`smart_auth.key_provider`), bound to the key's ``kid``
+and the thumbprint (RFC 7638) of that public JWK. The database alone therefore holds no private
+parameter, and a public key written into it by someone else is not published: every stored key
+must unseal before it is trusted. Keys are unsealed when the key set is (re)loaded, never per
+token. Keys stored in clear by earlier versions are sealed by :meth:`KeyRing.seal_plaintext` at
+start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from smart_auth.key_provider import KeyProvider, KeyProviderError, Sealed, seal, unseal
+
 KEYS = "signing_keys"
 STATE = "signing_key_state"
 ALGORITHM = "RS256"
 _CLOCK_SKEW = timedelta(minutes=5)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +73,29 @@ def _new_key() -> RSAKey:
     return RSAKey.generate_key(2048, parameters={"kid": uuid.uuid4().hex, "alg": ALGORITHM})
 
 
+def _public(key: RSAKey) -> dict[str, Any]:
+    return dict(key.as_dict(private=False, use="sig", alg=ALGORITHM))
+
+
+def _aad(kid: str, public: Mapping[str, Any]) -> str:
+    """What a sealed private key is bound to: its ``kid`` and its public half."""
+    return f"signing-key:{kid}:{RSAKey.import_key(dict(public)).thumbprint()}"
+
+
 class KeyRing:
-    """The signing keys in MongoDB: ``KeyRing(db)``, then ``await ensure_indexes()``."""
+    """The signing keys in MongoDB: ``KeyRing(db, provider)``, then ``await ensure_indexes()``."""
 
     def __init__(
         self,
         db: AsyncDatabase[dict[str, Any]],
+        provider: KeyProvider,
         *,
         longest_token_lifetime: timedelta = timedelta(hours=1),
         rotate_after: timedelta | None = None,
     ) -> None:
         self._keys = db[KEYS]
         self._state = db[STATE]
+        self._provider = provider
         self._overlap = longest_token_lifetime + _CLOCK_SKEW
         self._rotate_after = rotate_after
         self._snapshot: _Snapshot | None = None
@@ -109,9 +133,7 @@ class KeyRing:
             return old
         key = await asyncio.to_thread(_new_key)
         now = datetime.now(UTC)
-        await self._keys.insert_one(
-            {"_id": key.kid, "jwk": key.as_dict(private=True), "created_at": now}
-        )
+        await self._keys.insert_one(await self._stored(key, now))
         swapped = await self._state.find_one_and_update(
             {"_id": "current", "kid": old.kid},
             {"$set": {"kid": key.kid, "rotated_at": now}, "$inc": {"version": 1}},
@@ -132,6 +154,64 @@ class KeyRing:
         keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
         return jwt.decode(token, keys, algorithms=[ALGORITHM])
 
+    async def seal_plaintext(self) -> int:
+        """Seal the keys an earlier version stored in clear (``jwk`` with its private parameters)
+        and remove the clear copy; returns how many this call sealed. Idempotent, and safe when
+        several instances do it at once: each document changes once, from clear to sealed, and an
+        instance that loses the race keeps the winner's (equal) result. A key provider that does
+        not open the keys sealed already raises before it seals anything."""
+        already = await self._keys.find_one({"private": {"$exists": True}})
+        if already is not None:
+            await self._private_jwk(already)
+        sealed = 0
+        async for doc in self._keys.find({"jwk": {"$exists": True}}):
+            if await self._seal_one(doc):
+                sealed += 1
+        return sealed
+
+    async def _seal_one(self, doc: dict[str, Any]) -> bool:
+        fields = await self._sealed_fields(doc["_id"], RSAKey.import_key(doc["jwk"]))
+        result = await self._keys.update_one(
+            {"_id": doc["_id"], "jwk": {"$exists": True}}, {"$set": fields, "$unset": {"jwk": ""}}
+        )
+        return result.modified_count == 1
+
+    async def _stored(self, key: RSAKey, created_at: datetime) -> dict[str, Any]:
+        assert key.kid is not None  # _new_key names every key
+        return {"_id": key.kid, **await self._sealed_fields(key.kid, key), "created_at": created_at}
+
+    async def _sealed_fields(self, kid: str, key: RSAKey) -> dict[str, Any]:
+        public = _public(key)
+        private = await seal(
+            self._provider, orjson.dumps(key.as_dict(private=True)), _aad(kid, public)
+        )
+        return {"public": public, "private": private.to_doc()}
+
+    async def _private_jwk(self, doc: dict[str, Any]) -> bytes:
+        """The sealed private JWK of a stored key; :class:`KeyProviderError` if it does not
+        unseal (another KEK, a changed byte, or a public JWK that is not its own)."""
+        if "jwk" in doc:
+            raise KeyProviderError(
+                f"the signing key {doc['_id']} is stored in clear (by an earlier version still "
+                "running?); the gateway seals such keys when it starts"
+            )
+        try:
+            aad = _aad(doc["_id"], doc["public"])
+        except (KeyError, JoseError, ValueError, TypeError):
+            raise KeyProviderError(
+                f"the signing key {doc['_id']} is not stored in the sealed form"
+            ) from None
+        return await unseal(self._provider, Sealed.from_doc(doc.get("private")), aad)
+
+    async def _authentic(self, doc: dict[str, Any]) -> bool:
+        """Whether this key ring made a stored key (a key that did not is left unpublished)."""
+        try:
+            await self._private_jwk(doc)
+        except KeyProviderError as exc:
+            log.warning("signing key %s is not published: %s", doc["_id"], exc)
+            return False
+        return True
+
     async def _load(self) -> _Snapshot:
         state = await self._state.find_one({"_id": "current"})
         if state is None:
@@ -148,16 +228,16 @@ class KeyRing:
                 if current_doc is None:
                     raise RuntimeError("the signing key state names a key that does not exist")
                 by_kid[state["kid"]] = current_doc
-            current_key = RSAKey.import_key(current_doc["jwk"])
-            # Every stored key is published: the current one, retired ones until their
-            # publish_until (the TTL index then removes them), and an old key whose retirement
-            # is being written by a rotation right now.
+            current_key = RSAKey.import_key(orjson.loads(await self._private_jwk(current_doc)))
+            # Every stored key that unseals is published: the current one, retired ones until
+            # their publish_until (the TTL index then removes them), and an old key whose
+            # retirement is being written by a rotation right now.
             published = tuple(
-                (
-                    RSAKey.import_key(doc["jwk"]).as_dict(private=False, use="sig", alg=ALGORITHM),
-                    doc.get("publish_until"),
-                )
-                for doc in by_kid.values()
+                [
+                    (dict(doc["public"]), doc.get("publish_until"))
+                    for doc in by_kid.values()
+                    if doc is current_doc or await self._authentic(doc)
+                ]
             )
             snapshot = _Snapshot(
                 state["version"],
@@ -170,9 +250,7 @@ class KeyRing:
     async def _create_first(self) -> dict[str, Any]:
         key = await asyncio.to_thread(_new_key)
         now = datetime.now(UTC)
-        await self._keys.insert_one(
-            {"_id": key.kid, "jwk": key.as_dict(private=True), "created_at": now}
-        )
+        await self._keys.insert_one(await self._stored(key, now))
         state = {"_id": "current", "kid": key.kid, "version": 1, "rotated_at": now}
         try:
             await self._state.insert_one(state)

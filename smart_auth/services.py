@@ -1,13 +1,29 @@
 """Everything the authorization server keeps in MongoDB, built once per application from a plain
-:class:`AuthConfig` (the web layer fills it from its settings)."""
+:class:`AuthConfig` (the web layer fills it from its settings) and the key provider that seals the
+secrets among it (P-19).
+
+What the collections hold, and how their secrets are protected:
+
+- sealed by the key provider: the signing keys' private halves (``signing_keys``), TOTP secrets
+  (``users.mfa``) and TOTP secrets being enrolled (``sessions.pending_totp``);
+- kept only as digests, which cannot be turned back: passwords (Argon2id), client secrets,
+  session cookies, authorization codes and refresh tokens (SHA-256 of 256-bit random values),
+  recovery codes (SHA-256);
+- no secret: clients' public keys, grants, consents, flows and launch contexts (each bound to a
+  browser cookie or a signed-in user that the database does not hold), sessions' CSRF tokens
+  (worthless without the session cookie), revocations, throttling counters, security events,
+  migrations.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from smart_auth.backend_services import JtiStore
 from smart_auth.client_keys import ClientKeyResolver, JwksFetcher
@@ -16,6 +32,7 @@ from smart_auth.codes import CodeStore
 from smart_auth.events import SecurityEvents
 from smart_auth.flows import FlowStore
 from smart_auth.grants import GrantStore
+from smart_auth.key_provider import KeyProvider
 from smart_auth.keys import KeyRing
 from smart_auth.launch import LaunchStore
 from smart_auth.refresh import RefreshStore
@@ -25,6 +42,9 @@ from smart_auth.sessions import SessionStore
 from smart_auth.throttle import LoginThrottle, Throttle
 from smart_auth.tokens import TokenPolicy
 from smart_auth.users import UserStore
+
+MIGRATIONS = "migrations"  # one document per start-up migration that ran to its end
+_SEALED = "secrets-sealed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,22 +115,45 @@ class AuthServices:
         ):
             await store.ensure_indexes()
 
+    async def seal_plaintext_secrets(self) -> dict[str, int]:
+        """Seal the second factors an earlier version stored in clear (the key ring seals its own:
+        :meth:`KeyRing.seal_plaintext`); run at start-up, once the key ring has shown that the key
+        provider opens what is sealed. Idempotent, safe with several instances at once; returns
+        counts of what changed. Once it has run to the end it is not run again (it reads every
+        account), and an account written in clear after that is sealed when it is read."""
+        migrations = self.db[MIGRATIONS]
+        if await migrations.find_one({"_id": _SEALED}) is not None:
+            return {}
+        changed = {
+            "TOTP secrets sealed": await self.users.seal_plaintext_mfa(),
+            "TOTP enrolments in progress dropped": await self.sessions.drop_plaintext_pending(),
+        }
+        with contextlib.suppress(DuplicateKeyError):  # another instance finished at once
+            await migrations.update_one(
+                {"_id": _SEALED}, {"$setOnInsert": {"done_at": datetime.now(UTC)}}, upsert=True
+            )
+        return changed
+
 
 def build_services(
-    db: AsyncDatabase[dict[str, Any]], config: AuthConfig, fetch_jwks: JwksFetcher | None = None
+    db: AsyncDatabase[dict[str, Any]],
+    config: AuthConfig,
+    key_provider: KeyProvider,
+    fetch_jwks: JwksFetcher | None = None,
 ) -> AuthServices:
     revocations = RevocationList(db)
     grants = GrantStore(db, revocations)
     refresh = RefreshStore(db, timedelta(seconds=config.refresh_idle))
     sessions = SessionStore(
         db,
+        key_provider,
         idle=timedelta(seconds=config.session_idle),
         absolute=timedelta(seconds=config.session_absolute),
     )
     return AuthServices(
         config=config,
         clients=ClientStore(db),
-        users=UserStore(db),
+        users=UserStore(db, key_provider),
         sessions=sessions,
         throttle=LoginThrottle(db, Throttle(config.login_max_failures, config.login_lock_seconds)),
         flows=FlowStore(db),
@@ -120,6 +163,7 @@ def build_services(
         refresh=refresh,
         keys=KeyRing(
             db,
+            key_provider,
             longest_token_lifetime=timedelta(seconds=config.access_token_lifetime),
             rotate_after=timedelta(days=config.key_rotation_days),
         ),

@@ -3,6 +3,9 @@ in MongoDB; an idle timeout (default 15 min) and an absolute lifetime (default 1
 deletes the record (the cookie alone is then worth nothing); "sign out everywhere" deletes every
 session of the user. A session whose user still owes a second factor (or must enrol one) is marked
 ``mfa_pending`` and opens nothing but the MFA pages.
+
+A TOTP secret being enrolled waits in the session until the user confirms a code from it, sealed by
+the key provider and bound to the session (P-19); finishing the second factor removes it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+
+from smart_auth.key_provider import KeyProvider, KeyProviderError, Sealed, seal, unseal
 
 COLLECTION = "sessions"
 
@@ -54,9 +59,15 @@ def _from_doc(doc: dict[str, Any]) -> Session:
 
 class SessionStore:
     def __init__(
-        self, db: AsyncDatabase[dict[str, Any]], *, idle: timedelta, absolute: timedelta
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        provider: KeyProvider,
+        *,
+        idle: timedelta,
+        absolute: timedelta,
     ) -> None:
         self._sessions = db[COLLECTION]
+        self._provider = provider
         self._idle = idle
         self._absolute = absolute
 
@@ -112,15 +123,36 @@ class SessionStore:
         return found is not None
 
     async def mfa_done(self, session_id: str) -> None:
-        await self._sessions.update_one({"_id": session_id}, {"$set": {"mfa_pending": False}})
+        await self._sessions.update_one(
+            {"_id": session_id}, {"$set": {"mfa_pending": False}, "$unset": {"pending_totp": ""}}
+        )
 
     async def set_pending_secret(self, session_id: str, secret: str) -> None:
         """Keep a TOTP secret being enrolled (P-04) until the user confirms a code from it."""
-        await self._sessions.update_one({"_id": session_id}, {"$set": {"pending_mfa": secret}})
+        sealed = await seal(self._provider, secret.encode(), f"totp-pending:{session_id}")
+        await self._sessions.update_one(
+            {"_id": session_id}, {"$set": {"pending_totp": sealed.to_doc()}}
+        )
 
     async def pending_secret(self, session_id: str) -> str | None:
-        doc = await self._sessions.find_one({"_id": session_id}, {"pending_mfa": 1})
-        return doc.get("pending_mfa") if doc else None
+        """The TOTP secret being enrolled; ``None`` when there is none or it does not unseal."""
+        doc = await self._sessions.find_one({"_id": session_id}, {"pending_totp": 1})
+        if doc is None or "pending_totp" not in doc:
+            return None
+        try:
+            sealed = Sealed.from_doc(doc["pending_totp"])
+            secret = await unseal(self._provider, sealed, f"totp-pending:{session_id}")
+        except KeyProviderError:
+            return None
+        return secret.decode()
+
+    async def drop_plaintext_pending(self) -> int:
+        """Remove the TOTP secrets being enrolled that an earlier version kept in clear (those
+        users scan a new code); returns how many."""
+        result = await self._sessions.update_many(
+            {"pending_mfa": {"$exists": True}}, {"$unset": {"pending_mfa": ""}}
+        )
+        return result.modified_count
 
     async def end(self, token: str | None) -> None:
         if isinstance(token, str) and token:

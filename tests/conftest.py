@@ -3,11 +3,13 @@
 ``local_stack`` starts the real local stack once per test session: SecantusDB (a MongoDB
 wire-protocol server) and the local upstream FHIR server (Medplum's FHIR router under Node). When
 ``MONGODB_URI`` is set, that MongoDB is used instead of the embedded one. ``start_gateway`` builds
-a gateway with ``create_app`` and serves it on a real loopback port, each with its own database.
+a gateway with ``create_app`` and serves it on a real loopback port, each with its own database
+and, unless a test says otherwise, the session's throwaway key-encryption key (``SESSION_KEK``).
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,6 +25,9 @@ from aiohttp.test_utils import TestServer
 from gateway.app import create_app, runner_options
 from gateway.embedded import LocalUpstream, free_port, local_stack
 from gateway.settings import Settings, load_settings
+from smart_auth.key_provider import KeyProvider
+
+SESSION_KEK = base64.b64encode(os.urandom(32)).decode()  # this test session's, never reused
 
 
 @dataclass
@@ -72,6 +77,7 @@ def gateway_settings(port: int, **overrides: Any) -> Settings:
         "port": port,
         "public_base_url": f"http://127.0.0.1:{port}",
         "mongodb_database": f"test_{uuid.uuid4().hex[:12]}",
+        "key_encryption_key": SESSION_KEK,
         **overrides,
     }
     return load_settings(**values)
@@ -79,14 +85,20 @@ def gateway_settings(port: int, **overrides: Any) -> Settings:
 
 @pytest_asyncio.fixture
 async def start_gateway() -> AsyncIterator[StartGateway]:
-    """Factory: ``await start_gateway(upstream_url=..., mongodb_uri=..., **settings)``."""
+    """Factory: ``await start_gateway(upstream_url=..., mongodb_uri=..., **settings)``; a
+    ``key_provider`` replaces the one of the settings' key-encryption key."""
     servers: list[TestServer] = []
 
-    async def start(**overrides: Any) -> RunningGateway:
+    async def start(*, key_provider: KeyProvider | None = None, **overrides: Any) -> RunningGateway:
         port = free_port()
         settings = gateway_settings(port, **overrides)
-        server = TestServer(create_app(settings), host="127.0.0.1", port=port)
-        await server.start_server(**runner_options(settings))
+        app = create_app(settings, key_provider=key_provider)
+        server = TestServer(app, host="127.0.0.1", port=port)
+        try:
+            await server.start_server(**runner_options(settings))
+        except BaseException:  # a gateway that refuses to start still closes what it opened
+            await server.close()
+            raise
         servers.append(server)
         return RunningGateway(server, settings)
 

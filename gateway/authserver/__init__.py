@@ -14,16 +14,19 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
+from pymongo.asynchronous.database import AsyncDatabase
 
 from gateway.appkeys import (
     AUTH,
     AUTH_SERVER,
     AUTH_THREADS,
     EPOCHS,
+    KEY_PROVIDER,
     MONGO,
     REPRESENTATION,
     SETTINGS,
@@ -35,9 +38,12 @@ from gateway.freshness import ChangeEpochs
 from gateway.representation import Representation, RepresentationUnknown
 from gateway.settings import Settings
 from smart_auth.client_keys import FetchedJwks, JwksFetcher, max_age
+from smart_auth.key_provider import KeyProvider
 from smart_auth.requests import Bridge
 from smart_auth.server import SmartAuthorizationServer
-from smart_auth.services import AuthConfig, build_services
+from smart_auth.services import AuthConfig, AuthServices, build_services
+
+log = logging.getLogger(__name__)
 
 _STATIC = Path(__file__).parent / "static"
 _JWKS_MAX_BYTES = 256 * 1024
@@ -78,6 +84,28 @@ def _jwks_fetcher(session: aiohttp.ClientSession) -> JwksFetcher:
     return fetch
 
 
+async def open_services(
+    db: AsyncDatabase[dict[str, Any]],
+    settings: Settings,
+    key_provider: KeyProvider,
+    fetch_jwks: JwksFetcher | None = None,
+) -> AuthServices:
+    """The authorization server's stores, ready to use: indexes made, secrets an earlier version
+    kept in clear sealed (P-19), and the key ring opened. A key-encryption key that does not open
+    what is stored raises :class:`~smart_auth.key_provider.KeyProviderError` here, before anything
+    is served and before anything is sealed or made anew over the old keys."""
+    services = build_services(db, auth_config(settings), key_provider, fetch_jwks)
+    await services.ensure_indexes()
+    log.info("secrets at rest are sealed by key-encryption key %s", key_provider.current_version)
+    signing_keys = await services.keys.seal_plaintext()
+    await services.keys.public_jwks()
+    changed = {"signing keys sealed": signing_keys, **await services.seal_plaintext_secrets()}
+    for what, count in changed.items():
+        if count:
+            log.info("stored in clear by an earlier version: %s %d", what, count)
+    return services
+
+
 async def _auth_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     db = app[MONGO][settings.mongodb_database]
@@ -86,8 +114,7 @@ async def _auth_context(app: web.Application) -> AsyncIterator[None]:
     )
     threads = ThreadPoolExecutor(AUTHLIB_THREADS, thread_name_prefix="authlib")
     try:
-        services = build_services(db, auth_config(settings), _jwks_fetcher(http))
-        await services.ensure_indexes()
+        services = await open_services(db, settings, app[KEY_PROVIDER], _jwks_fetcher(http))
         app[AUTH] = services
         app[AUTH_THREADS] = threads
         app[EPOCHS] = epochs = ChangeEpochs(db)

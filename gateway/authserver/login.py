@@ -145,8 +145,9 @@ async def mfa_submit(request: web.Request) -> web.Response:
     address = client_address(request)
     code = str(form.get("code", ""))[:64]
     ok = False
-    if not await auth.throttle.locked(user.username, address) and user.mfa_secret:
-        step = mfa.matching_step(user.mfa_secret, code)
+    if not await auth.throttle.locked(user.username, address) and user.mfa_enrolled:
+        secret = await auth.users.mfa_secret(user)
+        step = mfa.matching_step(secret, code) if secret else None
         if step is not None:
             ok = await auth.users.claim_totp_step(user.user_id, step)
         elif len(code.replace("-", "").strip()) == 12:

@@ -16,7 +16,7 @@ from gateway.admin_cli import register_demo
 from gateway.appkeys import AUTH
 from gateway.cli import main
 from smart_auth.users import Role
-from tests.conftest import RunningGateway, Stack
+from tests.conftest import SESSION_KEK, RunningGateway, Stack
 from tests.smart_auth.tokens import minted_token
 
 pytestmark = pytest.mark.e2e
@@ -27,6 +27,7 @@ def cli_env(local_stack_env: Stack, monkeypatch: pytest.MonkeyPatch) -> str:
     database = f"test_cli_{uuid.uuid4().hex[:10]}"
     monkeypatch.setenv("FHIR_GATEWAY_MONGODB_URI", local_stack_env.mongo_uri)
     monkeypatch.setenv("FHIR_GATEWAY_MONGODB_DATABASE", database)
+    monkeypatch.setenv("FHIR_GATEWAY_KEY_ENCRYPTION_KEY", SESSION_KEK)
     return database
 
 
@@ -232,16 +233,15 @@ async def _admin_browser(gateway: RunningGateway) -> Any:
         )
         await auth.users.enrol_mfa(user.user_id, mfa.new_secret(), [])
         user = await auth.users.by_username("admin2")
-    assert user is not None and user.mfa_secret is not None
+    secret = await auth.users.mfa_secret(user) if user is not None else None
+    assert secret is not None
     browser = Browser(gateway.base)
     page = await browser.get(f"{gateway.base}/auth/login")
     assert isinstance(page, Page)
     page = await browser.login(page, "admin2", "administrator passphrase")
     assert isinstance(page, Page)
     form = page.forms[0]
-    done = await browser.submit(
-        page, form, form.data(values={"code": mfa.current_code(user.mfa_secret)})
-    )
+    done = await browser.submit(page, form, form.data(values={"code": mfa.current_code(secret)}))
     assert isinstance(done, Page) and done.status == 200
     return browser
 

@@ -17,7 +17,7 @@ import pytest
 from consent.codes import CLIENT_SYSTEM
 from consent.store import Channel, ConsentStore
 from gateway.cli import main
-from tests.conftest import RunningGateway, Stack, StartGateway
+from tests.conftest import SESSION_KEK, RunningGateway, Stack, StartGateway
 from tests.e2e.conftest import SessionFor
 from tests.e2e.test_consent import (
     AMELIA,
@@ -268,6 +268,7 @@ async def test_c23_administrators_change_consent_with_a_documented_reason(
     # The same through the command line.
     monkeypatch.setenv("FHIR_GATEWAY_MONGODB_URI", local_stack_env.mongo_uri)
     monkeypatch.setenv("FHIR_GATEWAY_MONGODB_DATABASE", gateway.settings.mongodb_database)
+    monkeypatch.setenv("FHIR_GATEWAY_KEY_ENCRYPTION_KEY", SESSION_KEK)
     file = tmp_path / "consent.json"
     file.write_text(json.dumps(grant(AMELIA, ["Encounter"])))
     add = ["consent", "add", "--file", str(file), "--reason", "court order 12"]

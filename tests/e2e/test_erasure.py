@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import RunningGateway
+from tests.conftest import SESSION_KEK, RunningGateway
 from tests.smart_auth.tokens import AMELIA as AMELIA_USER
 from tests.smart_auth.tokens import PUBLIC_APP, flow_token, services
 
@@ -28,6 +28,7 @@ async def _cli(gateway: RunningGateway, *args: str) -> tuple[int, str]:
         "FHIR_GATEWAY_MONGODB_DATABASE": gateway.settings.mongodb_database,
         "FHIR_GATEWAY_UPSTREAM_URL": str(gateway.settings.upstream_url),
         "FHIR_GATEWAY_PUBLIC_BASE_URL": gateway.base,
+        "FHIR_GATEWAY_KEY_ENCRYPTION_KEY": SESSION_KEK,
     }
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "fhir-gateway"),

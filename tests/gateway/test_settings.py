@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import os
 from pathlib import Path
 
 import pytest
 
-from gateway.settings import SettingsError, load_settings
+from gateway.app import create_app
+from gateway.settings import SettingsError, load_key_provider, load_settings
+from smart_auth.key_provider import version_of
 
 
 def test_environment_wins_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,6 +45,7 @@ def test_list_settings_take_comma_separated_values(monkeypatch: pytest.MonkeyPat
         ({"FHIR_GATEWAY_UPSTREAM_AUTH": "bearer"}, "upstream_bearer_token"),
         ({"FHIR_GATEWAY_MAX_BODY_BYTES": "10"}, "FHIR_GATEWAY_MAX_BODY_BYTES"),
         ({"FHIR_GATEWAY_LOG_LEVEL": "LOUD"}, "FHIR_GATEWAY_LOG_LEVEL"),
+        ({"FHIR_GATEWAY_KEY_ENCRYPTION_KEY": "c2hvcnQ="}, "FHIR_GATEWAY_KEY_ENCRYPTION_KEY"),
     ],
 )
 def test_a_bad_value_names_the_setting(
@@ -64,3 +69,49 @@ def test_a_file_that_is_not_toml_is_refused(tmp_path: Path) -> None:
     config.write_text("port = = 1\n")
     with pytest.raises(SettingsError, match="not TOML"):
         load_settings(config)
+
+
+def test_p19_the_gateway_is_not_built_without_a_key_encryption_key() -> None:
+    settings = load_settings(upstream_url="http://u.example/fhir", mongodb_uri="mongodb://db")
+    with pytest.raises(SettingsError) as refused:
+        create_app(settings)
+    message = str(refused.value)
+    assert "FHIR_GATEWAY_KEY_ENCRYPTION_KEY_FILE (TOML key 'key_encryption_key_file')" in message
+    assert "FHIR_GATEWAY_KEY_ENCRYPTION_KEY (TOML key 'key_encryption_key')" in message
+
+
+def test_p19_the_key_encryption_key_from_the_environment_or_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = os.urandom(32)
+    monkeypatch.setenv("FHIR_GATEWAY_KEY_ENCRYPTION_KEY", base64.b64encode(key).decode())
+    assert load_key_provider(load_settings()).current_version == version_of(key)
+    monkeypatch.delenv("FHIR_GATEWAY_KEY_ENCRYPTION_KEY")
+    path = tmp_path / "kek"
+    path.write_bytes(key)
+    monkeypatch.setenv("FHIR_GATEWAY_KEY_ENCRYPTION_KEY_FILE", str(path))
+    assert load_key_provider(load_settings()).current_version == version_of(key)
+    monkeypatch.setenv("FHIR_GATEWAY_KEY_ENCRYPTION_KEY", base64.b64encode(key).decode())
+    with pytest.raises(SettingsError, match="not both"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("content", "says"), [(None, "cannot read"), (b"my secret passphrase", "not a key")]
+)
+def test_p19_a_bad_key_file_names_the_setting_not_the_key(
+    content: bytes | None, says: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "kek"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SettingsError, match="FHIR_GATEWAY_KEY_ENCRYPTION_KEY_FILE") as refused:
+        load_key_provider(load_settings(key_encryption_key_file=path))
+    assert says in str(refused.value) and "passphrase" not in str(refused.value)
+
+
+def test_p19_a_bad_key_in_the_environment_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FHIR_GATEWAY_KEY_ENCRYPTION_KEY", "my-secret-passphrase")
+    with pytest.raises(SettingsError, match="FHIR_GATEWAY_KEY_ENCRYPTION_KEY") as refused:
+        load_settings()
+    assert "passphrase" not in str(refused.value)

@@ -5,7 +5,7 @@
   response. Registers the client and the user first if they are missing.
 - :func:`minted_token` — an access token from the real token-issuing code and the gateway's key
   ring, without the browser flow (fast, for tests that need many tokens with chosen claims). Its
-  ``grant_id`` is real only if you pass one you created.
+  ``grant_id`` is real only if you pass one you created; ``signing_key`` signs with another key.
 - :func:`backend_token` — ``client_credentials`` with a real RS384 ``private_key_jwt`` assertion.
 
 Usage from another test module::
@@ -31,6 +31,7 @@ from joserfc.jwk import RSAKey
 from gateway.appkeys import AUTH
 from smart_auth.clients import ClientType, new_client
 from smart_auth.grants import Grant
+from smart_auth.keys import SigningKey
 from smart_auth.services import AuthServices
 from smart_auth.tokens import issue_access_token
 from smart_auth.users import Role
@@ -168,9 +169,10 @@ async def minted_token(
     acts_for: tuple[str, ...] = ("pat-amelia-rossi",),
     purposes: tuple[str, ...] = ("PATRQT",),
     grant_id: str | None = None,
+    signing_key: SigningKey | None = None,
 ) -> str:
     auth = services(gateway)
-    key = await auth.keys.signing_key()
+    key = signing_key or await auth.keys.signing_key()
     grant = Grant(
         client_id=client_id,
         scope=scope,
