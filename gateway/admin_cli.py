@@ -79,6 +79,7 @@ def _clients_add(args: argparse.Namespace) -> int:
                 purposes=tuple(args.purpose),
                 origins=tuple(args.origin or ()),
                 trusted=args.trusted,
+                introspect_all_tokens=args.introspect_all_tokens,
                 url=args.url,
                 secret=_read(args.secret_file) if args.secret_file else None,
                 jwks=json.loads(_read(args.jwks_file)) if args.jwks_file else None,
@@ -192,6 +193,7 @@ async def register_demo(services: AuthServices) -> list[str]:
             purposes=tuple(spec["purposes"]),
             origins=tuple(spec.get("origins", ())),
             trusted=bool(spec.get("trusted", False)),
+            introspect_all_tokens=bool(spec.get("introspect_all_tokens", False)),
             url=spec.get("url"),
             secret=secret,
             jwks=jwks,
@@ -242,6 +244,12 @@ def add_commands(commands: Any, config_help: str) -> None:
     add.add_argument("--origin", action="append", help="a CORS origin of the app; repeatable")
     add.add_argument("--url", help="the app's web address, shown on the consent screen")
     add.add_argument("--trusted", action="store_true", help="the hospital's own app (C-04)")
+    add.add_argument(
+        "--introspect-all-tokens",
+        action="store_true",
+        help="a resource server that may introspect other apps' tokens (confidential only); "
+        "without it, introspection answers active: false for any token not the app's own",
+    )
     add.add_argument("--replace", action="store_true", help="overwrite an existing registration")
     kind = add.add_mutually_exclusive_group(required=True)
     kind.add_argument("--public", action="store_true", help="a public client (no secret)")
