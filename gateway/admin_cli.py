@@ -1,8 +1,11 @@
 """The administration commands of ``fhir-gateway`` (SECURITY.md P-09): ``clients add|list|remove``,
-``users add``, ``keys rotate``, and the demo's registrations from ``fixtures/``.
+``users add``, ``keys rotate``, ``patients erase``, and ``register-demo`` (the demo's apps and users
+from ``fixtures/``).
 
-Each command reads the same settings as ``serve`` (environment and ``--config``), connects to
-MongoDB, does one thing, and records a security event with actor ``cli``.
+Each command reads the same settings as ``serve`` (environment and ``--config``), plus an env file
+(``--env-file``; without one and without a configured MongoDB, the running demo's ``.demo.env``, see
+:mod:`gateway.demo_env`), connects to MongoDB, does one thing, and records a security event with
+actor ``cli``.
 """
 
 from __future__ import annotations
@@ -10,24 +13,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
 
 from consent.errors import InvalidParameter
 from consent.store import ConsentStore
+from gateway import demo_env
 from gateway.authserver import auth_config
+from gateway.embedded import FIXTURES
 from gateway.erasure import erase_patient
 from gateway.settings import Settings, SettingsError, load_settings
 from smart_auth.clients import ClientError, ClientType, new_client
 from smart_auth.passwords import WeakPassword
 from smart_auth.services import AuthServices, build_services
 from smart_auth.users import Role, UserError
-
-CLIENTS_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "clients"
-USERS_FILE = CLIENTS_DIR.parent / "users.json"
 
 
 class CommandError(Exception):
@@ -44,12 +48,27 @@ async def _with_services(settings: Settings, work: Callable[[AuthServices], Awai
         services = build_services(client[settings.mongodb_database], auth_config(settings))
         await services.ensure_indexes()
         return await work(services)
+    except PyMongoError as exc:
+        raise CommandError(f"MongoDB did not answer ({type(exc).__name__})") from None
     finally:
         await client.close()
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings as ``serve`` reads them, plus ``--env-file``; without one, when no MongoDB is
+    configured and a demo runs from this checkout, the demo's."""
+    env_file: Path | None = args.env_file
+    if env_file is None:
+        settings = load_settings(args.config)
+        if settings.mongodb_uri is not None or not demo_env.DEMO_ENV.is_file():
+            return settings
+        env_file = demo_env.DEMO_ENV
+        print(f"(acting on the running demo: settings from {env_file})", file=sys.stderr)
+    return load_settings(args.config, **demo_env.read(env_file))
+
+
 def _run(args: argparse.Namespace, work: Callable[[AuthServices], Awaitable[int]]) -> int:
-    return asyncio.run(_with_services(load_settings(args.config), work))
+    return asyncio.run(_with_services(_settings(args), work))
 
 
 def _read(path: Path) -> str:
@@ -177,10 +196,10 @@ def _keys_rotate(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
-async def register_demo(services: AuthServices) -> list[str]:
-    """Register the demo's clients and users from ``fixtures/`` (idempotent)."""
+async def register_demo(services: AuthServices, fixtures: Path = FIXTURES) -> list[str]:
+    """Register the demo's clients and users from ``fixtures`` (idempotent)."""
     done: list[str] = []
-    for path in sorted(CLIENTS_DIR.glob("*.json")):
+    for path in sorted((fixtures / "clients").glob("*.json")):
         spec = json.loads(path.read_text(encoding="utf-8"))
         secret = _read(path.parent / spec["secret_file"]) if "secret_file" in spec else None
         jwks = json.loads(_read(path.parent / spec["jwks_file"])) if "jwks_file" in spec else None
@@ -201,7 +220,7 @@ async def register_demo(services: AuthServices) -> list[str]:
         )
         await services.clients.add(client, replace=True)
         done.append(client.client_id)
-    for spec in json.loads(USERS_FILE.read_text(encoding="utf-8"))["users"]:
+    for spec in json.loads(_read(fixtures / "users.json"))["users"]:
         if await services.users.by_username(spec["username"]) is None:
             await services.users.add(
                 username=spec["username"],
@@ -213,6 +232,21 @@ async def register_demo(services: AuthServices) -> list[str]:
             )
         done.append(spec["username"])
     return done
+
+
+def _register_demo(args: argparse.Namespace) -> int:
+    async def work(services: AuthServices) -> int:
+        try:
+            done = await register_demo(services, args.fixtures)
+        except (ClientError, UserError, WeakPassword, KeyError, json.JSONDecodeError) as exc:
+            raise CommandError(
+                f"the fixtures in {args.fixtures} cannot be registered: {exc}"
+            ) from None
+        await services.events.record("cli-demo-registered", actor="cli", detail={"done": done})
+        print(f"registered the demo apps and users (demo credentials only): {', '.join(done)}")
+        return 0
+
+    return _run(args, work)
 
 
 def register_demo_sync(settings: Settings) -> list[str]:
@@ -289,5 +323,23 @@ def add_commands(commands: Any, config_help: str) -> None:
     erase.add_argument("--patient", required=True, help="the Patient id")
     erase.set_defaults(func=_patients_erase)
 
-    for parser in (add, listing, remove, uadd, rotate, erase):
+    demo = commands.add_parser(
+        "register-demo",
+        help="register the demo's apps and users (published demo credentials: trials only)",
+    )
+    demo.add_argument(
+        "--fixtures",
+        type=Path,
+        default=FIXTURES,
+        help="the fixtures folder with clients/ and users.json (default: this checkout's)",
+    )
+    demo.set_defaults(func=_register_demo)
+
+    for parser in (add, listing, remove, uadd, rotate, erase, demo):
         parser.add_argument("--config", type=Path, help=config_help)
+        parser.add_argument(
+            "--env-file",
+            type=Path,
+            help="FHIR_GATEWAY_NAME=value lines to read as well (the environment wins); "
+            "default: the running demo's .demo.env when no MongoDB is configured",
+        )

@@ -2,7 +2,9 @@
 
 ``serve`` runs the gateway from its settings (environment and an optional TOML file).
 ``demo`` starts the embedded MongoDB and the seeded local FHIR server, then the gateway on
-127.0.0.1:8080, prints where everything is, and stops all three on Ctrl-C.
+127.0.0.1:8080 (``--host``, ``--port``), prints where everything is, writes the settings the
+administration commands need to ``.demo.env`` (:mod:`gateway.demo_env`), and stops all three on
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway import demo_env
 from gateway.admin_cli import CommandError, add_commands, register_demo_sync
 from gateway.app import create_app, runner_options
 from gateway.embedded import EmbeddedError, local_stack
@@ -75,20 +78,38 @@ def _demo(args: argparse.Namespace) -> int:
         )
         configure_logging(settings.log_level)
         register_demo_sync(settings)  # the demo apps, users and keys from fixtures/
-        banner = (
-            "\nThe FHIR consent gateway demo is running (synthetic data only).\n"
-            f"  FHIR base:        {settings.fhir_base_url}\n"
-            f"  Capabilities:     {settings.fhir_base_url}/metadata\n"
-            f"  SMART discovery:  {settings.fhir_base_url}/.well-known/smart-configuration\n"
-            "  Try an app:       .venv/bin/python scripts/smart_demo_app.py\n"
-            f"  Health / metrics: {public}/healthz  {public}/readyz  {public}/metrics\n"
-            "  Demo sign-ins:    amelia / maria (patients), hannah (practitioner), admin;\n"
-            "                    passwords in fixtures/users.json (demo only)\n"
-            "Press Ctrl-C to stop the gateway, the FHIR server and the database.\n"
-        )
-        _run(settings, banner)
+        written = demo_env.write(settings, args.env_file)
+        try:
+            _run(settings, _banner(settings, args.env_file))
+        finally:
+            demo_env.remove(written, args.env_file)
     print("Stopped.", flush=True)
     return 0
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is under it."""
+    path = path.absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def _banner(settings: Settings, env_file: Path) -> str:
+    public = settings.public_base_url
+    settings_lines = "".join(f"    {line}\n" for line in demo_env.demo_lines(settings))
+    return (
+        "\nThe FHIR consent gateway demo is running (synthetic data only).\n"
+        f"  FHIR base:        {settings.fhir_base_url}\n"
+        f"  Capabilities:     {settings.fhir_base_url}/metadata\n"
+        f"  SMART discovery:  {settings.fhir_base_url}/.well-known/smart-configuration\n"
+        f"  Try an app:       .venv/bin/python scripts/smart_demo_app.py --base {public}\n"
+        f"  Health / metrics: {public}/healthz  {public}/readyz  {public}/metrics\n"
+        "  Demo sign-ins:    amelia / maria (patients), hannah (practitioner), admin;\n"
+        "                    passwords in fixtures/users.json (demo only)\n"
+        "  Administration:   .venv/bin/fhir-gateway clients list (clients add, users add, ...)\n"
+        f"                    act on this demo: they read its settings from {_shown(env_file)}:\n"
+        f"{settings_lines}"
+        "Press Ctrl-C to stop the gateway, the FHIR server and the database.\n"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,13 +126,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     demo = commands.add_parser(
-        "demo", help="run the gateway with an embedded database and FHIR server"
+        "demo",
+        help="run the gateway with an embedded database and FHIR server",
+        description="Run the gateway with an embedded MongoDB-compatible database and a local "
+        "FHIR server seeded with synthetic patients, the demo apps and users registered "
+        "(fixtures/; published credentials, for trying the gateway only). Ctrl-C stops all three.",
     )
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on, also used in the demo's URLs (default: 127.0.0.1)",
+    )
+    demo.add_argument(
+        "--port", type=int, default=8080, help="the port to listen on (default: 8080)"
+    )
     demo.add_argument("--config", type=Path, help="a TOML settings file for other settings")
     demo.add_argument(
         "--data-dir", type=Path, help="keep the demo database here (default: a temporary directory)"
+    )
+    demo.add_argument(
+        "--env-file",
+        type=Path,
+        default=demo_env.DEMO_ENV,
+        help="where to write the settings the administration commands read while the demo runs "
+        "(default: .demo.env in the checkout)",
     )
     demo.set_defaults(func=_demo)
     add_commands(commands, "a TOML settings file (environment wins over it)")
