@@ -1,7 +1,7 @@
 """The standalone patient launch driven as a real app would, with ``fhirclient`` (the SMART Python
 client) on the app side and the sign-in and consent forms posted as a browser posts them:
-discovery → authorize → sign in → patient picker → consent → code → token with PKCE → refresh with
-rotation → introspect → revoke → 401."""
+discovery → authorize → sign in → patient picker → consent → code → token with PKCE → paging through
+a search → refresh with rotation → introspect → revoke → 401."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 import pytest
 from fhirclient import client as fhirclient
+from fhirclient.models.observation import Observation
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
@@ -117,7 +118,7 @@ async def test_s08_metadata_carries_the_smart_security_section(
     assert uris["token"] == f"{gateway.base}/auth/token"
 
 
-async def test_whole_standalone_launch_with_fhirclient(
+async def test_s16_s19_whole_standalone_launch_with_fhirclient_paging_and_refresh(
     gateway: RunningGateway, http: aiohttp.ClientSession
 ) -> None:
     await ensure_user(gateway, MARIA)
@@ -175,6 +176,16 @@ async def test_whole_standalone_launch_with_fhirclient(
     id_token = jwt.decode(context["id_token"], keyset, algorithms=["RS256"]).claims
     assert id_token["aud"] == PUBLIC_APP and id_token["sub"] == claims["sub"]
     assert id_token["fhirUser"] == f"{gateway.fhir}/Patient/pat-maria-garcia"
+
+    # Paging the way fhirclient does it: perform_iter follows each Bundle's next link (the
+    # gateway's signed /_page links) with the same token.
+    search = Observation.where(struct={"patient": "pat-leo-garcia", "_count": "5"})
+    pages = await asyncio.to_thread(
+        lambda: [[e.resource.id for e in b.entry or []] for b in search.perform_iter(smart.server)]
+    )
+    assert len(pages) >= 3 and all(len(page) <= 5 for page in pages), pages
+    ids = [i for page in pages for i in page]
+    assert len(ids) == len(set(ids)) and all(i.startswith("obs-leo-garcia") for i in ids), ids
 
     # C-05: the Consent was written for the chosen patient, actor = the app
     db = gateway.server.app[MONGO][gateway.settings.mongodb_database]
