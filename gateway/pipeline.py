@@ -451,10 +451,14 @@ class Pipeline:
     ) -> tuple[AccessDecision, Call]:
         """A JSON Merge Patch is applied here to the current resource and sent as an update of
         that version, pinned with ``If-Match``: the upstreams (Medplum's router, HAPI) take JSON
-        Patch but not merge patch. The update then passes every check an update passes."""
+        Patch but not merge patch. A resource the token may not update is answered as missing
+        before anything of it is merged; the update then passes every check an update passes."""
         patch = call.interaction
+        writes.check_merge_patch(call.body, patch.resource_type, patch.resource_id)
+        update = FhirInteraction(Kind.UPDATE, "PUT", patch.resource_type, patch.resource_id)
+        decision = authorize(context, update)
         current = await self._current(patch, request_id)
-        if current is None:
+        if current is None or not decision.policy.permits(current, _WRITE_LETTERS[Kind.UPDATE]):
             raise NotFound("no such resource is available to this access token")
         version = (current.get("meta") or {}).get("versionId")
         if not version:
@@ -462,9 +466,7 @@ class Pipeline:
         after = writes.merge_patch(current, call.body)
         headers = call.headers.copy()
         headers.setdefault("If-Match", f'W/"{version}"')
-        update = FhirInteraction(Kind.UPDATE, "PUT", patch.resource_type, patch.resource_id)
-        raw = orjson.dumps(after)
-        return authorize(context, update), Call(update, after, raw, FHIR_JSON, headers)
+        return decision, Call(update, after, orjson.dumps(after), FHIR_JSON, headers)
 
     async def _release_written(
         self, context: AccessContext, decision: AccessDecision, answer: Answer

@@ -115,13 +115,21 @@ def check_current(current: Mapping[str, Any] | None, context: AccessContext) -> 
         raise NotFound("no such resource is available to this access token")
 
 
+def check_merge_patch(patch: Mapping[str, Any], resource_type: str | None, rid: str | None) -> None:
+    """A JSON Merge Patch may not change what a resource is: its ``id`` or ``resourceType``, if
+    present, must be the URL's (checked before the resource is read, so that the answer does not
+    depend on it)."""
+    if any(
+        key in patch and patch[key] != expected
+        for key, expected in (("id", rid), ("resourceType", resource_type))
+    ):
+        raise Forbidden("a patch cannot change the resource's id or type")
+
+
 def merge_patch(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
     """The resource after a JSON Merge Patch (RFC 7396 2: objects merge member by member, ``null``
     removes a member, anything else replaces it, arrays included)."""
-    merged = _merge(current, patch)
-    if any(merged.get(key) != current.get(key) for key in ("id", "resourceType")):
-        raise Forbidden("a patch cannot change the resource's id or type")
-    return merged
+    return _merge(current, patch)
 
 
 def _merge(target: Any, patch: Mapping[str, Any]) -> dict[str, Any]:

@@ -179,12 +179,16 @@ async def test_a_merge_patch_passes_the_checks_a_json_patch_passes(
         async with app.patch(url, data=orjson.dumps(escape), headers=content_type) as response:
             status, outcome = await _status(response)
         assert status == 403, outcome
-    async with app.patch(
-        f"{gateway.fhir}/Observation/obs-daniel-novak-1",
-        data=orjson.dumps({"status": "amended"}),
-        headers=content_type,
-    ) as response:
-        assert response.status == 404  # another patient's: as if it did not exist
+    for other in ({"status": "amended"}, {"status": 7}):  # valid or not: nothing is told
+        async with app.patch(
+            f"{gateway.fhir}/Observation/obs-daniel-novak-1",
+            data=orjson.dumps(other),
+            headers=content_type,
+        ) as response:
+            assert response.status == 404  # another patient's: as if it did not exist
+    async with app.patch(url, data=orjson.dumps({"status": 7}), headers=content_type) as response:
+        status, outcome = await _status(response)
+    assert status == 422 and "status" in outcome["issue"][1]["diagnostics"]  # checked like a PUT
     async with app.patch(
         url, data=orjson.dumps({"status": "amended"}), headers={**content_type, "If-Match": 'W/"1"'}
     ) as response:
