@@ -151,7 +151,7 @@ async def capability_security(request: web.Request, handler: Handler) -> web.Str
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/fhir/.well-known/smart-configuration", smart_config)
-    app.router.add_route("*", "/fhir/.well-known/{name:.*}", no_such_document)
+    app.router.add_route("*", "/fhir/.well-known{rest:(/.*)?}", no_such_document)
     app.router.add_get("/.well-known/openid-configuration", openid_config)
     app.router.add_get("/auth/jwks", jwks)
     for path, handler in (
