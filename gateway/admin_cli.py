@@ -1,11 +1,13 @@
 """The administration commands of ``fhir-gateway`` (SECURITY.md P-09): ``clients add|list|remove``,
 ``users add``, ``keys rotate``, ``patients erase``, ``consent list|history|add|withdraw`` (an
-administrator acting on a documented request, C-23), and the demo's registrations from
-``fixtures/``.
+administrator acting on a documented request, C-23), and ``register-demo`` (the demo's apps and
+users from ``fixtures/``).
 
 Each command reads the same settings as ``serve`` (environment and ``--config``, the key-encryption
-key included: the stores it opens seal their secrets, P-19), connects to MongoDB, does one thing,
-and records a security event with actor ``cli``.
+key included: the stores it opens seal their secrets, P-19), plus an env file (``--env-file``;
+without one and without a configured MongoDB, the running demo's ``.demo.env``, see
+:mod:`gateway.demo_env`), connects to MongoDB, does one thing, and records a security event with
+actor ``cli``.
 """
 
 from __future__ import annotations
@@ -13,25 +15,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
 
 from consent.errors import ConsentError, InvalidParameter
 from consent.store import Change, Channel, ConsentStore
+from gateway import demo_env
 from gateway.authserver import open_services
 from gateway.consent_api import revoke_if_withdrawn
+from gateway.embedded import FIXTURES
 from gateway.erasure import erase_patient
 from gateway.settings import Settings, SettingsError, load_key_provider, load_settings
 from smart_auth.clients import ClientError, ClientType, new_client
 from smart_auth.passwords import WeakPassword
 from smart_auth.services import AuthServices
 from smart_auth.users import Role, UserError
-
-CLIENTS_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "clients"
-USERS_FILE = CLIENTS_DIR.parent / "users.json"
 
 
 class CommandError(Exception):
@@ -48,12 +51,27 @@ async def _with_services(settings: Settings, work: Callable[[AuthServices], Awai
     try:
         services = await open_services(client[settings.mongodb_database], settings, key_provider)
         return await work(services)
+    except PyMongoError as exc:
+        raise CommandError(f"MongoDB did not answer ({type(exc).__name__})") from None
     finally:
         await client.close()
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings as ``serve`` reads them, plus ``--env-file``; without one, when no MongoDB is
+    configured and a demo runs from this checkout, the demo's."""
+    env_file: Path | None = args.env_file
+    if env_file is None:
+        settings = load_settings(args.config)
+        if settings.mongodb_uri is not None or not demo_env.DEMO_ENV.is_file():
+            return settings
+        env_file = demo_env.DEMO_ENV
+        print(f"(acting on the running demo: settings from {env_file})", file=sys.stderr)
+    return load_settings(args.config, **demo_env.read(env_file))
+
+
 def _run(args: argparse.Namespace, work: Callable[[AuthServices], Awaitable[int]]) -> int:
-    return asyncio.run(_with_services(load_settings(args.config), work))
+    return asyncio.run(_with_services(_settings(args), work))
 
 
 def _read(path: Path) -> str:
@@ -84,6 +102,7 @@ def _clients_add(args: argparse.Namespace) -> int:
                 origins=tuple(args.origin or ()),
                 trusted=args.trusted,
                 manages_consent=args.manages_consent,
+                introspect_all_tokens=args.introspect_all_tokens,
                 url=args.url,
                 secret=_read(args.secret_file) if args.secret_file else None,
                 jwks=json.loads(_read(args.jwks_file)) if args.jwks_file else None,
@@ -256,10 +275,10 @@ def _keys_rotate(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
-async def register_demo(services: AuthServices) -> list[str]:
-    """Register the demo's clients and users from ``fixtures/`` (idempotent)."""
+async def register_demo(services: AuthServices, fixtures: Path = FIXTURES) -> list[str]:
+    """Register the demo's clients and users from ``fixtures`` (idempotent)."""
     done: list[str] = []
-    for path in sorted(CLIENTS_DIR.glob("*.json")):
+    for path in sorted((fixtures / "clients").glob("*.json")):
         spec = json.loads(path.read_text(encoding="utf-8"))
         secret = _read(path.parent / spec["secret_file"]) if "secret_file" in spec else None
         jwks = json.loads(_read(path.parent / spec["jwks_file"])) if "jwks_file" in spec else None
@@ -273,6 +292,7 @@ async def register_demo(services: AuthServices) -> list[str]:
             origins=tuple(spec.get("origins", ())),
             trusted=bool(spec.get("trusted", False)),
             manages_consent=bool(spec.get("manages_consent", False)),
+            introspect_all_tokens=bool(spec.get("introspect_all_tokens", False)),
             url=spec.get("url"),
             secret=secret,
             jwks=jwks,
@@ -280,7 +300,7 @@ async def register_demo(services: AuthServices) -> list[str]:
         )
         await services.clients.add(client, replace=True)
         done.append(client.client_id)
-    for spec in json.loads(USERS_FILE.read_text(encoding="utf-8"))["users"]:
+    for spec in json.loads(_read(fixtures / "users.json"))["users"]:
         if await services.users.by_username(spec["username"]) is None:
             await services.users.add(
                 username=spec["username"],
@@ -292,6 +312,21 @@ async def register_demo(services: AuthServices) -> list[str]:
             )
         done.append(spec["username"])
     return done
+
+
+def _register_demo(args: argparse.Namespace) -> int:
+    async def work(services: AuthServices) -> int:
+        try:
+            done = await register_demo(services, args.fixtures)
+        except (ClientError, UserError, WeakPassword, KeyError, json.JSONDecodeError) as exc:
+            raise CommandError(
+                f"the fixtures in {args.fixtures} cannot be registered: {exc}"
+            ) from None
+        await services.events.record("cli-demo-registered", actor="cli", detail={"done": done})
+        print(f"registered the demo apps and users (demo credentials only): {', '.join(done)}")
+        return 0
+
+    return _run(args, work)
 
 
 def register_demo_sync(settings: Settings) -> list[str]:
@@ -328,6 +363,12 @@ def add_commands(commands: Any, config_help: str) -> None:
         action="store_true",
         help="the hospital's own patient portal: may change Consents for the patients its token "
         "reaches, never one that applies to itself (C-23)",
+    )
+    add.add_argument(
+        "--introspect-all-tokens",
+        action="store_true",
+        help="a resource server that may introspect other apps' tokens (confidential only); "
+        "without it, introspection answers active: false for any token not the app's own",
     )
     add.add_argument("--replace", action="store_true", help="overwrite an existing registration")
     kind = add.add_mutually_exclusive_group(required=True)
@@ -388,5 +429,35 @@ def add_commands(commands: Any, config_help: str) -> None:
         )
         parser.set_defaults(func=func)
 
-    for parser in (add, listing, remove, uadd, rotate, erase, clist, chistory, cadd, cwithdraw):
+    demo = commands.add_parser(
+        "register-demo",
+        help="register the demo's apps and users (published demo credentials: trials only)",
+    )
+    demo.add_argument(
+        "--fixtures",
+        type=Path,
+        default=FIXTURES,
+        help="the fixtures folder with clients/ and users.json (default: this checkout's)",
+    )
+    demo.set_defaults(func=_register_demo)
+
+    for parser in (
+        add,
+        listing,
+        remove,
+        uadd,
+        rotate,
+        erase,
+        clist,
+        chistory,
+        cadd,
+        cwithdraw,
+        demo,
+    ):
         parser.add_argument("--config", type=Path, help=config_help)
+        parser.add_argument(
+            "--env-file",
+            type=Path,
+            help="FHIR_GATEWAY_NAME=value lines to read as well (the environment wins); "
+            "default: the running demo's .demo.env when no MongoDB is configured",
+        )

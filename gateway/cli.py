@@ -4,9 +4,10 @@
 key-encryption key (P-19) and stops with a message naming the settings when there is none, or when
 the one given does not open the secrets already in MongoDB.
 ``demo`` starts the embedded MongoDB and the seeded local FHIR server, then the gateway on
-127.0.0.1:8080, prints where everything is, and stops all three on Ctrl-C. Unless one is
-configured, it makes a throwaway key-encryption key next to its database (in its temporary
-directory, or in ``--data-dir`` so that a kept database stays readable).
+127.0.0.1:8080 (``--host``, ``--port``), prints where everything is, writes the settings the
+administration commands need to ``.demo.env`` (:mod:`gateway.demo_env`), and stops all three on
+Ctrl-C. Unless one is configured, it makes a throwaway key-encryption key next to its database (in
+its temporary directory, or in ``--data-dir`` so that a kept database stays readable).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway import demo_env
 from gateway.admin_cli import CommandError, add_commands, register_demo_sync
 from gateway.app import create_app, runner_options
 from gateway.embedded import EmbeddedError, local_stack
@@ -110,25 +112,48 @@ def _demo(args: argparse.Namespace) -> int:
         settings = _demo_key(settings, workdir)
         configure_logging(settings.log_level)
         register_demo_sync(settings)  # the demo apps, users and keys from fixtures/
-        key_file = settings.key_encryption_key_file
-        sealing = f"in {key_file}" if key_file else "from the settings"
-        banner = (
-            "\nThe FHIR consent gateway demo is running (synthetic data only).\n"
-            f"  FHIR base:        {settings.fhir_base_url}\n"
-            f"  Capabilities:     {settings.fhir_base_url}/metadata\n"
-            f"  SMART discovery:  {settings.fhir_base_url}/.well-known/smart-configuration\n"
-            "  Try an app:       .venv/bin/python scripts/smart_demo_app.py\n"
-            f"  Health:           {public}/healthz  {public}/readyz\n"
-            f"  Metrics:          curl -H 'Authorization: Bearer {DEMO_METRICS_TOKEN}' "
-            f"{public}/metrics\n"
-            "  Demo sign-ins:    amelia / maria (patients), hannah (practitioner), admin;\n"
-            "                    passwords in fixtures/users.json (demo only)\n"
-            f"  Secrets at rest:  sealed by the key-encryption key {sealing}\n"
-            "Press Ctrl-C to stop the gateway, the FHIR server and the database.\n"
-        )
-        _run(create_app(settings), settings, banner)
+        written = demo_env.write(settings, args.env_file)
+        try:
+            _run(create_app(settings), settings, _banner(settings, args.env_file))
+        finally:
+            demo_env.remove(written, args.env_file)
     print("Stopped.", flush=True)
     return 0
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is under it."""
+    path = path.absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def _banner(settings: Settings, env_file: Path) -> str:
+    public = settings.public_base_url
+    settings_lines = "".join(f"    {line}\n" for line in demo_env.demo_lines(settings))
+    key_file = settings.key_encryption_key_file
+    sealing = f"in {_shown(key_file)}" if key_file else "from the settings"
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    metrics = (
+        f"curl -H 'Authorization: Bearer {token}' {public}/metrics"
+        if token
+        else "off (set metrics_token)"
+    )
+    return (
+        "\nThe FHIR consent gateway demo is running (synthetic data only).\n"
+        f"  FHIR base:        {settings.fhir_base_url}\n"
+        f"  Capabilities:     {settings.fhir_base_url}/metadata\n"
+        f"  SMART discovery:  {settings.fhir_base_url}/.well-known/smart-configuration\n"
+        f"  Try an app:       .venv/bin/python scripts/smart_demo_app.py --base {public}\n"
+        f"  Health:           {public}/healthz  {public}/readyz\n"
+        f"  Metrics:          {metrics}\n"
+        "  Demo sign-ins:    amelia / maria (patients), hannah (practitioner), admin;\n"
+        "                    passwords in fixtures/users.json (demo only)\n"
+        f"  Secrets at rest:  sealed by the key-encryption key {sealing}\n"
+        "  Administration:   .venv/bin/fhir-gateway clients list (clients add, users add, ...)\n"
+        f"                    act on this demo: they read its settings from {_shown(env_file)}:\n"
+        f"{settings_lines}"
+        "Press Ctrl-C to stop the gateway, the FHIR server and the database.\n"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,13 +170,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     demo = commands.add_parser(
-        "demo", help="run the gateway with an embedded database and FHIR server"
+        "demo",
+        help="run the gateway with an embedded database and FHIR server",
+        description="Run the gateway with an embedded MongoDB-compatible database and a local "
+        "FHIR server seeded with synthetic patients, the demo apps and users registered "
+        "(fixtures/; published credentials, for trying the gateway only). Ctrl-C stops all three.",
     )
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on, also used in the demo's URLs (default: 127.0.0.1)",
+    )
+    demo.add_argument(
+        "--port", type=int, default=8080, help="the port to listen on (default: 8080)"
+    )
     demo.add_argument("--config", type=Path, help="a TOML settings file for other settings")
     demo.add_argument(
         "--data-dir", type=Path, help="keep the demo database here (default: a temporary directory)"
+    )
+    demo.add_argument(
+        "--env-file",
+        type=Path,
+        default=demo_env.DEMO_ENV,
+        help="where to write the settings the administration commands read while the demo runs "
+        "(default: .demo.env in the checkout)",
     )
     demo.set_defaults(func=_demo)
     add_commands(commands, "a TOML settings file (environment wins over it)")

@@ -4,6 +4,12 @@ answer decoded for the caller with every upstream URL rewritten to the gateway's
 Content rules: the gateway speaks FHIR JSON only. A caller that accepts only XML gets 406; a body
 that is not JSON gets 415 (wrong media type) or 400 (not parseable); bodies are checked for the
 basic FHIR shape (``resourceType`` agrees with the URL, an update's ``id`` agrees with the URL).
+
+PATCH takes a JSON Patch (RFC 6902, ``application/json-patch+json``, an array of operations) or a
+JSON Merge Patch (RFC 7396, ``application/merge-patch+json``, an object). A body sent as plain
+``application/json`` is read by its shape: an array is a JSON Patch, an object a merge patch (what
+fhirpy's ``patch()`` sends). FHIRPath Patch (a ``Parameters`` resource) is not supported. The body's
+media type is normalised to one of the two patch types for the steps after.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import (
+    FHIR_JSON,
     BadRequest,
     NotAcceptable,
     UnsupportedMediaType,
@@ -29,8 +36,14 @@ from gateway.upstream import UpstreamResponse
 
 log = logging.getLogger(__name__)
 
-_JSON_TYPES = frozenset({"application/fhir+json", "application/json"})
-_PATCH_TYPES = frozenset({"application/json-patch+json"})
+_JSON_TYPES = frozenset({FHIR_JSON, "application/json"})
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+_PATCH_TYPES = (JSON_PATCH, MERGE_PATCH)
+_PATCH_HELP = (
+    f"PATCH takes a JSON Patch ({JSON_PATCH}, an array of operations) or a JSON Merge Patch "
+    f"({MERGE_PATCH}, an object with the elements to change)"
+)
 FORM = "application/x-www-form-urlencoded"
 FORMAT_JSON = frozenset({"json", "application/json", "application/fhir+json", "text/json"})
 _ACCEPT_JSON = frozenset({"*/*", "application/*", "application/json", "application/fhir+json"})
@@ -100,20 +113,20 @@ async def read_body(
     if interaction.kind is Kind.OPERATION and not request.can_read_body:
         return interaction, None, None, None
     media = _media_type(request.headers.get("Content-Type", ""))
-    allowed = _JSON_TYPES | (_PATCH_TYPES if interaction.kind is Kind.PATCH else frozenset())
-    if media not in allowed:
+    if interaction.kind is Kind.PATCH:
+        if media not in (*_PATCH_TYPES, "application/json"):
+            raise UnsupportedMediaType(f"{_PATCH_HELP}, not '{media or 'none'}'")
+        raw = await request.read()
+        body = _json_body(raw)
+        return interaction, body, raw, _patch_type(media, body)
+    if media not in _JSON_TYPES:
         raise UnsupportedMediaType(
-            f"a {interaction.kind} body must be {' or '.join(sorted(allowed))}, "
+            f"a {interaction.kind} body must be {' or '.join(sorted(_JSON_TYPES))}, "
             f"not '{media or 'none'}'"
         )
     raw = await request.read()
     body = _json_body(raw)
-    if interaction.kind is Kind.PATCH:
-        if media in _PATCH_TYPES and not isinstance(body, list):
-            raise BadRequest("a JSON Patch body is an array of operations")
-        if media in _JSON_TYPES:
-            check_resource_body(interaction, body)
-    elif interaction.kind in (Kind.BATCH, Kind.TRANSACTION):
+    if interaction.kind in (Kind.BATCH, Kind.TRANSACTION):
         if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
             raise BadRequest("POST to the FHIR base takes a batch or transaction Bundle")
         bundle_type = body.get("type")
@@ -127,6 +140,19 @@ async def read_body(
     else:
         check_resource_body(interaction, body)
     return interaction, body, raw, media
+
+
+def _patch_type(media: str, body: Any) -> str:
+    """Which patch ``body`` is: the media type said, or for ``application/json`` its shape."""
+    if media == "application/json":
+        media = JSON_PATCH if isinstance(body, list) else MERGE_PATCH
+    if media == JSON_PATCH and not isinstance(body, list):
+        raise BadRequest(f"a JSON Patch is an array of operations; {_PATCH_HELP}")
+    if media == MERGE_PATCH and not isinstance(body, dict):
+        raise BadRequest(f"a JSON Merge Patch of a resource is an object; {_PATCH_HELP}")
+    if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        raise UnsupportedMediaType(f"FHIRPath Patch is not supported; {_PATCH_HELP}")
+    return media
 
 
 @dataclass(slots=True)

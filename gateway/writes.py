@@ -6,6 +6,9 @@
 - A ``patient/``-only token writes inside its compartment: the body's compartment references (and
   any reference to a Patient anywhere in it) point only at patients the token reaches, before and
   after a patch; an update or delete touches only a resource that is in the compartment now.
+- A patch, JSON Patch (RFC 6902) or JSON Merge Patch (RFC 7396), is applied here to the current
+  resource so that its result can be checked before anything is sent; neither may change what the
+  resource is (its ``id`` or ``resourceType``).
 """
 
 from __future__ import annotations
@@ -126,6 +129,35 @@ def check_current(current: Mapping[str, Any] | None, context: AccessContext) -> 
     compartment; one that is not is answered like one that does not exist."""
     if current is None or not compartment.patients_of(current) & context.patients:
         raise NotFound("no such resource is available to this access token")
+
+
+def check_merge_patch(patch: Mapping[str, Any], resource_type: str | None, rid: str | None) -> None:
+    """A JSON Merge Patch may not change what a resource is: its ``id`` or ``resourceType``, if
+    present, must be the URL's (checked before the resource is read, so that the answer does not
+    depend on it)."""
+    if any(
+        key in patch and patch[key] != expected
+        for key, expected in (("id", rid), ("resourceType", resource_type))
+    ):
+        raise Forbidden("a patch cannot change the resource's id or type")
+
+
+def merge_patch(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """The resource after a JSON Merge Patch (RFC 7396 2: objects merge member by member, ``null``
+    removes a member, anything else replaces it, arrays included)."""
+    return _merge(current, patch)
+
+
+def _merge(target: Any, patch: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping):
+            merged[key] = _merge(merged.get(key), value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def apply_patch(current: Mapping[str, Any], operations: Any) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-# Shared set-up for scripts/demo and scripts/test: a virtualenv with the project installed and the
-# local FHIR server's Node packages. Idempotent: each step is skipped when its inputs are unchanged.
+# Shared set-up for scripts/demo and scripts/test: a virtualenv with the project installed, the
+# local FHIR server's Node packages and, for the tests, the browser app's. Idempotent: each step is
+# skipped when its inputs are unchanged.
 # Sourced, not run: expects ROOT and EXTRAS to be set.
 set -euo pipefail
 
@@ -31,12 +32,19 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-UPSTREAM="$ROOT/fixtures/upstream"
-lock=$(sha256sum "$UPSTREAM/package-lock.json" | cut -c1-16)
-if [ ! -f "$UPSTREAM/node_modules/.lock-$lock" ]; then
-  say "Installing the local FHIR server (npm ci)"
-  (cd "$UPSTREAM" && npm ci --no-audit --no-fund --loglevel=error)
-  touch "$UPSTREAM/node_modules/.lock-$lock"
+# npm_ci DIR WHAT: `npm ci` in DIR unless its node_modules matches its lock file already.
+npm_ci() {
+  local lock
+  lock=$(sha256sum "$1/package-lock.json" | cut -c1-16)
+  if [ ! -f "$1/node_modules/.lock-$lock" ]; then
+    say "Installing $2 (npm ci)"
+    (cd "$1" && npm ci --no-audit --no-fund --loglevel=error)
+    touch "$1/node_modules/.lock-$lock"
+  fi
+}
+npm_ci "$ROOT/fixtures/upstream" "the local FHIR server"
+if [ "$EXTRAS" = test ]; then
+  npm_ci "$ROOT/fixtures/smart-js-app" "SMART's JavaScript client for the browser tests"
 fi
 
 # The consent-screen browser tests drive Debian's Chromium with Playwright (never `playwright

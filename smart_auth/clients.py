@@ -23,12 +23,13 @@ from importlib import resources
 from typing import Any
 
 import orjson
-from authlib.oauth2.rfc6749 import ClientMixin
+from authlib.oauth2.rfc6749 import ClientMixin, InvalidScopeError
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 from yarl import URL
 
-from smart_auth.scopes import Context, ScopeError, ScopeSet, parse_scope
+from smart_auth.introspection import BEARER_TOKEN
+from smart_auth.scopes import Context, ResourceScope, ScopeError, ScopeSet, parse_scope
 
 COLLECTION = "clients"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._~-]{3,128}$")
@@ -86,6 +87,8 @@ class Client(ClientMixin):  # type: ignore[misc]
     """The hospital's own patient portal (C-23): it may change Consents for the patients its token
     reaches, as the patient could on the gateway's pages, but never one that applies to itself.
     Off by default: an app may only read the Consents that concern it and withdraw its own."""
+    introspect_all_tokens: bool = False
+    """A resource server: may introspect tokens issued to other clients (RFC 7662 2.2)."""
     url: str | None = None
     secret_digest: str | None = field(default=None, repr=False)
     jwks: dict[str, Any] | None = None
@@ -117,10 +120,16 @@ class Client(ClientMixin):  # type: ignore[misc]
         return None  # S-11: never a default redirect
 
     def get_allowed_scope(self, scope: str | None) -> str | None:
-        """The requested scopes this client may ask for; malformed ones are refused (S-27)."""
+        """What this client may be granted of the requested scopes (:func:`narrow_scope`);
+        ``invalid_scope`` when nothing is left."""
         if not scope:
             return None
-        return narrow_scope(scope, self.scopes)
+        allowed = narrow_scope(scope, self.scopes)
+        if allowed is None:
+            raise InvalidScopeError(
+                "none of the requested scopes is one this app is registered for"
+            )
+        return allowed
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         if redirect_uri in self.redirect_uris:
@@ -144,7 +153,7 @@ class Client(ClientMixin):  # type: ignore[misc]
         return hmac.compare_digest(self.secret_digest, secret_digest(client_secret))
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        if endpoint == "introspection" and method == "bearer_token":
+        if endpoint == "introspection" and method == BEARER_TOKEN:
             return True
         if self.client_type is ClientType.SYMMETRIC:
             return method in ("client_secret_basic", "client_secret_post")
@@ -158,11 +167,13 @@ class Client(ClientMixin):  # type: ignore[misc]
 
 
 def narrow_scope(requested: str, allowed: ScopeSet) -> str | None:
-    """The requested scopes that ``allowed`` covers, in request order (RFC 6749 3.3 lets the
-    server grant less than asked); :class:`ScopeError` for a malformed scope; ``None`` when nothing
-    is left."""
+    """What of the requested scopes ``allowed`` covers, in request order (RFC 6749 3.3 and SMART
+    let the server grant less than asked): a scope within a registered one as asked, a wider one
+    narrowed to what the registration allows (``patient/*.cruds`` under a registered
+    ``patient/Observation.rs`` becomes ``patient/Observation.rs``), other scopes only when
+    registered. :class:`ScopeError` for a malformed scope; ``None`` when nothing is left."""
     ScopeSet.parse(requested, strict=True)  # raises on a malformed scope
-    kept = []
+    kept: list[str] = []
     for scope in requested.split():
         parsed = parse_scope(scope)
         if parsed is None:
@@ -170,7 +181,19 @@ def narrow_scope(requested: str, allowed: ScopeSet) -> str | None:
                 kept.append(scope)
         elif any(parsed.is_within(theirs) for theirs in allowed.resource):
             kept.append(scope)
+        else:
+            kept += [str(part) for part in _narrowed(parsed, allowed.resource)]
     return " ".join(dict.fromkeys(kept)) or None
+
+
+def _narrowed(scope: ResourceScope, allowed: tuple[ResourceScope, ...]) -> list[ResourceScope]:
+    """The intersections of ``scope`` with the allowed scopes, none covered by another."""
+    kept: list[ResourceScope] = []
+    for part in (scope.intersection(theirs) for theirs in allowed):
+        if part is None or any(part.is_within(other) for other in kept):
+            continue
+        kept = [other for other in kept if not other.is_within(part)] + [part]
+    return kept
 
 
 def _check(client: Client) -> None:
@@ -211,6 +234,8 @@ def _check(client: Client) -> None:
             raise ClientError("the JWKS URL must be https")
     if Context.SYSTEM in scopes.contexts() and client.client_type is not ClientType.ASYMMETRIC:
         raise ClientError("system/ scopes are for confidential-asymmetric clients only")
+    if client.introspect_all_tokens and client.client_type is ClientType.PUBLIC:
+        raise ClientError("only a confidential client may introspect other clients' tokens")
 
 
 def _origin(url: str) -> str:
@@ -229,6 +254,7 @@ def _to_doc(client: Client) -> dict[str, Any]:
         "origins": [_origin(o) for o in client.origins],
         "trusted": client.trusted,
         "manages_consent": client.manages_consent,
+        "introspect_all_tokens": client.introspect_all_tokens,
         "url": client.url,
         "secret_digest": client.secret_digest,
         "jwks": client.jwks,
@@ -248,6 +274,7 @@ def _from_doc(doc: dict[str, Any]) -> Client:
         origins=tuple(doc.get("origins", ())),
         trusted=bool(doc.get("trusted", False)),
         manages_consent=bool(doc.get("manages_consent", False)),
+        introspect_all_tokens=bool(doc.get("introspect_all_tokens", False)),
         url=doc.get("url"),
         secret_digest=doc.get("secret_digest"),
         jwks=doc.get("jwks"),
@@ -267,6 +294,7 @@ def new_client(
     origins: tuple[str, ...] = (),
     trusted: bool = False,
     manages_consent: bool = False,
+    introspect_all_tokens: bool = False,
     url: str | None = None,
     secret: str | None = None,
     jwks: dict[str, Any] | None = None,
@@ -289,6 +317,7 @@ def new_client(
         origins=tuple(origins),
         trusted=trusted,
         manages_consent=manages_consent,
+        introspect_all_tokens=introspect_all_tokens,
         url=url,
         secret_digest=secret_digest(secret) if secret is not None else None,
         jwks=jwks,

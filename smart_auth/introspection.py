@@ -4,8 +4,12 @@ The caller authenticates as a client (secret, ``private_key_jwt``) or with a bea
 ours. An active token is described with ``active``, ``scope``, ``client_id``, ``exp``, ``iat``,
 ``sub``, ``iss``, the context claims (``patient``, ``encounter``, ``fhirUser``) and ``token_type``;
 anything else — unknown, expired, revoked, malformed, or a token of another client — is exactly
-``{"active": false}``. Access tokens are checked like the FHIR side checks them (signature, issuer,
-audience, expiry, the shared revocation list); refresh tokens against their store.
+``{"active": false}``. A client registered with ``introspect_all_tokens`` (a resource server that
+checks the tokens of other apps, RFC 7662 2.2) may introspect any token, when it authenticates
+with its own credentials (secret or ``private_key_jwt``; not by showing an access token).
+
+Access tokens are checked like the FHIR side checks them (signature, issuer, audience, expiry, the
+shared revocation list); refresh tokens against their store.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 
 _CONTEXT_CLAIMS = ("patient", "encounter", "fhirUser")
+BEARER_TOKEN = "bearer_token"  # noqa: S105 - the name of a client authentication method
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class SmartIntrospection(IntrospectionEndpoint):  # type: ignore[misc]
         "client_secret_basic",
         "client_secret_post",
         "private_key_jwt",
-        "bearer_token",
+        BEARER_TOKEN,
     ]
 
     def __init__(self, server: Any, lookup: TokenLookup) -> None:
@@ -59,7 +64,11 @@ class SmartIntrospection(IntrospectionEndpoint):  # type: ignore[misc]
         return self._lookup(token_string, token_type_hint)
 
     def check_permission(self, token: TokenInfo, client: Any, request: Any) -> bool:
-        return token.check_client(client)
+        if token.check_client(client):
+            return True
+        return bool(
+            getattr(client, "introspect_all_tokens", False) and request.auth_method != BEARER_TOKEN
+        )
 
     def introspect_token(self, token: TokenInfo) -> dict[str, Any]:
         claims = token.claims

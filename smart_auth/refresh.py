@@ -3,17 +3,24 @@ SHA-256 digests, bound to their client, rotated on every use. Each one belongs t
 grant): using a refresh token retires it and issues its successor; presenting a retired one again
 is a replay, and the whole family is revoked. A refresh token expires when unused for the idle
 time, and never outlives its grant.
+
+A public client's refresh request may leave out ``client_id`` (RFC 6749 6 requires client
+authentication only of confidential clients, and 3.2.1 makes ``client_id`` mandatory only in the
+code exchange): its refresh token names its client (:func:`public_client_auth`). SMART's
+JavaScript client refreshes like this by default.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from authlib.oauth2.rfc6749.authenticate_client import authenticate_none
 from pymongo.asynchronous.database import AsyncDatabase
 
 COLLECTION = "refresh_tokens"
@@ -52,6 +59,28 @@ class RefreshToken:
     @property
     def usable(self) -> bool:
         return self.status is Status.ACTIVE and self.expires_at > datetime.now(UTC)
+
+
+def public_client_auth(
+    client_of: Callable[[str], str | None],
+) -> Callable[[Callable[[str], Any], Any], Any]:
+    """Authlib's ``none`` client authentication (a public client names itself with
+    ``client_id``), which also takes a refresh request without ``client_id`` as coming from the
+    client its refresh token was issued to. ``client_of`` is a blocking lookup: refresh token →
+    its ``client_id``. Authlib then accepts the client only if it is public; the refresh grant
+    checks the token itself (rotation, replay) as for any other refresh."""
+
+    def authenticate(query_client: Callable[[str], Any], request: Any) -> Any:
+        payload = request.payload
+        if payload.client_id or payload.grant_type != "refresh_token":
+            return authenticate_none(query_client, request)
+        if any(payload.data.get(name) for name in ("client_secret", "client_assertion")):
+            return None
+        token = payload.data.get("refresh_token")
+        client_id = client_of(token) if isinstance(token, str) and token else None
+        return query_client(client_id) if client_id else None
+
+    return authenticate
 
 
 class RefreshStore:

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl
 Letter = Literal["c", "r", "u", "d", "s"]
 LETTERS: tuple[Letter, ...] = ("c", "r", "u", "d", "s")
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
+_V1_NAMES = {letters: name for name, letters in _V1.items()}
 
 _RESOURCE_SCOPE = re.compile(
     r"^(?P<context>patient|user|system)/(?P<type>\*|[A-Z][A-Za-z]{1,63})\.(?P<perm>[a-z*]+)"
@@ -67,6 +68,8 @@ class ResourceScope:
 
     def __str__(self) -> str:
         letters = "".join(x for x in LETTERS if x in self.letters)
+        if self.v1:
+            letters = _V1_NAMES.get(letters, letters)
         text = f"{self.context}/{self.resource_type}.{letters}"
         if self.restriction:
             text += "?" + "&".join(f"{k}={v}" for k, v in self.restriction)
@@ -79,6 +82,31 @@ class ResourceScope:
             return False
         # A restricted scope covers only scopes at least as restricted (its conditions, maybe more).
         return self.letters <= other.letters and set(other.restriction) <= set(self.restriction)
+
+    def intersection(self, other: ResourceScope) -> ResourceScope | None:
+        """What this scope and ``other`` both allow, or ``None`` when nothing: a wildcard narrowed
+        to the other's type, the letters both have, the conditions of both restrictions (for
+        granting less than asked, RFC 6749 3.3). Stays v1 when this scope was v1 and the letters
+        still have a v1 name."""
+        if self.context != other.context:
+            return None
+        if self.resource_type == "*":
+            resource_type = other.resource_type
+        elif other.covers_type(self.resource_type):
+            resource_type = self.resource_type
+        else:
+            return None
+        letters = self.letters & other.letters
+        if not letters:
+            return None
+        restriction = (
+            *self.restriction,
+            *(r for r in other.restriction if r not in self.restriction),
+        )
+        v1 = (
+            self.v1 and not restriction and "".join(x for x in LETTERS if x in letters) in _V1_NAMES
+        )
+        return ResourceScope(self.context, resource_type, letters, restriction, v1)
 
 
 def parse_scope(scope: str) -> ResourceScope | None:

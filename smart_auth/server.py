@@ -3,10 +3,13 @@ S-31 … S-33).
 
 Registered: the authorization code grant with PKCE S256 required for every client
 (:mod:`smart_auth.pkce`), the refresh token grant with rotation and family replay detection
-(:mod:`smart_auth.refresh`), ``client_credentials`` for backend services with ``private_key_jwt``
-(:mod:`smart_auth.backend_services`), introspection (RFC 7662) and revocation (RFC 7009). No
-implicit grant and no password grant are registered, so both answer ``unsupported_response_type`` /
-``unsupported_grant_type`` (S-33). Tokens are minted by :mod:`smart_auth.tokens`.
+(:mod:`smart_auth.refresh`; a public client may leave out ``client_id`` there, its refresh token
+names it), ``client_credentials`` for backend services with ``private_key_jwt``
+(:mod:`smart_auth.backend_services`), introspection (RFC 7662) and revocation (RFC 7009). A request
+for more than a client's registration is granted what the registration allows of it
+(:func:`smart_auth.clients.narrow_scope`). No implicit grant and no password grant are registered,
+so both answer ``unsupported_response_type`` / ``unsupported_grant_type`` (S-33). Tokens are minted
+by :mod:`smart_auth.tokens`.
 
 Every Authlib call runs in a worker thread; hooks reach MongoDB through :class:`Bridge` (see
 :mod:`smart_auth.requests`). Errors are raised, never rendered here: the web layer renders them in
@@ -36,9 +39,14 @@ from smart_auth.client_keys import KeyResolutionError
 from smart_auth.clients import Client
 from smart_auth.codes import AuthorizationCode
 from smart_auth.grants import Grant
-from smart_auth.introspection import SmartIntrospection, TokenInfo, bearer_client_auth
+from smart_auth.introspection import (
+    BEARER_TOKEN,
+    SmartIntrospection,
+    TokenInfo,
+    bearer_client_auth,
+)
 from smart_auth.pkce import RequiredS256
-from smart_auth.refresh import RefreshToken, new_refresh_token
+from smart_auth.refresh import RefreshToken, new_refresh_token, public_client_auth
 from smart_auth.requests import AuthResponse, Bridge, PlainRequest
 from smart_auth.revocation import PresentedToken, SmartRevocation
 from smart_auth.scopes import ScopeError, ScopeSet
@@ -148,11 +156,13 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         self.bridge = bridge
         self.represented = represented
         self.register_token_generator("default", self._generate_token)
+        config = services.config
         self.register_client_auth_method(
             "private_key_jwt",
-            PrivateKeyJwt(services.config.token_url, self._resolve_key, self._first_use),
+            PrivateKeyJwt(config.issuer, config.token_url, self._resolve_key, self._first_use),
         )
-        self.register_client_auth_method("bearer_token", bearer_client_auth(self._token_info))
+        self.register_client_auth_method("none", public_client_auth(self._client_of_refresh))
+        self.register_client_auth_method(BEARER_TOKEN, bearer_client_auth(self._token_info))
         self.register_grant(SmartCodeGrant, [RequiredS256()])
         self.register_grant(SmartRefreshGrant)
         self.register_grant(BackendServicesGrant)
@@ -379,6 +389,10 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         self.bridge.run(self.services.revoker.revoke_token(token))
 
     # --- client authentication helpers
+    def _client_of_refresh(self, token: str) -> str | None:
+        found = self.bridge.run(self.services.refresh.find(token))
+        return found.client_id if found is not None else None
+
     def _resolve_key(self, client: Client, header: dict[str, Any]) -> Key:
         try:
             return self.bridge.run(self.services.client_keys.key_for(client, header))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from gateway.cli import build_parser
 from gateway.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,10 +46,31 @@ def test_docker_compose_references_resolve() -> None:
                 assert (ROOT / source).exists(), source
     assert services["gateway"]["build"] == "."
     assert (ROOT / "Dockerfile").is_file()
+    # The demo job runs a real command of the image's entry point, on the mounted fixtures.
+    init = services["register-demo"]
+    assert init["image"] == services["gateway"]["image"] and init["restart"] == "no"
+    args = build_parser().parse_args(init["command"])
+    assert args.func.__name__ == "_register_demo" and str(args.fixtures) == "/fixtures"
+    assert "./fixtures:/fixtures:ro" in init["volumes"]
     gateway_env = services["gateway"]["environment"]
     for key in gateway_env:
         name = key.removeprefix("FHIR_GATEWAY_").lower()
         assert name in Settings.model_fields, key
+
+
+def test_the_mongodb_healthcheck_fails_until_the_replica_set_has_a_primary() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    test = compose["services"]["mongo"]["healthcheck"]["test"]
+    script = test[test.index("--eval") + 1]
+    assert "if (!db.hello().isWritablePrimary) { quit(1) }" in script
+    # mongosh runs JavaScript: the script must at least parse.
+    done = subprocess.run(
+        ["node", "-e", "new Function(process.argv[1])", script],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_readme_documents_every_setting() -> None:

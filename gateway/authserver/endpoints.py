@@ -3,7 +3,12 @@ introspection (S-24), revocation (S-25), and the CapabilityStatement's security 
 
 CORS (S-07): discovery documents, the JWKS and ``metadata`` are readable from any origin; the token,
 introspection and revocation endpoints answer cross-origin requests only from an origin some client
-registered; the authorization endpoint never sends CORS headers.
+registered, and every answer of theirs carries the CORS headers, errors included (a browser app must
+be able to read why a refresh failed); the authorization endpoint never sends CORS headers.
+
+Other well-known documents are not under the FHIR base: ``{FHIR base}/.well-known/...`` but the
+SMART configuration is 404, whatever the caller's token (OpenID Connect discovery is at
+``{issuer}/.well-known/openid-configuration``, for the ``iss`` of the id_tokens).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from pymongo.errors import PyMongoError
 
 from gateway.appkeys import AUTH, AUTH_SERVER, METRIC_LABEL, SETTINGS
 from gateway.authserver.adapter import call, plain_request, to_response
@@ -54,7 +60,11 @@ async def _cors_headers(request: web.Request) -> dict[str, str]:
     origin = request.headers.get("Origin")
     if not origin:
         return {}
-    if await request.app[AUTH].clients.origin_allowed(origin):
+    try:
+        allowed = await request.app[AUTH].clients.origin_allowed(origin)
+    except PyMongoError:
+        return {}  # no CORS headers rather than an error in place of the real answer
+    if allowed:
         return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
     return {}
 
@@ -71,7 +81,16 @@ async def preflight(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
-async def _with_cors(request: web.Request, response: web.Response) -> web.Response:
+_CORS_PATHS = frozenset({"/auth/token", "/auth/introspect", "/auth/revoke"})
+
+
+@web.middleware
+async def token_cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """S-07: the CORS headers on every answer of the token, introspection and revocation
+    endpoints, errors included (it sits outside the middleware that renders their errors)."""
+    if request.path not in _CORS_PATHS or request.method == "OPTIONS":
+        return await handler(request)
+    response = await handler(request)
     response.headers.update(await _cors_headers(request))
     return response
 
@@ -80,7 +99,7 @@ async def token(request: web.Request) -> web.Response:
     request[METRIC_LABEL] = "token"
     server = request.app[AUTH_SERVER]
     answer = await call(request, server.create_token_response, await plain_request(request))
-    return await _with_cors(request, to_response(answer))
+    return to_response(answer)
 
 
 async def introspect(request: web.Request) -> web.Response:
@@ -88,7 +107,7 @@ async def introspect(request: web.Request) -> web.Response:
     server = request.app[AUTH_SERVER]
     plain = await plain_request(request)
     answer = await call(request, server.create_endpoint_response, "introspection", plain)
-    return await _with_cors(request, to_response(answer))
+    return to_response(answer)
 
 
 async def revoke(request: web.Request) -> web.Response:
@@ -96,7 +115,11 @@ async def revoke(request: web.Request) -> web.Response:
     server = request.app[AUTH_SERVER]
     plain = await plain_request(request)
     answer = await call(request, server.create_endpoint_response, "revocation", plain)
-    return await _with_cors(request, to_response(answer))
+    return to_response(answer)
+
+
+async def no_such_document(request: web.Request) -> web.Response:
+    raise web.HTTPNotFound()
 
 
 @web.middleware
@@ -128,6 +151,7 @@ async def capability_security(request: web.Request, handler: Handler) -> web.Str
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/fhir/.well-known/smart-configuration", smart_config)
+    app.router.add_route("*", "/fhir/.well-known{rest:(/.*)?}", no_such_document)
     app.router.add_get("/.well-known/openid-configuration", openid_config)
     app.router.add_get("/auth/jwks", jwks)
     for path, handler in (

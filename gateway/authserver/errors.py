@@ -15,7 +15,7 @@
 
 Under ``/auth``, ``/admin``, ``/account`` and the well-known documents nothing else renders errors:
 no stack trace, no 500 for a client's mistake; an unexpected failure is a 500 page or JSON naming
-the request id (P-14). Everything else is left to the FHIR error middleware.
+the request id (P-14). Everything else, and any FHIR error, is left to the FHIR error middleware.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Error
 from gateway.appkeys import REQUEST_ID
 from gateway.authserver.adapter import NO_STORE
 from gateway.authserver.rendering import render
+from gateway.errors import FhirError
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ async def auth_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         )
     except ApiError as error:
         return _json(error.status, {"error": error.error, "error_description": error.description})
+    except FhirError:
+        raise  # the FHIR API's own answer (gateway.middleware renders it)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

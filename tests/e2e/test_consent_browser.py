@@ -4,8 +4,6 @@ exactly what was left ticked."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,31 +16,11 @@ from aiohttp.test_utils import TestServer
 from consent.store import ConsentStore
 from gateway.appkeys import MONGO
 from tests.conftest import RunningGateway
+from tests.e2e.chromium import CHROMIUM, FLAGS, require_chromium
 from tests.smart_auth.browser import authorize_url, callback_params, pkce_pair
 from tests.smart_auth.tokens import AMELIA, ensure_public_client, ensure_user
 
 pytestmark = pytest.mark.e2e
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def _browser_missing() -> str | None:
-    if not os.path.exists(CHROMIUM):
-        return "Debian's chromium is not installed (scripts/test installs it when run as root)"
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        return "playwright for Python is not installed"
-    return None
 
 
 @pytest_asyncio.fixture
@@ -68,11 +46,7 @@ async def app_callback() -> AsyncIterator[tuple[str, list[str]]]:
 async def test_s14_c05_untick_one_scope_in_chromium(
     gateway: RunningGateway, app_callback: tuple[str, list[str]]
 ) -> None:
-    missing = _browser_missing()
-    if missing is not None and os.environ.get("CI"):
-        pytest.fail(f"the browser test cannot run in CI: {missing}")
-    if missing is not None:
-        pytest.skip(missing)
+    require_chromium()
     from playwright.async_api import async_playwright
 
     redirect, seen = app_callback

@@ -53,9 +53,13 @@ def _get(url: str) -> dict[str, object]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_demo_serves_the_fhir_base_and_stops_cleanly(tmp_path: Path) -> None:
+    """Also: the banner's commands work on this port, and the administration commands act on
+    the running demo through the settings file it writes (and removes when it stops)."""
     port = free_port()
+    env_file = tmp_path / ".demo.env"
+    command = str(Path(sys.executable).parent / "fhir-gateway")
     demo = subprocess.Popen(
-        [str(Path(sys.executable).parent / "fhir-gateway"), "demo", "--port", str(port)],
+        [command, "demo", "--port", str(port), "--env-file", str(env_file)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -87,6 +91,24 @@ def test_demo_serves_the_fhir_base_and_stops_cleanly(tmp_path: Path) -> None:
             assert refused.value.code == 401
             assert refused.value.headers["WWW-Authenticate"].startswith("Bearer")
 
+        assert f"scripts/smart_demo_app.py --base http://127.0.0.1:{port}\n" in banner
+        assert "FHIR_GATEWAY_MONGODB_URI=" in banner and env_file.is_file()
+        env = {k: v for k, v in os.environ.items() if "MONGODB" not in k}
+        added = subprocess.run(
+            [command, "clients", "add", "--env-file", str(env_file), "--client-id", "new-app",
+             "--name", "New App", "--redirect-uri", "https://new.example/cb", "--public",
+             "--scopes", "launch/patient patient/*.rs", "--purpose", "PATRQT"],
+            capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        listed = subprocess.run(
+            [command, "clients", "list", "--env-file", str(env_file)],
+            capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+        assert {"new-app", "demo-patient-app"} <= {
+            line.split("\t")[0] for line in listed.stdout.splitlines()
+        }, listed.stderr
+
         children = _children(demo.pid)
         assert len(children) >= 2  # the database and the FHIR server
     finally:
@@ -94,5 +116,6 @@ def test_demo_serves_the_fhir_base_and_stops_cleanly(tmp_path: Path) -> None:
         output, _ = demo.communicate(timeout=60)
     assert demo.returncode == 0, output.decode()
     assert "Stopped." in output.decode()
+    assert not env_file.exists()
     time.sleep(0.5)
     assert [pid for pid in children if _alive(pid)] == []

@@ -179,9 +179,25 @@ async def test_s22_bad_grant_type_is_unsupported(backend: RunningGateway) -> Non
     assert (status, body["error"]) == (400, "unsupported_grant_type")
 
 
-async def test_s21_scopes_outside_the_registration_are_refused(backend: RunningGateway) -> None:
+async def test_s21_the_grant_is_what_the_registration_allows_of_the_request(
+    backend: RunningGateway,
+) -> None:
+    """Registered for system/Patient.rs system/Observation.rs: a wider request is narrowed and
+    the token response says so; a request with nothing in the registration is refused."""
     token_url = f"{backend.base}/auth/token"
-    for scope in ("system/Condition.rs", "system/Patient.cruds", "patient/Patient.rs", ""):
+    for scope, granted in (
+        ("system/*.rs", "system/Patient.rs system/Observation.rs"),
+        ("system/Patient.cruds", "system/Patient.rs"),
+        ("system/Patient.rs patient/Patient.rs openid", "system/Patient.rs"),
+        ("system/*.read", "system/Patient.read system/Observation.read"),
+    ):
+        status, body = await _token(
+            backend, _assertion(RSA_KEY, "RS384", "backend-rsa", token_url), scope=scope
+        )
+        assert (status, body.get("scope")) == (200, granted), (scope, body)
+        claims = jwt.decode(body["access_token"], await _jwks(backend), algorithms=["RS256"])
+        assert claims.claims["scope"] == granted
+    for scope in ("system/Condition.rs", "patient/Patient.rs", "openid", ""):
         status, body = await _token(
             backend, _assertion(RSA_KEY, "RS384", "backend-rsa", token_url), scope=scope
         )
@@ -224,3 +240,75 @@ async def test_s23_jwks_url_with_matching_jku_and_cache_control(
         _assertion(EC_KEY, "ES384", "backend-url", token_url, header={"jku": url + "?other"}),
     )
     assert (status, body["error"]) == (401, "invalid_client")
+
+
+async def _introspect(
+    gateway: RunningGateway, token: str, *, assertion: str | None = None, bearer: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    data = {"token": token}
+    if assertion is not None:
+        data |= {"client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{gateway.base}/auth/introspect", data=data, headers=headers) as response,
+    ):
+        return response.status, orjson.loads(await response.read())
+
+
+async def test_s22_aud_is_the_issuer_the_token_url_or_the_endpoint_called(
+    backend: RunningGateway,
+) -> None:
+    token_url = f"{backend.base}/auth/token"
+    introspect_url = f"{backend.base}/auth/introspect"
+    status, body = await _token(backend, _assertion(RSA_KEY, "RS384", "backend-rsa", backend.base))
+    assert status == 200, body
+    status, body = await _token(
+        backend, _assertion(RSA_KEY, "RS384", "backend-rsa", introspect_url)
+    )
+    assert (status, body["error"]) == (401, "invalid_client")  # not the endpoint called
+    token = (await _token(backend, _assertion(RSA_KEY, "RS384", "backend-rsa", token_url)))[1]
+    for aud in (introspect_url, token_url, backend.base):
+        status, info = await _introspect(
+            backend,
+            token["access_token"],
+            assertion=_assertion(RSA_KEY, "RS384", "backend-rsa", aud),
+        )
+        assert (status, info["active"], info["client_id"]) == (200, True, "backend-rsa"), aud
+    status, info = await _introspect(
+        backend,
+        token["access_token"],
+        assertion=_assertion(RSA_KEY, "RS384", "backend-rsa", f"{backend.base}/auth/revoke"),
+    )
+    assert (status, info["error"]) == (401, "invalid_client")
+
+
+async def test_s24_only_a_registered_resource_server_introspects_other_apps_tokens(
+    backend: RunningGateway,
+) -> None:
+    resource_server_key = RSAKey.generate_key(2048, parameters={"kid": "rs-1"})
+    await _register(
+        backend,
+        "resource-server",
+        jwks={"keys": [resource_server_key.as_dict(private=False)]},
+        introspect_all_tokens=True,
+    )
+    url = f"{backend.base}/auth/introspect"
+    other = (await _token(backend, _assertion(RSA_KEY, "RS384", "backend-rsa", backend.base)))[1]
+    status, info = await _introspect(
+        backend, other["access_token"], assertion=_assertion(EC_KEY, "ES384", "backend-ec", url)
+    )
+    assert (status, info) == (200, {"active": False})  # another app's token
+    status, info = await _introspect(
+        backend,
+        other["access_token"],
+        assertion=_assertion(resource_server_key, "RS384", "resource-server", url),
+    )
+    assert status == 200 and info["active"] is True and info["client_id"] == "backend-rsa"
+    assert info["scope"] == "system/Patient.rs"
+    # With its own access token as the credential, it sees only its own tokens.
+    own = await _token(
+        backend, _assertion(resource_server_key, "RS384", "resource-server", backend.base)
+    )
+    status, info = await _introspect(backend, other["access_token"], bearer=own[1]["access_token"])
+    assert (status, info) == (200, {"active": False})

@@ -296,6 +296,26 @@ async def test_s19_refresh_token_is_bound_to_its_client(
     assert (status, body["error"]) == (400, "invalid_grant")
 
 
+async def test_s19_a_public_clients_refresh_token_names_its_client(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    """RFC 6749 6: a public client may refresh without client_id (SMART's JavaScript client does
+    by default); rotation and replay detection hold as with it."""
+    tokens = await flow_token(gateway, scope="patient/*.rs offline_access")
+    old = tokens["refresh_token"]
+    status, rotated = await _token(http, gateway, grant_type="refresh_token", refresh_token=old)
+    assert status == 200 and rotated["refresh_token"] != old, rotated
+    assert rotated["scope"] == tokens["scope"]
+    status, replay = await _token(http, gateway, grant_type="refresh_token", refresh_token=old)
+    assert (status, replay["error"]) == (400, "invalid_grant")
+    status, body = await _token(
+        http, gateway, grant_type="refresh_token", refresh_token=rotated["refresh_token"]
+    )
+    assert (status, body["error"]) == (400, "invalid_grant")  # the family was revoked
+    status, body = await _token(http, gateway, grant_type="refresh_token", refresh_token="junk")
+    assert (status, body["error"]) == (401, "invalid_client")
+
+
 async def test_s33_no_implicit_no_password_grant(
     gateway: RunningGateway, http: aiohttp.ClientSession
 ) -> None:
@@ -364,6 +384,20 @@ async def test_s07_token_endpoint_cors_only_for_registered_origins(
     headers["Origin"] = "https://evil.example"
     async with http.options(f"{gateway.base}/auth/token", headers=headers) as response:
         assert "Access-Control-Allow-Origin" not in response.headers
+    # Every answer, errors included, so that a browser app can read why a request failed.
+    for path, data, status in (
+        ("token", {"grant_type": "refresh_token", "refresh_token": "junk"}, 401),
+        ("token", {"grant_type": "authorization_code", "client_id": "spa-app"}, 400),
+        ("introspect", {"token": "junk"}, 401),
+        ("revoke", {"token": "junk", "client_id": "spa-app"}, 200),
+    ):
+        for origin, allowed in (("https://spa.example.org", True), ("https://evil.example", False)):
+            async with http.post(
+                f"{gateway.base}/auth/{path}", data=data, headers={"Origin": origin}
+            ) as response:
+                assert response.status == status, (path, await response.text())
+                cors = response.headers.get("Access-Control-Allow-Origin")
+                assert cors == (origin if allowed else None), (path, origin)
 
 
 async def test_p13_json_operators_in_token_fields_do_not_widen_lookups(

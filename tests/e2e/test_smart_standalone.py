@@ -1,7 +1,7 @@
 """The standalone patient launch driven as a real app would, with ``fhirclient`` (the SMART Python
 client) on the app side and the sign-in and consent forms posted as a browser posts them:
-discovery → authorize → sign in → patient picker → consent → code → token with PKCE → refresh with
-rotation → introspect → revoke → 401."""
+discovery → authorize → sign in → patient picker → consent → code → token with PKCE → paging through
+a search → refresh with rotation → introspect → revoke → 401."""
 
 from __future__ import annotations
 
@@ -12,14 +12,24 @@ import aiohttp
 import orjson
 import pytest
 from fhirclient import client as fhirclient
+from fhirclient.models.observation import Observation
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from consent.store import ConsentStore
 from gateway.appkeys import MONGO
 from tests.conftest import RunningGateway
-from tests.smart_auth.browser import Browser, Page, callback_params
-from tests.smart_auth.tokens import MARIA, PUBLIC_APP, REDIRECT, ensure_public_client, ensure_user
+from tests.smart_auth.browser import Browser, Page, authorize_url, callback_params, pkce_pair
+from tests.smart_auth.tokens import (
+    AMELIA,
+    MARIA,
+    PUBLIC_APP,
+    REDIRECT,
+    ensure_public_client,
+    ensure_user,
+    flow_token,
+    minted_token,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -79,6 +89,21 @@ async def test_s01_s06_discovery_document(
     assert keys and all("d" not in key and "p" not in key for key in keys)  # S-18: public only
 
 
+async def test_s01_the_fhir_base_has_only_the_smart_configuration_well_known(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    """Other well-known documents are 404 under the FHIR base, with or without a token (never a
+    500, never a 401); OpenID Connect discovery is at the issuer of the id_tokens."""
+    token = await minted_token(gateway)
+    for name in ("/openid-configuration", "/oauth-authorization-server", "/a/b", "/", ""):
+        for headers in ({}, {"Authorization": f"Bearer {token}"}):
+            async with http.get(f"{gateway.fhir}/.well-known{name}", headers=headers) as response:
+                assert response.status == 404, (name, headers, await response.text())
+    async with http.get(f"{gateway.base}/.well-known/openid-configuration") as response:
+        assert response.status == 200
+        assert (await _json(response))["issuer"] == gateway.base
+
+
 async def test_s08_metadata_carries_the_smart_security_section(
     gateway: RunningGateway, http: aiohttp.ClientSession
 ) -> None:
@@ -93,7 +118,7 @@ async def test_s08_metadata_carries_the_smart_security_section(
     assert uris["token"] == f"{gateway.base}/auth/token"
 
 
-async def test_whole_standalone_launch_with_fhirclient(
+async def test_s16_s19_whole_standalone_launch_with_fhirclient_paging_and_refresh(
     gateway: RunningGateway, http: aiohttp.ClientSession
 ) -> None:
     await ensure_user(gateway, MARIA)
@@ -152,6 +177,16 @@ async def test_whole_standalone_launch_with_fhirclient(
     assert id_token["aud"] == PUBLIC_APP and id_token["sub"] == claims["sub"]
     assert id_token["fhirUser"] == f"{gateway.fhir}/Patient/pat-maria-garcia"
 
+    # Paging the way fhirclient does it: perform_iter follows each Bundle's next link (the
+    # gateway's signed /_page links) with the same token.
+    search = Observation.where(struct={"patient": "pat-leo-garcia", "_count": "5"})
+    pages = await asyncio.to_thread(
+        lambda: [[e.resource.id for e in b.entry or []] for b in search.perform_iter(smart.server)]
+    )
+    assert len(pages) >= 3 and all(len(page) <= 5 for page in pages), pages
+    ids = [i for page in pages for i in page]
+    assert len(ids) == len(set(ids)) and all(i.startswith("obs-leo-garcia") for i in ids), ids
+
     # C-05: the Consent was written for the chosen patient, actor = the app
     db = gateway.server.app[MONGO][gateway.settings.mongodb_database]
     consents = await ConsentStore(db).active_for("pat-leo-garcia")
@@ -198,3 +233,36 @@ async def test_whole_standalone_launch_with_fhirclient(
     ) as response:
         assert response.status == 401
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_s14_a_request_beyond_the_registration_is_narrowed_to_it(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    """The grant is what the registration allows of the request (wildcards narrowed to the
+    registered types); only a request of which nothing is left is refused."""
+    await ensure_public_client(
+        gateway, "narrow-app", scope="launch/patient patient/Observation.rs patient/Patient.r"
+    )
+    tokens = await flow_token(
+        gateway, user=AMELIA, client_id="narrow-app", scope="launch/patient patient/*.cruds"
+    )
+    assert tokens["scope"] == "launch/patient patient/Observation.rs patient/Patient.r"
+    _, challenge = pkce_pair()
+    async with http.get(
+        authorize_url(
+            gateway.base,
+            response_type="code",
+            client_id="narrow-app",
+            redirect_uri=REDIRECT,
+            scope="user/*.rs openid",
+            state="nothing-left",
+            aud=gateway.fhir,
+            code_challenge=challenge,
+            code_challenge_method="S256",
+        ),
+        allow_redirects=False,
+    ) as response:
+        assert response.status == 302
+        params = callback_params(response.headers["Location"])
+    assert (params["error"], params["state"]) == ("invalid_scope", "nothing-left")
+    assert "registered" in params["error_description"]

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.e2e
 AMELIA = "pat-amelia-rossi"
 JSON = {"Content-Type": "application/fhir+json"}
 PATCH = {"Content-Type": "application/json-patch+json"}
+MERGE = {"Content-Type": "application/merge-patch+json"}
 VITAL = "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs"
 
 
@@ -99,6 +100,15 @@ async def test_c03_c24_a_write_without_consent_neither_writes_nor_reads_back(
         ([{"op": "replace", "path": "/id", "value": "obs-daniel-novak-1"}], PATCH, 403),
         ([{"op": "move", "from": "/id", "path": "/note"}], PATCH, 403),
         ({"resourceType": "Parameters", "parameter": []}, JSON, 415),  # FHIRPath Patch
+        (
+            {"resourceType": "Parameters", "parameter": []},
+            {"Content-Type": "application/json"},
+            415,
+        ),
+        ({"id": "obs-daniel-novak-1"}, MERGE, 403),
+        ({"resourceType": "Condition"}, MERGE, 403),
+        ([{"op": "remove", "path": "/note"}], MERGE, 400),  # a merge patch is an object
+        ({"status": "amended"}, PATCH, 400),  # a JSON Patch is an array
     ],
 )
 async def test_a_patch_cannot_change_what_a_resource_is(
@@ -119,6 +129,74 @@ async def test_a_patch_cannot_change_what_a_resource_is(
         status, body = await _status(response)
     assert status == expected
     assert body["resourceType"] == "OperationOutcome"
+
+
+async def test_a_patch_in_another_media_type_is_told_the_two_it_may_use(
+    gateway: RunningGateway, session_for: SessionFor
+) -> None:
+    app = await _amelia(session_for)
+    async with app.patch(
+        f"{gateway.fhir}/Observation/obs-amelia-rossi-2",
+        data=orjson.dumps({"resourceType": "Observation", "status": "amended"}),
+        headers=JSON,
+    ) as response:
+        status, outcome = await _status(response)
+    assert status == 415
+    diagnostics = outcome["issue"][0]["diagnostics"]
+    assert "application/json-patch+json" in diagnostics
+    assert "application/merge-patch+json" in diagnostics
+
+
+@pytest.mark.parametrize("content_type", [MERGE, {"Content-Type": "application/json"}])
+async def test_a_merge_patch_passes_the_checks_a_json_patch_passes(
+    gateway: RunningGateway,
+    session_for: SessionFor,
+    fresh_upstream: Stack,
+    http: aiohttp.ClientSession,
+    content_type: dict[str, str],
+) -> None:
+    """RFC 7396 (plain application/json objects too, as fhirpy sends them): applied to the current
+    version, checked like a JSON Patch's result (scope, compartment before and after, consent on
+    the answer) and sent to the upstream as an update pinned to that version."""
+    app = await _amelia(session_for)
+    url = f"{gateway.fhir}/Observation/obs-amelia-rossi-2"
+    upstream = f"{fresh_upstream.upstream.base_url}/Observation/obs-amelia-rossi-2"
+    async with http.get(upstream) as response:
+        before = orjson.loads(await response.read())
+    patch = {"note": [{"text": "measured after a walk"}], "code": {"text": "Blood pressure"}}
+    async with app.patch(url, data=orjson.dumps(patch), headers=content_type) as response:
+        status, patched = await _status(response)
+    assert status == 200, patched
+    assert patched["note"] == patch["note"] and patched["code"]["text"] == "Blood pressure"
+    assert patched["code"]["coding"] == before["code"]["coding"]  # objects merge member by member
+    assert patched["meta"]["versionId"] != before["meta"]["versionId"]
+    async with app.patch(url, data=orjson.dumps({"note": None}), headers=content_type) as response:
+        status, patched = await _status(response)
+    assert status == 200 and "note" not in patched  # null removes
+    for escape in (
+        {"subject": {"reference": "Patient/pat-daniel-novak"}},  # out of the compartment
+        {"performer": [{"reference": "Patient/pat-daniel-novak"}]},  # names another patient
+    ):
+        async with app.patch(url, data=orjson.dumps(escape), headers=content_type) as response:
+            status, outcome = await _status(response)
+        assert status == 403, outcome
+    for other in ({"status": "amended"}, {"status": 7}):  # valid or not: nothing is told
+        async with app.patch(
+            f"{gateway.fhir}/Observation/obs-daniel-novak-1",
+            data=orjson.dumps(other),
+            headers=content_type,
+        ) as response:
+            assert response.status == 404  # another patient's: as if it did not exist
+    async with app.patch(url, data=orjson.dumps({"status": 7}), headers=content_type) as response:
+        status, outcome = await _status(response)
+    assert status == 422 and "status" in outcome["issue"][1]["diagnostics"]  # checked like a PUT
+    async with app.patch(
+        url, data=orjson.dumps({"status": "amended"}), headers={**content_type, "If-Match": 'W/"1"'}
+    ) as response:
+        assert response.status in (409, 412)  # the caller's stale version is kept
+    async with http.get(upstream) as response:
+        after = orjson.loads(await response.read())
+    assert after["subject"] == before["subject"] and after["status"] == before["status"]
 
 
 async def test_c02_consents_never_go_to_the_upstream(

@@ -53,6 +53,8 @@ def test_client_registrations_are_checked() -> None:
         _client(scope="system/*.rs")  # system scopes need a confidential-asymmetric client
     with pytest.raises(ClientError):
         _client(client_type=ClientType.SYMMETRIC, secret="too-short")
+    with pytest.raises(ClientError):
+        _client(introspect_all_tokens=True)  # a resource server authenticates: confidential
 
 
 def test_s27_requests_are_narrowed_to_the_registration_and_malformed_ones_refused() -> None:
@@ -61,9 +63,44 @@ def test_s27_requests_are_narrowed_to_the_registration_and_malformed_ones_refuse
         "openid patient/Observation.rs?category=laboratory patient/Patient.rs "
         "patient/Condition.rs offline_access",
         allowed,
-    ) == ("openid patient/Observation.rs?category=laboratory")
+    ) == ("openid patient/Observation.rs?category=laboratory patient/Patient.r")
     with pytest.raises(ScopeError):
         narrow_scope("patient/Observation.sr", allowed)
+    assert narrow_scope("patient/Condition.rs offline_access", allowed) is None
+
+
+@pytest.mark.parametrize(
+    ("requested", "registered", "granted"),
+    [
+        # a wildcard narrowed to the registered types
+        (
+            "system/*.rs",
+            "system/Patient.rs system/Observation.rs",
+            "system/Patient.rs system/Observation.rs",
+        ),
+        # letters narrowed, the registered restriction kept
+        (
+            "patient/*.cruds",
+            "patient/Observation.rs?category=laboratory",
+            "patient/Observation.rs?category=laboratory",
+        ),
+        # a wider registration leaves the request as asked
+        ("patient/Observation.rs", "patient/*.cruds", "patient/Observation.rs"),
+        # parts covered by another part are left out
+        ("patient/*.cruds", "patient/*.rs patient/Observation.r", "patient/*.rs"),
+        # v1 stays v1 where it can
+        (
+            "patient/*.read",
+            "patient/Observation.rs patient/Patient.r",
+            "patient/Observation.read patient/Patient.r",
+        ),
+        ("user/*.rs", "patient/*.rs", None),
+    ],
+)
+def test_s21_s14_the_grant_is_the_intersection_with_the_registration(
+    requested: str, registered: str, granted: str | None
+) -> None:
+    assert narrow_scope(requested, ScopeSet.parse(registered)) == granted
 
 
 def test_s17_s256_only() -> None:
