@@ -20,10 +20,10 @@ from typing import Any
 from pymongo import AsyncMongoClient
 
 from consent.store import Change, Channel, ConsentStore
-from gateway.consent_gate import ConsentGate
-from gateway.context import AccessContext
-from gateway.embedded import EmbeddedMongo
-from gateway.freshness import ChangeEpochs
+from gateway.fhir.consent_gate import ConsentGate
+from gateway.fhir.context import AccessContext
+from gateway.fhir.freshness import ChangeEpochs
+from gateway.localstack import EmbeddedMongo
 from smart_auth.clients import ClientStore, ClientType, new_client
 from smart_auth.scopes import ScopeSet
 

@@ -41,7 +41,7 @@ import orjson
 from pymongo import AsyncMongoClient
 
 from consent.store import Change, Channel, ConsentStore
-from gateway.embedded import free_port, local_stack
+from gateway.localstack import free_port, local_stack
 from smart_auth.clients import ClientStore, ClientType, new_client
 from smart_auth.grants import Grant
 from smart_auth.key_provider import LocalKeyProvider

@@ -19,7 +19,6 @@ from aiohttp import web
 from pymongo import AsyncMongoClient
 
 from consent.store import ConsentStore
-from gateway import health
 from gateway.appkeys import (
     AUTH,
     EPOCHS,
@@ -32,18 +31,19 @@ from gateway.appkeys import (
     SETTINGS,
     UPSTREAM,
 )
-from gateway.authenticate import Authenticator
-from gateway.authserver import setup_authserver
-from gateway.consent_api import ConsentApi
-from gateway.consent_gate import ConsentGate
-from gateway.cors import Cors
-from gateway.metrics import Metrics
-from gateway.middleware import add_request_id, fhir_errors, request_context, request_limits
-from gateway.paging import PageSigner, load_secret
-from gateway.pipeline import Pipeline, handle_fhir
-from gateway.rewrite import UrlRewriter
+from gateway.fhir.authenticate import Authenticator
+from gateway.fhir.consent_api import ConsentApi
+from gateway.fhir.consent_gate import ConsentGate
+from gateway.fhir.paging import PageSigner, load_secret
+from gateway.fhir.pipeline import Pipeline, handle_fhir
+from gateway.oauth import setup_authserver
+from gateway.proxy.rewrite import UrlRewriter
+from gateway.proxy.upstream import Upstream, create_session
 from gateway.settings import Settings, SettingsError, load_key_provider
-from gateway.upstream import Upstream, create_session
+from gateway.web import health
+from gateway.web.cors import Cors
+from gateway.web.metrics import Metrics
+from gateway.web.middleware import add_request_id, fhir_errors, request_context, request_limits
 from smart_auth.key_provider import KeyProvider
 
 

@@ -8,20 +8,20 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
-from gateway.freshness import ChangeEpochs
-from gateway.interaction import FhirInteraction
-from gateway.metrics import Metrics
-from gateway.representation import Representation
-from gateway.rewrite import UrlRewriter
+from gateway.fhir.freshness import ChangeEpochs
+from gateway.fhir.interaction import FhirInteraction
+from gateway.fhir.representation import Representation
+from gateway.proxy.rewrite import UrlRewriter
+from gateway.proxy.upstream import Upstream
 from gateway.settings import Settings
-from gateway.upstream import Upstream
+from gateway.web.metrics import Metrics
+from smart_auth.accounts.sessions import Session
 from smart_auth.key_provider import KeyProvider
 from smart_auth.server import SmartAuthorizationServer
 from smart_auth.services import AuthServices
-from smart_auth.sessions import Session
 
-if TYPE_CHECKING:  # gateway.pipeline imports this module: named as a string below
-    from gateway.pipeline import Pipeline  # noqa: F401
+if TYPE_CHECKING:  # gateway.fhir.pipeline imports this module: named as a string below
+    from gateway.fhir.pipeline import Pipeline  # noqa: F401
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)

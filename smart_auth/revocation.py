@@ -21,10 +21,10 @@ from typing import Any
 
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 
+from smart_auth.accounts.sessions import SessionStore
 from smart_auth.grants import GrantStore
 from smart_auth.refresh import RefreshStore
 from smart_auth.revocations import RevocationList
-from smart_auth.sessions import SessionStore
 
 
 @dataclass(frozen=True, slots=True)

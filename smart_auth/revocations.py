@@ -22,7 +22,7 @@ COLLECTION = "revocations"
 EPOCHS = "change_epochs"
 """One counter document per kind of change (``{"_id": "revocations", "n": int}``): every write to
 the revocation list increments it *after* writing, so a reader that sees an unchanged counter knows
-its cached answers still hold (see ``gateway/freshness.py``)."""
+its cached answers still hold (see ``gateway/fhir/freshness.py``)."""
 
 
 class RevocationList:

@@ -25,11 +25,14 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from smart_auth.accounts.events import SecurityEvents
+from smart_auth.accounts.sessions import SessionStore
+from smart_auth.accounts.throttle import LoginThrottle, Throttle
+from smart_auth.accounts.users import UserStore
 from smart_auth.backend_services import JtiStore
 from smart_auth.client_keys import ClientKeyResolver, JwksFetcher
 from smart_auth.clients import ClientStore
 from smart_auth.codes import CodeStore
-from smart_auth.events import SecurityEvents
 from smart_auth.flows import FlowStore
 from smart_auth.grants import GrantStore
 from smart_auth.key_provider import KeyProvider
@@ -38,10 +41,7 @@ from smart_auth.launch import LaunchStore
 from smart_auth.refresh import RefreshStore
 from smart_auth.revocation import Revoker
 from smart_auth.revocations import RevocationList
-from smart_auth.sessions import SessionStore
-from smart_auth.throttle import LoginThrottle, Throttle
 from smart_auth.tokens import TokenPolicy
-from smart_auth.users import UserStore
 
 MIGRATIONS = "migrations"  # one document per start-up migration that ran to its end
 _SEALED = "secrets-sealed"

@@ -23,7 +23,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app, runner_options
-from gateway.embedded import LocalUpstream, free_port, local_stack
+from gateway.localstack import LocalUpstream, free_port, local_stack
 from gateway.settings import Settings, load_settings
 from smart_auth.key_provider import KeyProvider
 

@@ -12,10 +12,10 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from gateway.admin_cli import register_demo
 from gateway.appkeys import AUTH
 from gateway.cli import main
-from smart_auth.users import Role
+from gateway.cli.admin import register_demo
+from smart_auth.accounts.users import Role
 from tests.conftest import SESSION_KEK, RunningGateway, Stack
 from tests.smart_auth.tokens import minted_token
 
@@ -222,7 +222,7 @@ async def test_p08_p09_admin_api_roles_and_typed_bodies(gateway: RunningGateway)
 
 
 async def _admin_browser(gateway: RunningGateway) -> Any:
-    from smart_auth import mfa
+    from smart_auth.accounts import mfa
     from tests.smart_auth.browser import Browser, Page
 
     auth = gateway.server.app[AUTH]

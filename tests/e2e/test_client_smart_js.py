@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.appkeys import AUTH
-from gateway.embedded import FIXTURES
+from gateway.localstack import FIXTURES
 from smart_auth.clients import ClientType, new_client
 from tests.conftest import RunningGateway
 from tests.e2e.chromium import CHROMIUM, FLAGS, require_chromium

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from consent.model import app_grant
-from gateway.compartment import patients_of
+from gateway.fhir.compartment import patients_of
 from tests.conftest import RunningGateway, Stack, StartGateway
 from tests.e2e.conftest import SessionFor
 from tests.smart_auth.tokens import AMELIA as AMELIA_USER

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.embedded import free_port
+from gateway.localstack import free_port
 
 pytestmark = pytest.mark.e2e
 

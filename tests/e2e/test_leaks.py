@@ -5,7 +5,7 @@ Patient A is ``pat-amelia-rossi`` with a ``patient/*.rs`` token (``patient/*.cru
 front of the real local FHIR server, and every answer is judged by :class:`Judge`:
 
 - no released resource (match, ``_include``/``_revinclude``, nested Bundle, ``contained``) has
-  a B in :func:`gateway.compartment.patients_of`;
+  a B in :func:`gateway.fhir.compartment.patients_of`;
 - no ``Patient/<B>`` nor any id of B's records anywhere in the body or the headers (an
   OperationOutcome or a ``self`` link may echo what the caller itself sent, nothing more);
 - ``total`` is never larger than what is released (and never larger than what A has);
@@ -38,8 +38,8 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway import paging as paging_module
-from gateway.compartment import patients_of
+from gateway.fhir import paging as paging_module
+from gateway.fhir.compartment import patients_of
 from tests.conftest import RunningGateway, Stack, StartGateway
 from tests.e2e.conftest import TRUSTED_APP, SessionFor, register_client
 from tests.smart_auth.tokens import minted_token

@@ -3,8 +3,8 @@ the fixtures hold, through the real gateway with patient A's token; whatever the
 nothing of another patient is ever released (the rules of :class:`tests.e2e.test_leaks.Judge`).
 
 Parameter names come from each type's real R4 search parameters
-(:func:`gateway.searchparams.param_names`) plus the result parameters, with modifiers, chains and
-case variants; values come from a pool holding A's and the other patients' ids in every form,
+(:func:`gateway.fhir.searchparams.param_names`) plus the result parameters, with modifiers, chains
+and case variants; values come from a pool holding A's and the other patients' ids in every form,
 ids of their records, codes, dates, names and identifiers seen in the fixtures.
 
 Hypothesis runs synchronous test bodies only: the property runs in a worker thread
@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from gateway.compartment import PUBLIC_TYPES, is_compartment_type
-from gateway.searchparams import UnknownParameter, param_names, search_param
+from gateway.fhir.compartment import PUBLIC_TYPES, is_compartment_type
+from gateway.fhir.searchparams import UnknownParameter, param_names, search_param
 from tests.conftest import RunningGateway, Stack
 from tests.e2e.conftest import SessionFor
 from tests.e2e.test_leaks import (

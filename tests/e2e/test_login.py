@@ -11,9 +11,9 @@ import pytest
 from yarl import URL
 
 from gateway.appkeys import AUTH
-from smart_auth import mfa
-from smart_auth.passwords import WeakPassword
-from smart_auth.users import Role
+from smart_auth.accounts import mfa
+from smart_auth.accounts.passwords import WeakPassword
+from smart_auth.accounts.users import Role
 from tests.conftest import RunningGateway, Stack
 from tests.smart_auth.browser import Browser, Page
 from tests.smart_auth.tokens import ADMIN, AMELIA, MARIA, ensure_user, flow_token

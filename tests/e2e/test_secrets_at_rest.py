@@ -28,7 +28,8 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from gateway.appkeys import AUTH, MONGO, PIPELINE
-from smart_auth import mfa
+from smart_auth.accounts import mfa
+from smart_auth.accounts.users import Role, UserStore
 from smart_auth.key_provider import (
     LocalKeyProvider,
     Sealed,
@@ -38,7 +39,6 @@ from smart_auth.key_provider import (
     version_of,
 )
 from smart_auth.keys import KEYS, STATE, KeyRing, SigningKey
-from smart_auth.users import Role, UserStore
 from tests.conftest import SESSION_KEK, RunningGateway, Stack, StartGateway
 from tests.e2e.conftest import TRUSTED_APP, register_client
 from tests.smart_auth.browser import Browser, Page

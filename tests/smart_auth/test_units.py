@@ -7,11 +7,11 @@ import time
 import pytest
 from joserfc.jwk import ECKey, RSAKey
 
-from smart_auth import mfa
+from smart_auth.accounts import mfa
+from smart_auth.accounts.passwords import WeakPassword, check_policy, hash_password, verify_password
 from smart_auth.client_keys import KeyResolutionError, max_age, select_key
 from smart_auth.clients import ClientError, ClientType, narrow_scope, new_client
 from smart_auth.consent_screen import consent_terms, describe, granted_scope, screen
-from smart_auth.passwords import WeakPassword, check_policy, hash_password, verify_password
 from smart_auth.pkce import s256_matches
 from smart_auth.scopes import ScopeError, ScopeSet
 

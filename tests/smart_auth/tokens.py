@@ -29,12 +29,12 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from gateway.appkeys import AUTH
+from smart_auth.accounts.users import Role
 from smart_auth.clients import ClientType, new_client
 from smart_auth.grants import Grant
 from smart_auth.keys import SigningKey
 from smart_auth.services import AuthServices
 from smart_auth.tokens import issue_access_token
-from smart_auth.users import Role
 from tests.conftest import RunningGateway
 from tests.smart_auth.browser import Browser, Page, authorize_url, callback_params, pkce_pair
 

@@ -1,0 +1,273 @@
+"""Step 1 of the pipeline: the bearer access token → a frozen :class:`AccessContext` (SMART 2.2
+resource server; RFC 6750, RFC 9068; SMART.md S-20, S-26, S-30).
+
+A token is accepted when it is a JWS signed with RS256/RS384/ES256/ES384 by a key of its issuer
+(this gateway's key ring, or a configured external issuer's JWKS), its ``aud`` is the gateway's FHIR
+base, it has not expired, and it is not revoked. Everything else is 401 with
+``WWW-Authenticate: Bearer`` (S-26). ``HS*`` and ``none`` never verify: the key sets hold public
+keys only and the algorithm list excludes them.
+
+Revocation is checked separately (:meth:`Authenticator.is_revoked`: the revocation counter read
+afresh, the list itself only when the counter moved, :mod:`gateway.fhir.freshness`) so the pipeline
+can run it concurrently with the upstream fetch of a read; a write waits for it. Signature checks
+are cached per token string (a token's claims never change); expiry is checked on every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from pymongo.errors import PyMongoError
+
+from gateway.fhir.context import AccessContext
+from gateway.fhir.freshness import ChangeEpochs, EpochCache
+from gateway.fhir.narrowing import patient_id
+from gateway.settings import ExternalIssuer
+from gateway.web.errors import BadRequest, ServiceUnavailable, Unauthorized
+from smart_auth.revocations import RevocationList
+from smart_auth.scopes import ScopeSet
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ["RS256", "RS384", "ES256", "ES384"]
+_LEEWAY_SECONDS = 30
+_CACHE_SIZE = 10_000
+_MAX_AGE = re.compile(r"max-age=(\d+)")
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+JwksSource = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
+@dataclass
+class _KeySetCache:
+    """One issuer's public keys, reloaded on an unknown ``kid`` at most every ``min_refresh``
+    seconds, and (for fetched JWKS) when the Cache-Control lifetime has passed."""
+
+    load: Callable[[], Awaitable[tuple[Mapping[str, Any], float | None]]]
+    min_refresh: float
+    keys: KeySet | None = None
+    kids: frozenset[str] = frozenset()
+    loaded_at: float = 0.0
+    expires_at: float | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def key_set(self, kid: str | None) -> KeySet | None:
+        now = time.monotonic()
+        stale = self.keys is None or (self.expires_at is not None and now >= self.expires_at)
+        unknown = kid is not None and kid not in self.kids
+        if stale or (unknown and now - self.loaded_at >= self.min_refresh):
+            async with self.lock:
+                if self.loaded_at <= now:  # nobody reloaded while we waited
+                    await self._reload()
+        return self.keys
+
+    async def _reload(self) -> None:
+        try:
+            jwks, max_age = await self.load()
+            keys = KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
+        except (JoseError, ValueError, OSError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("cannot load a JWKS: %s", type(exc).__name__)
+            self.loaded_at = time.monotonic()
+            return
+        self.keys = keys
+        self.kids = frozenset(k.kid for k in keys.keys if k.kid)
+        self.loaded_at = time.monotonic()
+        self.expires_at = None if max_age is None else self.loaded_at + max_age
+
+
+def bearer_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str:
+    """The token from ``Authorization: Bearer``; tokens in URLs are refused (S-33)."""
+    if "access_token" in query:
+        raise BadRequest("access tokens are not accepted in the URL; use the Authorization header")
+    value = headers.get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    if not value:
+        raise Unauthorized("this FHIR API needs a bearer access token", error="")
+    if scheme.lower() != "bearer" or not token.strip() or " " in token.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <access token>'")
+    return token.strip()
+
+
+def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims before verification: only to choose the issuer and key."""
+    try:
+        compact = jws.extract_compact(token.encode())
+        header = dict(compact.headers())
+        claims = orjson.loads(compact.payload)
+    except (JoseError, ValueError, UnicodeError):
+        raise Unauthorized("the access token is not a well-formed JWT") from None
+    if not isinstance(claims, dict):
+        raise Unauthorized("the access token is not a well-formed JWT")
+    return header, claims
+
+
+def _string_list(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, list):
+        return tuple(item for item in value if isinstance(item, str))
+    return ()
+
+
+def _bare_patient_id(value: object) -> str | None:
+    """A ``patient`` or ``acts_for`` claim: ``x``, ``Patient/x`` or an absolute URL to it."""
+    patient = patient_id(value) if isinstance(value, str) else None
+    return patient if patient is not None and _ID.match(patient) else None
+
+
+class Authenticator:
+    """Validates access tokens for the FHIR API."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str,
+        own_jwks: JwksSource,
+        revocations: RevocationList,
+        epochs: ChangeEpochs,
+        external: Sequence[ExternalIssuer] = (),
+        http: aiohttp.ClientSession | None = None,
+        jwks_refresh_min_seconds: float = 30.0,
+    ) -> None:
+        self._issuer = issuer
+        self._audience = audience
+        self._http = http
+
+        async def own() -> tuple[Mapping[str, Any], float | None]:
+            return await own_jwks(), None
+
+        self._key_sets: dict[str, _KeySetCache] = {
+            issuer: _KeySetCache(own, jwks_refresh_min_seconds)
+        }
+        for item in external:
+            self._key_sets[item.issuer] = _KeySetCache(
+                self._fetcher(item.jwks_uri), jwks_refresh_min_seconds
+            )
+        self._verified: dict[str, AccessContext] = {}
+        self._epochs = epochs
+        self._revoked: EpochCache[str, bool] = EpochCache(revocations.revoked_among)
+
+    def _fetcher(self, uri: str) -> Callable[[], Awaitable[tuple[Mapping[str, Any], float | None]]]:
+        async def fetch() -> tuple[Mapping[str, Any], float | None]:
+            if self._http is None:
+                raise OSError("no HTTP session for external JWKS")
+            timeout = aiohttp.ClientTimeout(total=5)
+            async with self._http.get(uri, timeout=timeout, allow_redirects=False) as response:
+                response.raise_for_status()
+                body = await response.json(content_type=None)
+                match = _MAX_AGE.search(response.headers.get("Cache-Control", ""))
+                no_store = "no-store" in response.headers.get("Cache-Control", "")
+                max_age = 0.0 if no_store else float(match[1]) if match else None
+            if not isinstance(body, dict):
+                raise ValueError("a JWKS is a JSON object")
+            return body, max_age
+
+        return fetch
+
+    async def authenticate(
+        self, headers: Mapping[str, str], query: Mapping[str, str]
+    ) -> AccessContext:
+        """Verify the request's bearer token (signature, issuer, audience, expiry)."""
+        token = bearer_token(headers, query)
+        cached = self._verified.get(token)
+        if cached is None:
+            cached = await self._verify(token)
+            if len(self._verified) >= _CACHE_SIZE:
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[token] = cached
+        if cached.expires_at.timestamp() + _LEEWAY_SECONDS < time.time():
+            raise Unauthorized("the access token has expired")
+        return cached
+
+    async def is_revoked(self, context: AccessContext) -> bool:
+        """Has this token or its grant been revoked (S-25)? Answered from what was read under the
+        current revocation counter, which is read afresh for every request
+        (:mod:`gateway.fhir.freshness`). When it cannot be read, the request is refused (503)."""
+        if context.external:
+            return False  # an external issuer revokes through its own introspection
+        try:
+            epoch = (await self._epochs.current()).revocations
+            keys = RevocationList.keys(context.jti, context.grant_id)
+            found = await self._revoked.get_many(keys, epoch, False)
+        except PyMongoError:
+            log.warning("the revocation list cannot be read")
+            raise ServiceUnavailable("access cannot be checked right now; try again") from None
+        return any(found.values())
+
+    async def _verify(self, token: str) -> AccessContext:
+        header, unverified = _unverified(token)
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:
+            raise Unauthorized(f"tokens signed with '{alg}' are not accepted")
+        issuer = unverified.get("iss")
+        cache = self._key_sets.get(issuer) if isinstance(issuer, str) else None
+        if cache is None or not isinstance(issuer, str):
+            raise Unauthorized("the access token comes from an issuer this server does not trust")
+        keys = await cache.key_set(
+            header.get("kid") if isinstance(header.get("kid"), str) else None
+        )
+        if keys is None:
+            raise Unauthorized("the issuer's signing keys are not available")
+        try:
+            claims = jwt.decode(token, keys, algorithms=ALGORITHMS).claims
+        except (JoseError, ValueError) as exc:
+            raise Unauthorized(
+                f"the access token's signature does not verify ({exc.__class__.__name__})"
+            ) from None
+        external = issuer != self._issuer
+        if not external and header.get("typ") not in ("at+jwt", "application/at+jwt"):
+            raise Unauthorized("this server's access tokens are 'at+jwt' (RFC 9068)")
+        return self._context(claims, issuer, external)
+
+    def _context(self, claims: Mapping[str, Any], issuer: str, external: bool) -> AccessContext:
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if self._audience not in audiences:
+            raise Unauthorized("the access token is not meant for this FHIR server (aud)")
+        now = time.time()
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or exp + _LEEWAY_SECONDS < now:
+            raise Unauthorized("the access token has expired")
+        nbf = claims.get("nbf")
+        if isinstance(nbf, int | float) and nbf - _LEEWAY_SECONDS > now:
+            raise Unauthorized("the access token is not valid yet")
+        jti, subject = claims.get("jti"), claims.get("sub")
+        client_id = claims.get("client_id") or claims.get("azp")
+        if not all(isinstance(v, str) and v for v in (jti, subject, client_id)):
+            raise Unauthorized("the access token lacks jti, sub or client_id")
+        acts_for = frozenset(
+            p for p in (_bare_patient_id(v) for v in _string_list(claims.get("acts_for"))) if p
+        )
+        fhir_user = claims.get("fhirUser")
+        if isinstance(fhir_user, str) and fhir_user.startswith(("http://", "https://")):
+            fhir_user = "/".join(fhir_user.rstrip("/").split("/")[-2:])
+        grant_id = claims.get("grant_id")
+        encounter = claims.get("encounter")
+        return AccessContext(
+            issuer=issuer,
+            subject=str(subject),
+            client_id=str(client_id),
+            scopes=ScopeSet.parse(_string_list(claims.get("scope"))),
+            jti=str(jti),
+            expires_at=datetime.fromtimestamp(float(exp), UTC),
+            grant_id=grant_id if isinstance(grant_id, str) else None,
+            patient=_bare_patient_id(claims.get("patient")),
+            encounter=encounter if isinstance(encounter, str) else None,
+            fhir_user=fhir_user if isinstance(fhir_user, str) else None,
+            acts_for=acts_for,
+            purposes=_string_list(claims.get("purpose_of_use")),
+            external=external,
+        )

@@ -1,0 +1,200 @@
+"""Step 4 of the pipeline: the patient's consent decides what of theirs leaves the gateway
+(CONSENT.md C-03 … C-18), after the scope and compartment checks and for every resource released
+— from the upstream and, later, from the cache alike (C-10).
+
+Per request the gateway reads the consents' change counter afresh and uses each concerned
+patient's active Consents as read under that counter, reading them again when it has moved
+(:mod:`gateway.fhir.freshness`): decisions are never cached and consents never outlive a change, so
+a withdrawal through any instance holds on the very next request (C-12). The
+consents are compiled once per (request, patient) and each resource is then decided cheaply
+(``consent.decide``); what is permitted is minimised for the purposes its decision names
+(``consent.minimise``, C-15/C-16) before the caller's ``_elements``/``_summary`` (C-17).
+
+A resource that belongs to several patients is released only if every one of them permits it.
+Resources of types that hold no patient data (Practitioner, Organization, Medication...) need no
+consent but are still minimised.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.errors import PyMongoError
+
+from consent.codes import ACCESS
+from consent.decide import Basis, Decision, Evaluator, RequestAttributes, compile_consents
+from consent.errors import ConsentError
+from consent.minimise import profile_for
+from consent.store import ConsentStore
+from gateway.fhir import compartment
+from gateway.fhir.context import AccessContext
+from gateway.fhir.freshness import ChangeEpochs, EpochCache
+from gateway.web.errors import ServiceUnavailable
+from smart_auth.clients import ClientStore
+
+_CLIENT_TTL_SECONDS = 30.0
+
+
+@dataclass
+class RequestConsent:
+    """The consent side of one request: compiled evaluators per patient, and every decision
+    taken (for the audit record, C-11)."""
+
+    context: AccessContext
+    trusted: bool
+    now: datetime
+    action: str = ACCESS
+    """The consentaction the request is evaluated as: ``access`` for reads; writes are
+    ``collect`` (create) or ``correct`` (update, patch, delete), C-24."""
+    evaluators: dict[str, Evaluator] = field(default_factory=dict)
+    decisions: list[Decision] = field(default_factory=list)
+    contexts: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    """Binary security contexts read for this request (``Type/id`` -> the resource): a Binary is
+    decided as the resource it belongs to (FHIR R4 Binary 2.3.1.1)."""
+
+    def attributes(self, patient: str) -> RequestAttributes:
+        actors = (self.context.fhir_user,) if self.context.fhir_user else ()
+        return RequestAttributes(
+            patient_id=patient,
+            client_id=self.context.client_id,
+            now=self.now,
+            actors=actors,
+            purposes=self.context.purposes,
+            trusted=self.trusted,
+            action=self.action,
+        )
+
+    def refusal(self, patients: Iterable[str]) -> Decision | None:
+        """A decision that withholds everything of these patients, if there is one (no consent
+        at all, or a blanket deny): the request is answered with it, whatever the upstream
+        returned."""
+        refusals = [self.evaluators[p].refusal() for p in patients if p in self.evaluators]
+        found = [r for r in refusals if r is not None]
+        return found[0] if found and len(found) == len(refusals) else None
+
+    def release(
+        self, resource: dict[str, Any], owners: frozenset[str] | None = None
+    ) -> dict[str, Any] | None:
+        """The resource as released (minimised), or ``None`` when a consent withholds it.
+        ``owners``: the patients whose compartment holds it, when already known."""
+        if owners is None:
+            owners = compartment.patients_of(resource, self.contexts)
+        if not compartment.attributed(resource, owners):
+            self.decisions.append(_UNATTRIBUTED)
+            return None
+        decided = self._decided_as(resource)
+        purposes: tuple[str, ...] = self.context.purposes
+        for patient in sorted(owners):
+            evaluator = self.evaluators.get(patient)
+            if evaluator is None:  # not loaded: nothing may be assumed
+                return None
+            decision = evaluator.decide(decided)
+            self.decisions.append(decision)
+            if not decision.permitted:
+                return None
+            # Several owners: only what every one of them permits it for (the strictest profile).
+            purposes = tuple(p for p in purposes if p in decision.purposes)
+        try:
+            profile = profile_for(purposes)
+        except ConsentError:  # a purpose without a profile: keep nothing but the bare resource
+            profile = profile_for(())
+        if profile.keeps_everything(str(resource.get("resourceType", ""))):
+            return resource  # nothing to remove: the pipeline owns this parsed resource
+        return profile.apply(resource)
+
+    def _decided_as(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """What a resource's consent decision looks at: itself, or for a Binary the resource of
+        its security context (its labels and codes, not the Binary's lack of them)."""
+        if resource.get("resourceType") == "Binary":
+            context = compartment.security_context(resource)
+            found = self.contexts.get(context) if context is not None else None
+            if found is not None:
+                return found
+        return resource
+
+    def refusal_for(self, resource: dict[str, Any], owners: frozenset[str]) -> Decision | None:
+        """The decision of the first of ``owners`` whose consent does not permit this resource
+        (every owner must have been loaded), or ``None`` when all of them permit it."""
+        for patient in sorted(owners):
+            evaluator = self.evaluators.get(patient)
+            if evaluator is None:
+                raise RuntimeError(f"consents of Patient/{patient} were not loaded")
+            decision = evaluator.decide(resource)
+            self.decisions.append(decision)
+            if not decision.permitted:
+                return decision
+        return None
+
+    def last_refusal(self) -> Decision | None:
+        return next((d for d in reversed(self.decisions) if not d.permitted), None)
+
+
+_UNATTRIBUTED = Decision(
+    False,
+    Basis.UNATTRIBUTED,
+    "withheld: it cannot be attributed to patients, and only data whose patients consented, or "
+    "data about no patient, is released",
+)
+
+
+class ConsentGate:
+    """Loads consents and client policies for requests."""
+
+    def __init__(self, store: ConsentStore, clients: ClientStore, epochs: ChangeEpochs) -> None:
+        self._store = store
+        self._clients = clients
+        self._epochs = epochs
+        self._active: EpochCache[str, list[dict[str, Any]]] = EpochCache(store.active_for_many)
+        self._trusted: dict[str, tuple[bool, float]] = {}
+
+    async def _is_trusted(self, client_id: str) -> bool:
+        """The client's base policy (C-04): trusted clients run under opt-out. Kept for a few
+        seconds per instance; a change of the flag is an administrator's act, not a withdrawal."""
+        cached = self._trusted.get(client_id)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        client = await self._clients.get(client_id)
+        trusted = bool(client is not None and client.trusted)
+        self._trusted[client_id] = (trusted, time.monotonic() + _CLIENT_TTL_SECONDS)
+        return trusted
+
+    async def start(self, context: AccessContext, action: str = ACCESS) -> RequestConsent:
+        try:
+            trusted = await self._is_trusted(context.client_id)
+        except PyMongoError:
+            raise ServiceUnavailable("consent cannot be checked right now; try again") from None
+        return RequestConsent(context, trusted, datetime.now(UTC), action)
+
+    async def load(self, request: RequestConsent, patients: Iterable[str]) -> None:
+        """Read the active consents of these patients (fresh, C-12) and compile them."""
+        missing = [
+            p
+            for p in dict.fromkeys(patients)
+            if p not in request.evaluators and p != compartment.UNATTRIBUTED
+        ]
+        if not missing:
+            return
+        try:
+            epoch = (await self._epochs.current()).consents
+            found = await self._active.get_many(missing, epoch, [])
+        except PyMongoError:
+            raise ServiceUnavailable("consent cannot be checked right now; try again") from None
+        for patient in missing:
+            consents: list[Mapping[str, Any]] = list(found.get(patient, []))
+            request.evaluators[patient] = compile_consents(consents, request.attributes(patient))
+
+    async def load_for(
+        self,
+        request: RequestConsent,
+        resources: Iterable[Mapping[str, Any]],
+        owners_of: Callable[[Mapping[str, Any]], frozenset[str]] = compartment.patients_of,
+    ) -> None:
+        """Load the consents of every patient these resources belong to."""
+        owners: set[str] = set()
+        for resource in resources:
+            owners |= owners_of(resource)
+        await self.load(request, owners)

@@ -1,0 +1,130 @@
+"""Opaque, signed paging links (DESIGN.md "Rules that make the pipeline safe"; SMART.md S-26).
+
+Every ``next``/``previous``/``first``/``last`` link of a Bundle is replaced by the gateway's own
+URL, ``{fhir base}/_page/{token}``. The token carries the upstream link (relative to the upstream
+base, so following it can only reach the configured upstream, P-10), the interaction it
+continues, and the identity it was issued to (issuer, subject, client, patient), with an expiry;
+it is signed with HMAC-SHA256. Following a page link re-checks all of it: a changed byte, another
+token's identity or an expired link gets 403. The secret is shared by every gateway instance (a
+setting, or a random key kept in MongoDB sealed by the key provider, P-19), so a link works on any
+instance.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from gateway.fhir.context import AccessContext
+from gateway.web.errors import Forbidden
+from smart_auth.key_provider import KeyProvider, Sealed, seal, unseal
+
+_STATE = "gateway_state"
+_SECRET_ID = "paging_secret"  # noqa: S105 - the name of a document, not a secret
+_AAD = "paging-secret"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True, slots=True)
+class PageLink:
+    """A verified paging link: where to go upstream and what interaction it continues."""
+
+    upstream: str  # relative to the upstream base: "/Patient?_count=2&_offset=2", "?_getpages=..."
+    kind: str
+    resource_type: str | None
+    letters: str  # the scope letters released resources need ("s", "rs")
+    exact_total: bool
+    shaping: tuple[tuple[str, str], ...] = ()  # the caller's _elements/_summary, applied per page
+
+
+def _binding(context: AccessContext) -> list[str | None]:
+    return [context.issuer, context.subject, context.client_id, context.patient]
+
+
+class PageSigner:
+    """Signs and opens paging tokens."""
+
+    def __init__(self, secret: bytes, lifetime_seconds: int) -> None:
+        if len(secret) < 32:
+            raise ValueError("the paging secret must be at least 32 bytes")
+        self._secret = secret
+        self._lifetime = lifetime_seconds
+
+    def _mac(self, payload: str) -> str:
+        return _b64(hmac.new(self._secret, payload.encode(), hashlib.sha256).digest())
+
+    def sign(self, link: PageLink, context: AccessContext) -> str:
+        body: dict[str, Any] = {
+            "u": link.upstream,
+            "k": link.kind,
+            "t": link.resource_type,
+            "l": link.letters,
+            "x": link.exact_total,
+            "s": [list(pair) for pair in link.shaping],
+            "b": _binding(context),
+            "e": int(time.time()) + self._lifetime,
+        }
+        payload = _b64(orjson.dumps(body))
+        return f"{payload}.{self._mac(payload)}"
+
+    def open(self, token: str, context: AccessContext) -> PageLink:
+        """The link inside ``token``, if it is intact, unexpired and issued to ``context``."""
+        payload, _, mac = token.partition(".")
+        if not payload or not hmac.compare_digest(mac.encode(), self._mac(payload).encode()):
+            raise Forbidden("this paging link is not valid (it was altered or not issued here)")
+        try:
+            body = orjson.loads(_unb64(payload))
+        except (ValueError, orjson.JSONDecodeError):
+            raise Forbidden("this paging link is not valid") from None
+        if body.get("b") != _binding(context):
+            raise Forbidden("this paging link was issued to another token's user, app or patient")
+        if not isinstance(body.get("e"), int) or body["e"] < time.time():
+            raise Forbidden("this paging link has expired; run the search again")
+        shaping = tuple((str(k), str(v)) for k, v in body.get("s", []))
+        return PageLink(
+            str(body["u"]), str(body["k"]), body.get("t"), str(body["l"]), bool(body["x"]), shaping
+        )
+
+
+async def load_secret(
+    db: AsyncDatabase[dict[str, Any]], configured: str | None, provider: KeyProvider
+) -> bytes:
+    """The paging secret: the configured one, else the one every instance shares in MongoDB
+    (created by whichever instance starts first, sealed by ``provider``). A secret an earlier
+    version stored in clear is sealed here, once, whichever instance gets there first; raises
+    :class:`~smart_auth.key_provider.KeyProviderError` when the stored one does not unseal (it is
+    never replaced: links already issued would stop working, and a wrong key must be noticed)."""
+    if configured:
+        return hashlib.sha256(configured.encode()).digest()
+    state = db[_STATE]
+    existing = await state.find_one({"_id": _SECRET_ID})
+    if existing is None:
+        sealed = await seal(provider, secrets.token_bytes(32), _AAD)
+        with contextlib.suppress(DuplicateKeyError):  # another instance created it first
+            await state.insert_one({"_id": _SECRET_ID, "sealed": sealed.to_doc()})
+    elif "value" in existing:  # in clear, written by an earlier version
+        sealed = await seal(provider, bytes(existing["value"]), _AAD)
+        await state.update_one(
+            {"_id": _SECRET_ID, "value": {"$exists": True}},
+            {"$set": {"sealed": sealed.to_doc()}, "$unset": {"value": ""}},
+        )
+    existing = await state.find_one({"_id": _SECRET_ID})
+    assert existing is not None
+    return await unseal(provider, Sealed.from_doc(existing.get("sealed")), _AAD)

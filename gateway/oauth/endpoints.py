@@ -1,0 +1,163 @@
+"""The machine-facing endpoints: discovery (S-01 … S-06), the JWKS (S-18), token (S-16 … S-22),
+introspection (S-24), revocation (S-25), and the CapabilityStatement's security section (S-08).
+
+CORS (S-07): discovery documents, the JWKS and ``metadata`` are readable from any origin; the token,
+introspection and revocation endpoints answer cross-origin requests only from an origin some client
+registered, and every answer of theirs carries the CORS headers, errors included (a browser app must
+be able to read why a refresh failed); the authorization endpoint never sends CORS headers.
+
+Other well-known documents are not under the FHIR base: ``{FHIR base}/.well-known/...`` but the
+SMART configuration is 404, whatever the caller's token (OpenID Connect discovery is at
+``{issuer}/.well-known/openid-configuration``, for the ``iss`` of the id_tokens).
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from pymongo.errors import PyMongoError
+
+from gateway.appkeys import AUTH, AUTH_SERVER, METRIC_LABEL, SETTINGS
+from gateway.oauth.adapter import call, plain_request, to_response
+from smart_auth.discovery import (
+    Endpoints,
+    add_security,
+    openid_configuration,
+    smart_configuration,
+)
+
+ANY_ORIGIN = {"Access-Control-Allow-Origin": "*"}
+
+
+def endpoints(request: web.Request) -> Endpoints:
+    settings = request.app[SETTINGS]
+    return Endpoints(settings.public_base_url, settings.fhir_base_url)
+
+
+def _json(body: object, headers: dict[str, str]) -> web.Response:
+    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+async def smart_config(request: web.Request) -> web.Response:
+    """S-01: JSON whatever the Accept header says."""
+    request[METRIC_LABEL] = "smart-configuration"
+    return _json(smart_configuration(endpoints(request)), ANY_ORIGIN)
+
+
+async def openid_config(request: web.Request) -> web.Response:
+    request[METRIC_LABEL] = "openid-configuration"
+    return _json(openid_configuration(endpoints(request)), ANY_ORIGIN)
+
+
+async def jwks(request: web.Request) -> web.Response:
+    request[METRIC_LABEL] = "jwks"
+    keys = await request.app[AUTH].keys.public_jwks()
+    return _json(keys, {**ANY_ORIGIN, "Cache-Control": "public, max-age=300"})
+
+
+async def _cors_headers(request: web.Request) -> dict[str, str]:
+    origin = request.headers.get("Origin")
+    if not origin:
+        return {}
+    try:
+        allowed = await request.app[AUTH].clients.origin_allowed(origin)
+    except PyMongoError:
+        return {}  # no CORS headers rather than an error in place of the real answer
+    if allowed:
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return {}
+
+
+async def preflight(request: web.Request) -> web.Response:
+    headers = await _cors_headers(request)
+    if not headers:
+        return web.Response(status=403, headers={"Vary": "Origin"})
+    headers |= {
+        "Access-Control-Allow-Methods": "POST, OPTIONS",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type",
+        "Access-Control-Max-Age": "600",
+    }
+    return web.Response(status=204, headers=headers)
+
+
+_CORS_PATHS = frozenset({"/auth/token", "/auth/introspect", "/auth/revoke"})
+
+
+@web.middleware
+async def token_cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """S-07: the CORS headers on every answer of the token, introspection and revocation
+    endpoints, errors included (it sits outside the middleware that renders their errors)."""
+    if request.path not in _CORS_PATHS or request.method == "OPTIONS":
+        return await handler(request)
+    response = await handler(request)
+    response.headers.update(await _cors_headers(request))
+    return response
+
+
+async def token(request: web.Request) -> web.Response:
+    request[METRIC_LABEL] = "token"
+    server = request.app[AUTH_SERVER]
+    answer = await call(request, server.create_token_response, await plain_request(request))
+    return to_response(answer)
+
+
+async def introspect(request: web.Request) -> web.Response:
+    request[METRIC_LABEL] = "introspect"
+    server = request.app[AUTH_SERVER]
+    plain = await plain_request(request)
+    answer = await call(request, server.create_endpoint_response, "introspection", plain)
+    return to_response(answer)
+
+
+async def revoke(request: web.Request) -> web.Response:
+    request[METRIC_LABEL] = "revoke"
+    server = request.app[AUTH_SERVER]
+    plain = await plain_request(request)
+    answer = await call(request, server.create_endpoint_response, "revocation", plain)
+    return to_response(answer)
+
+
+async def no_such_document(request: web.Request) -> web.Response:
+    raise web.HTTPNotFound()
+
+
+@web.middleware
+async def capability_security(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """S-08: ``GET /fhir/metadata`` gets our ``rest.security`` and is readable from any origin."""
+    response = await handler(request)
+    if request.path.rstrip("/") != "/fhir/metadata" or request.method != "GET":
+        return response
+    if not isinstance(response, web.Response) or response.status != 200 or not response.body:
+        return response
+    try:
+        statement = orjson.loads(response.body)  # type: ignore[arg-type]
+    except orjson.JSONDecodeError:
+        return response
+    body = orjson.dumps(add_security(statement, endpoints(request)))
+    headers = {
+        k: v
+        for k, v in response.headers.items()
+        if k.lower() not in ("content-length", "content-type", "etag")
+    }
+    return web.Response(
+        status=200,
+        body=body,
+        headers={**headers, **ANY_ORIGIN},
+        content_type=response.content_type,
+        charset=response.charset,
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/fhir/.well-known/smart-configuration", smart_config)
+    app.router.add_route("*", "/fhir/.well-known{rest:(/.*)?}", no_such_document)
+    app.router.add_get("/.well-known/openid-configuration", openid_config)
+    app.router.add_get("/auth/jwks", jwks)
+    for path, handler in (
+        ("/auth/token", token),
+        ("/auth/introspect", introspect),
+        ("/auth/revoke", revoke),
+    ):
+        app.router.add_post(path, handler)
+        app.router.add_route("OPTIONS", path, preflight)

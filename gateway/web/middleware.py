@@ -1,0 +1,107 @@
+"""The middlewares every request passes, outermost first:
+
+1. ``request_context`` — a request id (in every log line; :func:`add_request_id` puts it on every
+   response as ``X-Request-Id``) and the request metrics.
+2. ``fhir_errors`` — the one place where a :class:`~gateway.web.errors.FhirError` (or aiohttp's own
+   HTTP errors, or an unexpected exception) becomes an OperationOutcome response. Nothing else
+   renders FHIR errors; no stack trace ever reaches the caller (P-14).
+3. ``request_limits`` — URL length, header count and size, declared body size (P-12).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.appkeys import METRIC_LABEL, METRICS, REQUEST_ID, SETTINGS
+from gateway.web.errors import (
+    FHIR_JSON,
+    FhirError,
+    HeadersTooLarge,
+    InternalError,
+    PayloadTooLarge,
+    UriTooLong,
+    error_for_status,
+)
+from gateway.web.logs import request_id_var
+
+log = logging.getLogger(__name__)
+
+
+def fhir_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
+    """A FHIR JSON response with the given bytes as body."""
+    return web.Response(
+        status=status, body=body, headers=headers, content_type=FHIR_JSON, charset="utf-8"
+    )
+
+
+def error_response(exc: FhirError) -> web.Response:
+    return fhir_response(exc.status, orjson.dumps(exc.outcome()), exc.headers)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = os.urandom(16).hex()
+    request[REQUEST_ID] = request_id
+    token = request_id_var.set(request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # redirects raised by page handlers
+        status = exc.status
+        raise
+    finally:
+        label = request.get(METRIC_LABEL) or "other"
+        request.app[METRICS].observe_request(label, status, time.perf_counter() - started)
+        request_id_var.reset(token)
+
+
+@web.middleware
+async def fhir_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except FhirError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(error_for_status(exc.status, exc.reason))
+    except Exception:
+        log.exception("unexpected error while handling %s %s", request.method, request.path)
+        return error_response(
+            InternalError(
+                f"the gateway failed to handle this request (request id {request[REQUEST_ID]})"
+            )
+        )
+
+
+@web.middleware
+async def request_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    if len(request.raw_path) > settings.max_url_bytes:
+        raise UriTooLong(f"the URL is longer than {settings.max_url_bytes} bytes")
+    if len(request.raw_headers) > settings.max_header_count:
+        raise HeadersTooLarge(f"the request has more than {settings.max_header_count} headers")
+    if any(
+        len(name) + len(value) > settings.max_header_bytes for name, value in request.raw_headers
+    ):
+        raise HeadersTooLarge(f"a request header is larger than {settings.max_header_bytes} bytes")
+    declared = request.content_length
+    if declared is not None and declared > settings.max_body_bytes:
+        raise PayloadTooLarge(f"the request body is larger than {settings.max_body_bytes} bytes")
+    return await handler(request)
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` signal: every response carries the request's id."""
+    request_id = request.get(REQUEST_ID)
+    if request_id:
+        response.headers["X-Request-Id"] = request_id
