@@ -35,15 +35,15 @@ from gateway.fhir.authenticate import Authenticator
 from gateway.fhir.consent_api import ConsentApi
 from gateway.fhir.consent_gate import ConsentGate
 from gateway.fhir.paging import PageSigner, load_secret
-from gateway.fhir.pipeline import Pipeline, handle_fhir
+from gateway.fhir.pipeline import Pipeline
 from gateway.oauth import setup_authserver
 from gateway.proxy.rewrite import UrlRewriter
 from gateway.proxy.upstream import Upstream, create_session
 from gateway.settings import Settings, SettingsError, load_key_provider
-from gateway.web import health
 from gateway.web.cors import Cors
+from gateway.web.health import CHECK_TIMEOUT, Health
 from gateway.web.metrics import Metrics
-from gateway.web.middleware import add_request_id, fhir_errors, request_context, request_limits
+from gateway.web.middleware import add_request_id, middlewares
 from smart_auth.key_provider import KeyProvider
 
 
@@ -130,13 +130,13 @@ def create_app(settings: Settings, *, key_provider: KeyProvider | None = None) -
             "FHIR_GATEWAY_MONGODB_URI or MONGODB_URI (TOML key 'mongodb_uri') is required; "
             "'fhir-gateway demo' starts an embedded database for trying the gateway out"
         )
+    metrics = Metrics()
     app = web.Application(
-        middlewares=[request_context, fhir_errors, request_limits],
-        client_max_size=settings.max_body_bytes,
+        middlewares=middlewares(settings, metrics), client_max_size=settings.max_body_bytes
     )
     app[SETTINGS] = settings
     app[KEY_PROVIDER] = key_provider or load_key_provider(settings)
-    app[METRICS] = Metrics()
+    app[METRICS] = metrics
     app[REWRITER] = UrlRewriter(
         [settings.upstream_url, *settings.upstream_aliases], settings.fhir_base_url
     )
@@ -144,11 +144,22 @@ def create_app(settings: Settings, *, key_provider: KeyProvider | None = None) -
     app.cleanup_ctx.append(_upstream_context)
     app.on_response_prepare.append(add_request_id)
 
-    app.router.add_get("/healthz", health.healthz)
-    app.router.add_get("/readyz", health.readyz)
-    app.router.add_get("/metrics", health.metrics)
+    async def mongo_answers() -> bool:
+        await app[MONGO].admin.command("ping")
+        return True
+
+    async def upstream_answers() -> bool:
+        return await app[UPSTREAM].ping(CHECK_TIMEOUT)
+
+    checks = {"mongodb": mongo_answers, "upstream": upstream_answers}
+    Health(checks, metrics, settings.metrics_token).add_routes(app)
     setup_authserver(app)  # before the catch-all /fhir route: it serves /fhir/.well-known/...
     app.cleanup_ctx.append(_pipeline_context)  # after the authorization server's (key ring)
-    app.router.add_route("*", "/fhir", handle_fhir)
-    app.router.add_route("*", "/fhir/{path:.*}", handle_fhir)
+    app.router.add_route("*", "/fhir", _handle_fhir)
+    app.router.add_route("*", "/fhir/{path:.*}", _handle_fhir)
     return app
+
+
+async def _handle_fhir(request: web.Request) -> web.StreamResponse:
+    """Every FHIR REST interaction under ``/fhir``."""
+    return await request.app[PIPELINE].handle(request)

@@ -1,15 +1,18 @@
-"""Every typed key of the application and request state, in one place."""
+"""Every typed key of the application's state (``web.AppKey``), in one place, and the request keys
+of the authorization server's pages. This module names the types of every package, so it sits at
+the top, beside the application factory; nothing below ``gateway.oauth`` imports it. The request
+keys that the web plumbing reads are in :mod:`gateway.web.requestkeys`."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
 from gateway.fhir.freshness import ChangeEpochs
-from gateway.fhir.interaction import FhirInteraction
+from gateway.fhir.pipeline import Pipeline
 from gateway.fhir.representation import Representation
 from gateway.proxy.rewrite import UrlRewriter
 from gateway.proxy.upstream import Upstream
@@ -19,9 +22,6 @@ from smart_auth.accounts.sessions import Session
 from smart_auth.key_provider import KeyProvider
 from smart_auth.server import SmartAuthorizationServer
 from smart_auth.services import AuthServices
-
-if TYPE_CHECKING:  # gateway.fhir.pipeline imports this module: named as a string below
-    from gateway.fhir.pipeline import Pipeline  # noqa: F401
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -34,11 +34,7 @@ AUTH_THREADS = web.AppKey("auth_threads", ThreadPoolExecutor)
 EPOCHS = web.AppKey("epochs", ChangeEpochs)
 REPRESENTATION = web.AppKey("representation", Representation)
 KEY_PROVIDER = web.AppKey[KeyProvider]("key_provider")
-PIPELINE = web.AppKey["Pipeline"]("pipeline")
+PIPELINE = web.AppKey("pipeline", Pipeline)
 
-REQUEST_ID = web.RequestKey("request_id", str)
-INTERACTION = web.RequestKey("interaction", FhirInteraction)
-METRIC_LABEL = web.RequestKey("metric_label", str)
-CLIENT_ID = web.RequestKey("client_id", str)
 AUTH_SESSION = web.RequestKey("auth_session", Session)
 AUTH_SESSION_TOKEN = web.RequestKey("auth_session_token", str)

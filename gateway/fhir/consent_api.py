@@ -41,7 +41,7 @@ from gateway.fhir.access import AccessDecision, authorize
 from gateway.fhir.context import AccessContext
 from gateway.fhir.interaction import FhirInteraction, Kind
 from gateway.fhir.narrowing import narrow_search, patient_id
-from gateway.proxy.content import Answer
+from gateway.proxy.answer import Answer
 from gateway.web.errors import (
     BadRequest,
     Conflict,

@@ -36,10 +36,17 @@ from multidict import CIMultiDict
 
 from consent.decide import Decision
 from consent.subsetting import apply_elements, apply_summary
-from gateway.appkeys import CLIENT_ID, INTERACTION, METRIC_LABEL, PIPELINE, REQUEST_ID
 from gateway.fhir import compartment, writes
 from gateway.fhir.access import SEE, AccessDecision, AccessPolicy, authorize
 from gateway.fhir.authenticate import Authenticator
+from gateway.fhir.bodies import (
+    FORM,
+    JSON_PATCH,
+    MERGE_PATCH,
+    check_resource_body,
+    read_body,
+    read_form,
+)
 from gateway.fhir.consent_api import ConsentApi
 from gateway.fhir.consent_gate import ConsentGate, RequestConsent
 from gateway.fhir.context import AccessContext
@@ -54,18 +61,9 @@ from gateway.fhir.interaction import (
 from gateway.fhir.narrowing import patient_id
 from gateway.fhir.paging import PageLink, PageSigner
 from gateway.fhir.representation import REPRESENTATION_TYPES, Representation
-from gateway.proxy.content import (
-    FORM,
-    JSON_PATCH,
-    MERGE_PATCH,
-    Answer,
-    check_resource_body,
-    decode_answer,
-    negotiate,
-    read_body,
-    read_form,
-)
+from gateway.proxy.answer import Answer, decode_answer
 from gateway.proxy.headers import request_headers
+from gateway.proxy.negotiation import negotiate
 from gateway.proxy.rewrite import UrlRewriter
 from gateway.proxy.upstream import Upstream
 from gateway.settings import Settings
@@ -83,6 +81,7 @@ from gateway.web.errors import (
     UpstreamUnavailable,
 )
 from gateway.web.metrics import Metrics
+from gateway.web.requestkeys import CLIENT_ID, METRIC_LABEL, REQUEST_ID
 from smart_auth.scopes import Letter
 
 _READS = frozenset({Kind.READ, Kind.VREAD})
@@ -178,7 +177,6 @@ class Pipeline:
         form = await read_form(request)
         interaction = parse(request.method, path, request.query.items(), form)
         interaction, body, raw, media = await read_body(request, interaction)
-        request[INTERACTION] = interaction
         request[METRIC_LABEL] = interaction.kind.value
         call = Call(
             interaction,
@@ -811,8 +809,3 @@ def _entry_response(answer: Answer) -> dict[str, Any]:
         else:
             entry["resource"] = answer.body
     return entry
-
-
-async def handle_fhir(request: web.Request) -> web.StreamResponse:
-    """Every FHIR REST interaction under ``/fhir``."""
-    return await request.app[PIPELINE].handle(request)

@@ -35,11 +35,12 @@ from consent.errors import (
     VersionConflict,
 )
 from consent.store import Change, Channel, ConsentStore, HistoryEntry
-from gateway.appkeys import AUTH, METRIC_LABEL
+from gateway.appkeys import AUTH
 from gateway.erasure import erase_patient
 from gateway.fhir.consent_api import revoke_if_withdrawn
 from gateway.oauth.errors import ApiError
 from gateway.oauth.rendering import current_session, record
+from gateway.web.requestkeys import METRIC_LABEL
 from smart_auth.accounts.passwords import WeakPassword
 from smart_auth.accounts.sessions import Session
 from smart_auth.accounts.users import Role, UserError

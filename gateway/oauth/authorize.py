@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidRequestError
 
-from gateway.appkeys import AUTH, AUTH_SERVER, METRIC_LABEL, SETTINGS, UPSTREAM
+from gateway.appkeys import AUTH, AUTH_SERVER, SETTINGS, UPSTREAM
 from gateway.fhir.representation import acts_for
 from gateway.oauth.actsfor import patient_names
 from gateway.oauth.adapter import call, plain_request, stored_request, to_response
@@ -32,6 +32,7 @@ from gateway.oauth.rendering import (
     render,
     set_cookie,
 )
+from gateway.web.requestkeys import METRIC_LABEL
 from smart_auth.accounts.sessions import Session
 from smart_auth.accounts.users import Role, User
 from smart_auth.clients import Client

@@ -18,8 +18,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pymongo.errors import PyMongoError
 
-from gateway.appkeys import AUTH, AUTH_SERVER, METRIC_LABEL, SETTINGS
+from gateway.appkeys import AUTH, AUTH_SERVER, SETTINGS
 from gateway.oauth.adapter import call, plain_request, to_response
+from gateway.web.requestkeys import METRIC_LABEL
 from smart_auth.discovery import (
     Endpoints,
     add_security,

@@ -29,10 +29,10 @@ from aiohttp.typedefs import Handler
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Error
 
-from gateway.appkeys import REQUEST_ID
 from gateway.oauth.adapter import NO_STORE
 from gateway.oauth.rendering import render
 from gateway.web.errors import FhirError
+from gateway.web.requestkeys import REQUEST_ID
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import orjson
+from aiohttp import web
+
 FHIR_JSON = "application/fhir+json"
 
 
@@ -200,3 +203,14 @@ def error_for_status(status: int, diagnostics: str) -> FhirError:
     if cls is None:
         cls = BadRequest if 400 <= status < 500 else InternalError
     return cls(diagnostics)
+
+
+def fhir_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
+    """A FHIR JSON response with the given bytes as body."""
+    return web.Response(
+        status=status, body=body, headers=headers, content_type=FHIR_JSON, charset="utf-8"
+    )
+
+
+def error_response(exc: FhirError) -> web.Response:
+    return fhir_response(exc.status, orjson.dumps(exc.outcome()), exc.headers)

@@ -1,4 +1,5 @@
-"""The middlewares every request passes, outermost first:
+"""The middlewares every request passes, outermost first (:func:`middlewares` builds them for one
+application's settings and metrics):
 
 1. ``request_context`` — a request id (in every log line; :func:`add_request_id` puts it on every
    response as ``X-Request-Id``) and the request metrics.
@@ -14,38 +15,44 @@ import logging
 import os
 import time
 
-import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
-from gateway.appkeys import METRIC_LABEL, METRICS, REQUEST_ID, SETTINGS
+from gateway.settings import Settings
 from gateway.web.errors import (
-    FHIR_JSON,
     FhirError,
     HeadersTooLarge,
     InternalError,
     PayloadTooLarge,
     UriTooLong,
     error_for_status,
+    error_response,
 )
 from gateway.web.logs import request_id_var
+from gateway.web.metrics import Metrics
+from gateway.web.requestkeys import METRIC_LABEL, REQUEST_ID
 
 log = logging.getLogger(__name__)
 
 
-def fhir_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
-    """A FHIR JSON response with the given bytes as body."""
-    return web.Response(
-        status=status, body=body, headers=headers, content_type=FHIR_JSON, charset="utf-8"
-    )
+def middlewares(settings: Settings, metrics: Metrics) -> list[Middleware]:
+    """The middlewares of an application, outermost first."""
+
+    @web.middleware
+    async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await _request_context(request, handler, metrics)
+
+    @web.middleware
+    async def request_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
+        _check_limits(request, settings)
+        return await handler(request)
+
+    return [request_context, fhir_errors, request_limits]
 
 
-def error_response(exc: FhirError) -> web.Response:
-    return fhir_response(exc.status, orjson.dumps(exc.outcome()), exc.headers)
-
-
-@web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _request_context(
+    request: web.Request, handler: Handler, metrics: Metrics
+) -> web.StreamResponse:
     request_id = os.urandom(16).hex()
     request[REQUEST_ID] = request_id
     token = request_id_var.set(request_id)
@@ -60,7 +67,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         raise
     finally:
         label = request.get(METRIC_LABEL) or "other"
-        request.app[METRICS].observe_request(label, status, time.perf_counter() - started)
+        metrics.observe_request(label, status, time.perf_counter() - started)
         request_id_var.reset(token)
 
 
@@ -83,9 +90,7 @@ async def fhir_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         )
 
 
-@web.middleware
-async def request_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
+def _check_limits(request: web.Request, settings: Settings) -> None:
     if len(request.raw_path) > settings.max_url_bytes:
         raise UriTooLong(f"the URL is longer than {settings.max_url_bytes} bytes")
     if len(request.raw_headers) > settings.max_header_count:
@@ -97,7 +102,6 @@ async def request_limits(request: web.Request, handler: Handler) -> web.StreamRe
     declared = request.content_length
     if declared is not None and declared > settings.max_body_bytes:
         raise PayloadTooLarge(f"the request body is larger than {settings.max_body_bytes} bytes")
-    return await handler(request)
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
