@@ -34,8 +34,11 @@ from gateway.appkeys import (
 from gateway.fhir.authenticate import Authenticator
 from gateway.fhir.consent_api import ConsentApi
 from gateway.fhir.consent_gate import ConsentGate
+from gateway.fhir.fetch import Fetcher
 from gateway.fhir.paging import PageSigner, load_secret
 from gateway.fhir.pipeline import Pipeline
+from gateway.fhir.release import Release
+from gateway.fhir.writes import WritePolicy
 from gateway.oauth import setup_authserver
 from gateway.proxy.rewrite import UrlRewriter
 from gateway.proxy.upstream import Upstream, create_session
@@ -102,17 +105,20 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         http=jwks_http,
         jwks_refresh_min_seconds=settings.jwks_refresh_min_seconds,
     )
+    fetcher = Fetcher(app[UPSTREAM], app[REWRITER], app[METRICS])
+    gate = ConsentGate(consents, auth.clients, epochs)
+    signer = PageSigner(secret, settings.page_link_lifetime_seconds)
     app[PIPELINE] = Pipeline(
         settings,
-        app[UPSTREAM],
-        app[REWRITER],
-        authenticator,
-        PageSigner(secret, settings.page_link_lifetime_seconds),
-        app[METRICS],
-        ConsentGate(consents, auth.clients, epochs),
-        ConsentApi(consents, auth.revoker, auth.clients, settings.fhir_base_url),
-        Cors(auth.clients),
-        app[REPRESENTATION],
+        authenticator=authenticator,
+        representation=app[REPRESENTATION],
+        fetcher=fetcher,
+        consent=gate,
+        consents=ConsentApi(consents, auth.revoker, auth.clients, settings.fhir_base_url),
+        signer=signer,
+        release=Release(fetcher, gate, signer, app[REWRITER], settings.fhir_base_url),
+        writes=WritePolicy(fetcher, gate),
+        cors=Cors(auth.clients),
     )
     try:
         yield

@@ -34,6 +34,21 @@ checked on the write itself (``writes.check_authority_unchanged``)."""
 READ: frozenset[Letter] = frozenset({"r"})
 SEARCH: frozenset[Letter] = frozenset({"s"})
 SEE: frozenset[Letter] = frozenset({"r", "s"})
+VALIDATE: frozenset[Letter] = frozenset({"c", "u"})
+"""``$validate`` checks a body as a create or an update would."""
+WRITE_LETTERS: dict[Kind, frozenset[Letter]] = {
+    Kind.CREATE: frozenset({"c"}),
+    Kind.UPDATE: frozenset({"u"}),
+    Kind.PATCH: frozenset({"u"}),
+    Kind.DELETE: frozenset({"d"}),
+}
+"""The scope letter each write needs (SMART 2.2 section 3: c, u, d)."""
+_WRITING = {
+    Kind.CREATE: "creating",
+    Kind.UPDATE: "updating",
+    Kind.PATCH: "updating",
+    Kind.DELETE: "deleting",
+}
 
 
 def _satisfies(resource: Mapping[str, Any], scope: ResourceScope) -> bool:
@@ -160,17 +175,23 @@ class AccessPolicy:
         return True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AccessDecision:
     """An allowed interaction: what to send upstream and how to judge what comes back."""
 
     interaction: FhirInteraction
+    """The interaction to send (a search narrowed to the token's patients)."""
     policy: AccessPolicy
     letters: frozenset[Letter]
-    exact_total: bool
-    """The upstream's ``total`` counts only what the policy releases (no local-only filter)."""
+    """The scope letters the interaction needs: for a read or search, what every resource
+    released must be covered by; for a write, what the resource before and after must be."""
     patient_only: bool
     """Only ``patient/`` scopes apply: writes and reads are held to the compartment."""
+
+    @property
+    def restricted(self) -> bool:
+        """A granular scope (S-28) limits what this interaction may touch."""
+        return any(s.restriction for s in self.policy.scopes_for(self.interaction, self.letters))
 
 
 def _scopes_for(
@@ -198,13 +219,11 @@ def _only_patient(scopes: list[ResourceScope]) -> bool:
     return all(s.context is Context.PATIENT for s in scopes)
 
 
-def _restriction_params(scopes: list[ResourceScope]) -> tuple[list[tuple[str, str]], bool]:
-    """Parameters to add upstream for granular scopes, and whether the upstream total is exact."""
-    if any(not s.restriction for s in scopes):
-        return [], True
-    if len(scopes) == 1:
-        return list(scopes[0].restriction), False
-    return [], False  # several restricted scopes are an OR: filtered here only
+def _restriction_params(scopes: list[ResourceScope]) -> list[tuple[str, str]]:
+    """Parameters to add upstream for granular scopes (every resource is checked again)."""
+    if any(not s.restriction for s in scopes) or len(scopes) != 1:
+        return []  # unrestricted, or several restricted scopes (an OR): filtered here only
+    return list(scopes[0].restriction)
 
 
 def _search(context: AccessContext, interaction: FhirInteraction) -> AccessDecision:
@@ -212,7 +231,7 @@ def _search(context: AccessContext, interaction: FhirInteraction) -> AccessDecis
     assert rtype is not None
     scopes = _require(context, rtype, SEARCH, "searching")
     policy = AccessPolicy(context)
-    extra, exact = _restriction_params(scopes)
+    extra = _restriction_params(scopes)
     patient_only = _only_patient(scopes)
     params = list(interaction.params)
     if interaction.kind is Kind.SEARCH_COMPARTMENT:
@@ -226,7 +245,10 @@ def _search(context: AccessContext, interaction: FhirInteraction) -> AccessDecis
         public = rtype in compartment.PUBLIC_TYPES
         params = narrow_search(params, rtype, context.patients, add_constraint=not public)
     return AccessDecision(
-        interaction.with_params([*params, *extra]), policy, SEARCH, exact, patient_only
+        interaction=interaction.with_params([*params, *extra]),
+        policy=policy,
+        letters=SEARCH,
+        patient_only=patient_only,
     )
 
 
@@ -244,55 +266,58 @@ def _system_level(context: AccessContext, interaction: FhirInteraction) -> Acces
     for rtype in types or ["*"]:
         if not any(s.resource_type in ("*", rtype) and s.letters & letters for s in scopes):
             raise Forbidden(f"the access token has no scope that allows searching {rtype}")
-    return AccessDecision(interaction, AccessPolicy(context), letters, False, False)
+    return AccessDecision(
+        interaction=interaction, policy=AccessPolicy(context), letters=letters, patient_only=False
+    )
 
 
 def authorize(context: AccessContext, interaction: FhirInteraction) -> AccessDecision:
     """Allow (possibly narrowed) or refuse one interaction for this token."""
     kind, rtype = interaction.kind, interaction.resource_type
-    policy = AccessPolicy(context)
     if kind in (Kind.SEARCH_TYPE, Kind.SEARCH_COMPARTMENT):
         return _search(context, interaction)
     if kind in (Kind.SEARCH_SYSTEM, Kind.HISTORY_SYSTEM):
         return _system_level(context, interaction)
     assert rtype is not None, kind
+
+    def allowed(letters: frozenset[Letter], patient_only: bool) -> AccessDecision:
+        return AccessDecision(
+            interaction=interaction,
+            policy=AccessPolicy(context),
+            letters=letters,
+            patient_only=patient_only,
+        )
+
     if kind in (Kind.READ, Kind.VREAD, Kind.HISTORY_INSTANCE):
-        scopes = _require(context, rtype, READ, "reading")
-        return AccessDecision(interaction, policy, READ, False, _only_patient(scopes))
+        return allowed(READ, _only_patient(_require(context, rtype, READ, "reading")))
     if kind is Kind.HISTORY_TYPE:
-        scopes = _require(context, rtype, SEARCH, "the history of")
-        if _only_patient(scopes):
+        if _only_patient(_require(context, rtype, SEARCH, "the history of")):
             raise Forbidden("type-level history cannot be limited to one patient; ask per resource")
-        return AccessDecision(interaction, policy, SEE, False, False)
+        return allowed(SEE, False)
     if kind is Kind.OPERATION and interaction.operation == "everything":
         scopes = _require(context, rtype, READ, "reading")
         if _only_patient(scopes) and interaction.resource_id not in context.patients:
             raise Forbidden("that patient's record is outside this token's access")
-        return AccessDecision(interaction, policy, SEE, False, _only_patient(scopes))
+        return allowed(SEE, _only_patient(scopes))
     if kind is Kind.OPERATION:  # $validate: writes nothing, answers an OperationOutcome
-        scopes = _require(context, rtype, frozenset({"c", "u"}), "validating")
-        return AccessDecision(interaction, policy, SEE, False, _only_patient(scopes))
-    letter: dict[Kind, tuple[frozenset[Letter], str]] = {
-        Kind.CREATE: (frozenset({"c"}), "creating"),
-        Kind.UPDATE: (frozenset({"u"}), "updating"),
-        Kind.PATCH: (frozenset({"u"}), "updating"),
-        Kind.DELETE: (frozenset({"d"}), "deleting"),
-    }
-    if kind in letter:
-        letters, action = letter[kind]
-        scopes = _require(context, rtype, letters, action)
-        patient_only = _only_patient(scopes)
-        if patient_only and rtype in AUTHORITY_TYPES:
-            # P-20: representation comes from the EHR's data or an administrator, not an app.
-            raise Forbidden(
-                f"patient-context tokens cannot write {rtype}: it decides who may act for whom"
-            )
-        if patient_only and rtype not in compartment.PUBLIC_TYPES:
-            if not compartment.is_compartment_type(rtype):
-                raise Forbidden(f"patient-context tokens cannot write {rtype}")
-            if rtype == "Patient" and kind is Kind.CREATE:
-                raise Forbidden("patient-context tokens cannot create Patient records")
-        elif patient_only:
-            raise Forbidden(f"patient-context tokens cannot write {rtype}")
-        return AccessDecision(interaction, policy, SEE, False, patient_only)
+        return allowed(VALIDATE, _only_patient(_require(context, rtype, VALIDATE, "validating")))
+    if kind in WRITE_LETTERS:
+        letters = WRITE_LETTERS[kind]
+        patient_only = _only_patient(_require(context, rtype, letters, _WRITING[kind]))
+        if patient_only:
+            _check_patient_write(rtype, kind)
+        return allowed(letters, patient_only)
     raise Forbidden(f"{kind} is not available through this gateway")
+
+
+def _check_patient_write(rtype: str, kind: Kind) -> None:
+    """What a ``patient/``-only token may never write, whatever its scopes say."""
+    if rtype in AUTHORITY_TYPES:
+        # P-20: representation comes from the EHR's data or an administrator, not an app.
+        raise Forbidden(
+            f"patient-context tokens cannot write {rtype}: it decides who may act for whom"
+        )
+    if rtype in compartment.PUBLIC_TYPES or not compartment.is_compartment_type(rtype):
+        raise Forbidden(f"patient-context tokens cannot write {rtype}")
+    if rtype == "Patient" and kind is Kind.CREATE:
+        raise Forbidden("patient-context tokens cannot create Patient records")

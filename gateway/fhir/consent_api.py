@@ -101,7 +101,7 @@ class ConsentApi:
         body: Any,
         headers: CIMultiDict[str],
     ) -> Answer:
-        decision = authorize(context, interaction)
+        decision = authorize(context, _as_consent_search(interaction))
         try:
             return await self._handle(context, decision, body, headers)
         except ConsentInvalid as exc:
@@ -307,3 +307,14 @@ def _changed_by(context: AccessContext) -> str:
     """Who changes a Consent through the FHIR API: the app, and the person using it."""
     app = f"client:{context.client_id}"
     return f"{context.fhir_user} via {app}" if context.fhir_user else app
+
+
+def _as_consent_search(interaction: FhirInteraction) -> FhirInteraction:
+    """Consent lives in the gateway: a compartment search ``Patient/x/Consent`` is a Consent
+    search for that patient."""
+    if interaction.kind is Kind.SEARCH_COMPARTMENT and interaction.compartment is not None:
+        patient = ("patient", f"Patient/{interaction.compartment[1]}")
+        return FhirInteraction(
+            Kind.SEARCH_TYPE, "GET", "Consent", params=(*interaction.params, patient)
+        )
+    return interaction

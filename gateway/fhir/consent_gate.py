@@ -31,12 +31,17 @@ from consent.errors import ConsentError
 from consent.minimise import profile_for
 from consent.store import ConsentStore
 from gateway.fhir import compartment
+from gateway.fhir.access import AccessDecision
 from gateway.fhir.context import AccessContext
 from gateway.fhir.freshness import ChangeEpochs, EpochCache
-from gateway.web.errors import ServiceUnavailable
+from gateway.fhir.interaction import FhirInteraction, Kind
+from gateway.fhir.narrowing import patient_id
+from gateway.proxy.answer import Answer
+from gateway.web.errors import Forbidden, ServiceUnavailable
 from smart_auth.clients import ClientStore
 
 _CLIENT_TTL_SECONDS = 30.0
+_PATIENT_PARAMS = frozenset({"patient", "subject"})
 
 
 @dataclass
@@ -198,3 +203,87 @@ class ConsentGate:
         for resource in resources:
             owners |= owners_of(resource)
         await self.load(request, owners)
+
+    async def refusal(
+        self, request: RequestConsent, decision: AccessDecision, asked: FhirInteraction
+    ) -> Decision | None:
+        """Before the fetch, when the patients a read is about are known: a decision that
+        withholds everything of theirs (no consent at all, a blanket deny), if there is one. The
+        consents of those patients are loaded meanwhile, for the release."""
+        named = _named_patients(asked)
+        context = request.context
+        if decision.patient_only:  # the patients asked about, else every one the token reaches
+            patients = sorted(context.patients.intersection(named) or context.patients)
+        else:
+            patients = sorted(named)
+        if not patients:
+            return None
+        await self.load(request, patients)
+        rtype = decision.interaction.resource_type
+        if rtype is not None and not compartment.is_compartment_type(rtype):
+            return None  # Practitioner, Medication...: no patient data, no consent needed
+        return request.refusal(patients)
+
+    async def check_write(
+        self, context: AccessContext, action: str, resources: Iterable[dict[str, Any]]
+    ) -> None:
+        """C-24: the patients whose record a write touches (each resource before and after it)
+        must consent to this app doing it (``action``, a consentaction code), exactly as for a
+        read; 403 naming the Consent that decided otherwise."""
+        request = await self.start(context, action)
+        for resource in resources:
+            owners = compartment.patients_of(resource)
+            if not owners:
+                continue  # no patient's data: scopes alone decide
+            await self.load(request, owners)
+            refusal = request.refusal_for(resource, owners)
+            if refusal is not None:
+                raise Forbidden(explain(refusal))
+
+
+def _named_patients(interaction: FhirInteraction) -> list[str]:
+    """The patients a request is about before anything is fetched (a compartment,
+    ``$everything``, or ``patient=``/``subject=`` values that all name patients); ``[]``
+    otherwise."""
+    if interaction.compartment is not None and interaction.compartment[0] == "Patient":
+        return [interaction.compartment[1]]
+    if interaction.operation == "everything" and interaction.resource_id:
+        return [interaction.resource_id]
+    if interaction.kind is not Kind.SEARCH_TYPE:
+        return []
+    named: list[str] = []
+    for name, value in interaction.params:
+        if name not in _PATIENT_PARAMS:
+            continue
+        for item in value.split(","):
+            patient = patient_id(item)
+            if patient is None or (name != "patient" and not item.strip().startswith("Patient/")):
+                return []  # not only patients: the refusal could depend on the data
+            named.append(patient)
+    return named
+
+
+def explain(decision: Decision) -> str:
+    """A refusal's OperationOutcome text: why, and which Consent and provision decided (C-11)."""
+    where = f" (Consent/{decision.consent_id}, {decision.provision})" if decision.consent_id else ""
+    return f"withheld by the patient's consent: {decision.reason}{where}"
+
+
+def refused(decision: Decision, kind: Kind) -> Answer:
+    """C-03: a read under a missing or withdrawn consent is 403; a search is an empty result that
+    says why."""
+    if kind in (Kind.READ, Kind.VREAD):
+        raise Forbidden(explain(decision))
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {"severity": "information", "code": "suppressed", "diagnostics": explain(decision)}
+        ],
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": 0,
+        "entry": [{"search": {"mode": "outcome"}, "resource": outcome}],
+    }
+    return Answer(200, {}, bundle)

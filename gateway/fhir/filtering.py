@@ -69,7 +69,6 @@ def filter_bundle(
     policy: AccessPolicy,
     letters: frozenset[Letter],
     *,
-    exact_total: bool,
     then: Release | None = None,
 ) -> Filtered:
     """Remove from a searchset or history Bundle every entry the token may not see."""
@@ -106,7 +105,7 @@ def filter_bundle(
         bundle["entry"] = kept
     else:
         bundle.pop("entry", None)
-    if "total" in bundle and (withheld.matches or not exact_total):
+    if "total" in bundle:  # consent may withhold anywhere: never the upstream's count (C-18)
         if _is_paged(bundle):
             del bundle["total"]
         else:

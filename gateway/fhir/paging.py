@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,13 +26,18 @@ import orjson
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from gateway.fhir.access import AccessDecision, AccessPolicy
 from gateway.fhir.context import AccessContext
+from gateway.fhir.interaction import FhirInteraction, Kind
+from gateway.proxy.rewrite import UrlRewriter
 from gateway.web.errors import Forbidden
 from smart_auth.key_provider import KeyProvider, Sealed, seal, unseal
+from smart_auth.scopes import Letter
 
 _STATE = "gateway_state"
 _SECRET_ID = "paging_secret"  # noqa: S105 - the name of a document, not a secret
 _AAD = "paging-secret"
+_PAGE_RELATIONS = frozenset({"next", "previous", "prev", "first", "last"})
 
 
 def _b64(data: bytes) -> str:
@@ -42,16 +48,29 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PageLink:
     """A verified paging link: where to go upstream and what interaction it continues."""
 
-    upstream: str  # relative to the upstream base: "/Patient?_count=2&_offset=2", "?_getpages=..."
+    upstream: str
+    """Relative to the upstream base: ``/Patient?_count=2&_offset=2``, ``?_getpages=...``."""
     kind: str
     resource_type: str | None
-    letters: str  # the scope letters released resources need ("s", "rs")
-    exact_total: bool
-    shaping: tuple[tuple[str, str], ...] = ()  # the caller's _elements/_summary, applied per page
+    letters: str
+    """The scope letters released resources need (``s``, ``rs``)."""
+    shaping: tuple[tuple[str, str], ...] = ()
+    """The caller's ``_elements``/``_summary``, applied to every page."""
+
+    def decision(self, context: AccessContext) -> AccessDecision:
+        """The access decision a followed link is released under: the one its search had."""
+        letters: frozenset[Letter] = frozenset(self.letters)  # type: ignore[arg-type]
+        interaction = FhirInteraction(Kind(self.kind), "GET", self.resource_type, params=())
+        return AccessDecision(
+            interaction=interaction,
+            policy=AccessPolicy(context),
+            letters=letters,
+            patient_only=False,
+        )
 
 
 def _binding(context: AccessContext) -> list[str | None]:
@@ -76,7 +95,6 @@ class PageSigner:
             "k": link.kind,
             "t": link.resource_type,
             "l": link.letters,
-            "x": link.exact_total,
             "s": [list(pair) for pair in link.shaping],
             "b": _binding(context),
             "e": int(time.time()) + self._lifetime,
@@ -99,8 +117,47 @@ class PageSigner:
             raise Forbidden("this paging link has expired; run the search again")
         shaping = tuple((str(k), str(v)) for k, v in body.get("s", []))
         return PageLink(
-            str(body["u"]), str(body["k"]), body.get("t"), str(body["l"]), bool(body["x"]), shaping
+            upstream=str(body["u"]),
+            kind=str(body["k"]),
+            resource_type=body.get("t"),
+            letters=str(body["l"]),
+            shaping=shaping,
         )
+
+    def sign_links(
+        self,
+        bundle: dict[str, Any],
+        decision: AccessDecision,
+        *,
+        rewriter: UrlRewriter,
+        fhir_base: str,
+        self_url: str,
+        shaping: Sequence[tuple[str, str]],
+    ) -> None:
+        """Replace a Bundle's paging links by signed gateway links bound to the token, and its
+        ``self`` link by the URL the caller asked for; other links go."""
+        interaction = decision.interaction
+        links: list[dict[str, str]] = [{"relation": "self", "url": self_url}] if self_url else []
+        for link in bundle.get("link") or []:
+            relation, url = link.get("relation"), link.get("url")
+            if relation not in _PAGE_RELATIONS or not isinstance(url, str):
+                continue
+            relative = rewriter.relative_to_public(url)
+            if relative is None:
+                continue
+            page = PageLink(
+                upstream=relative,
+                kind=interaction.kind.value,
+                resource_type=interaction.resource_type,
+                letters="".join(sorted(decision.letters)),
+                shaping=tuple(shaping),
+            )
+            token = self.sign(page, decision.policy.context)
+            links.append({"relation": relation, "url": f"{fhir_base}/_page/{token}"})
+        if links:
+            bundle["link"] = links
+        else:
+            bundle.pop("link", None)
 
 
 async def load_secret(

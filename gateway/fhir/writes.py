@@ -1,4 +1,23 @@
-"""Checks on what a caller writes (FHIR R4 3.1.0 create/update/patch/delete; the issue's item 8).
+"""The write policy: what a create, update, patch or delete must pass before anything is sent
+upstream, alone or in a transaction (FHIR R4 3.1.0 create/update/patch/delete; SMART.md S-26 … S-29;
+CONSENT.md C-24; SECURITY.md P-20). :class:`WritePolicy` runs the checks in this order:
+
+1. Consents are written through ``/fhir/Consent`` only; a merge patch becomes an update of the
+   current version (the upstreams take JSON Patch only).
+2. The body: created and updated bodies are valid FHIR; a JSON Patch names no ``id``,
+   ``resourceType`` or the whole document.
+3. The resource before the write (read from the upstream for every update, patch and delete: whose
+   record it is decides the consent): under a ``patient/`` scope or a granular one it must be one
+   the token may write, else the answer is the one for a resource that does not exist; the version
+   read is pinned with ``If-Match``.
+4. The resource after the write (the body, or the patch applied here): under a ``patient/`` scope it
+   names only the token's patients, no conditional reference, and no changed ``Patient.link``; it
+   satisfies the scope's restriction.
+5. Consent (C-24): every patient whose record the write touches, before or after, consents to this
+   app doing it — evaluated with the consentaction of the write (``collect`` for a create,
+   ``correct`` for the others).
+
+The checks on their own:
 
 - Every created or updated body is validated with ``fhir.resources`` (R4B models, close to R4):
   a body that is not a valid resource gets 422 with one OperationOutcome issue per problem,
@@ -17,13 +36,37 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jsonpatch
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
+from multidict import CIMultiDict
 from pydantic import ValidationError
 
 from gateway.fhir import compartment
+from gateway.fhir.access import AccessDecision, authorize
+from gateway.fhir.bodies import JSON_PATCH, MERGE_PATCH
+from gateway.fhir.consent_gate import ConsentGate
 from gateway.fhir.context import AccessContext
+from gateway.fhir.fetch import Call, Fetcher
 from gateway.fhir.fhirdata import RESOURCE_TYPES
-from gateway.web.errors import Forbidden, NotFound, Unprocessable
+from gateway.fhir.interaction import FhirInteraction, Kind
+from gateway.web.errors import (
+    FHIR_JSON,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unprocessable,
+    UnsupportedMediaType,
+)
+
+WRITE_ACTIONS: dict[Kind, str] = {
+    Kind.CREATE: "collect",
+    Kind.UPDATE: "correct",
+    Kind.PATCH: "correct",
+    Kind.DELETE: "correct",
+}
+"""The consentaction code each write is evaluated as (C-24; R4 valueset-consent-action)."""
+_HIDDEN = "no such resource is available to this access token"
 
 
 def _issues(exc: ValidationError) -> list[dict[str, Any]]:
@@ -169,3 +212,113 @@ def apply_patch(current: Mapping[str, Any], operations: Any) -> dict[str, Any]:
     if not isinstance(patched, dict):
         raise Unprocessable("the JSON Patch does not leave a resource")
     return patched
+
+
+class WritePolicy:
+    """Everything a write must pass before it is sent (the module's docstring)."""
+
+    def __init__(self, fetcher: Fetcher, consent: ConsentGate) -> None:
+        self._fetcher = fetcher
+        self._consent = consent
+
+    async def prepare(
+        self, context: AccessContext, decision: AccessDecision, call: Call
+    ) -> tuple[AccessDecision, Call]:
+        """The write to check and send: a JSON Merge Patch becomes an update of the current
+        version, pinned with ``If-Match`` (HAPI and Medplum take JSON Patch but not merge patch).
+        A resource the token may not update is answered as missing before anything is merged."""
+        if call.media != MERGE_PATCH:
+            return decision, call
+        patch = call.interaction
+        check_merge_patch(call.body, patch.resource_type, patch.resource_id)
+        update = FhirInteraction(Kind.UPDATE, "PUT", patch.resource_type, patch.resource_id)
+        decision = authorize(context, update)
+        current = await self._fetcher.current(patch.resource_type, patch.resource_id)
+        if current is None or not decision.policy.permits(current, decision.letters):
+            raise NotFound(_HIDDEN)
+        version = (current.get("meta") or {}).get("versionId")
+        if not version:
+            raise Conflict("the resource has no version to apply a merge patch to")
+        after = merge_patch(current, call.body)
+        headers = call.headers.copy()
+        headers.setdefault("If-Match", f'W/"{version}"')
+        return decision, call.but(
+            interaction=update,
+            body=after,
+            raw=orjson.dumps(after),
+            media=FHIR_JSON,
+            headers=headers,
+        )
+
+    async def check(
+        self, context: AccessContext, decision: AccessDecision, call: Call
+    ) -> CIMultiDict[str]:
+        """403/404/422 unless the write may go; returns the headers to send it with, ``If-Match``
+        pinned to the version that was checked."""
+        interaction, kind, policy = decision.interaction, decision.interaction.kind, decision.policy
+        checked = decision.patient_only or decision.restricted
+        headers = call.headers.copy()
+        if interaction.resource_type == "Consent":
+            raise BadRequest("Consents are written through /fhir/Consent, one at a time")
+        if kind in (Kind.CREATE, Kind.UPDATE):
+            validate(call.body)
+        if kind is Kind.PATCH:
+            if call.media != JSON_PATCH:
+                raise UnsupportedMediaType(f"patches here are JSON Patch ({JSON_PATCH})")
+            check_patch_operations(call.body)
+        if decision.patient_only and "If-None-Exist" in headers:
+            raise Forbidden("conditional creates are not available to patient-context tokens")
+        current: dict[str, Any] | None = None
+        if kind is not Kind.CREATE:
+            current = await self._fetcher.current(
+                interaction.resource_type, interaction.resource_id
+            )
+            # An update that would create is answered like an update of someone else's resource:
+            # otherwise the difference would tell which ids exist.
+            if checked and (current is None or not policy.permits(current, decision.letters)):
+                raise NotFound(_HIDDEN)
+            version = ((current or {}).get("meta") or {}).get("versionId")
+            if version and "If-Match" not in headers:
+                headers["If-Match"] = f'W/"{version}"'
+        after = call.body if kind in (Kind.CREATE, Kind.UPDATE) else None
+        if kind is Kind.PATCH and current is not None:
+            after = apply_patch(current, call.body)
+            if after.get("id") != current.get("id"):
+                raise Forbidden("a patch cannot change the resource's id")
+        if after is not None and checked:
+            self._check_after(context, decision, current, after)
+        touched = [r for r in (current, after) if r is not None]
+        await self._consent.check_write(context, WRITE_ACTIONS[kind], touched)
+        return headers
+
+    @staticmethod
+    def _check_after(
+        context: AccessContext,
+        decision: AccessDecision,
+        current: Mapping[str, Any] | None,
+        after: Mapping[str, Any],
+    ) -> None:
+        if decision.patient_only:
+            if current is not None:
+                check_authority_unchanged(current, after)
+            check_conditional_references(after)
+            if compartment.patient_references(after) - context.patients:  # contained too
+                raise Forbidden("this write would name a patient outside this token's access")
+        if not decision.policy.permits(after, decision.letters):
+            raise Forbidden(
+                f"this {decision.interaction.resource_type} would fall outside what this access "
+                "token may write (its patients, or its scope's restriction)"
+            )
+
+    async def check_validate(self, decision: AccessDecision) -> None:
+        """``$validate`` on an instance: the instance must be one the token could update; the
+        same answer as for a resource that does not exist otherwise."""
+        interaction = decision.interaction
+        if interaction.resource_id is None:
+            return
+        if decision.patient_only or decision.restricted:
+            current = await self._fetcher.current(
+                interaction.resource_type, interaction.resource_id
+            )
+            if current is None or not decision.policy.permits(current, decision.letters):
+                raise NotFound(_HIDDEN)

@@ -21,6 +21,7 @@ from yarl import URL
 
 from gateway.settings import Settings
 from gateway.web.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.web.logs import request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +129,16 @@ class Upstream:
         body: bytes | None = None,
         content_type: str | None = None,
         headers: Mapping[str, str] | None = None,
-        request_id: str | None = None,
         url: URL | None = None,
     ) -> UpstreamResponse:
         """Send one request; raise 502/504 FHIR errors when the upstream cannot answer. ``url``
-        (from :meth:`link_url`) replaces ``relative_path`` and ``params``."""
+        (from :meth:`link_url`) replaces ``relative_path`` and ``params``. The caller's request id
+        goes along as ``X-Request-Id``, so that both servers' logs can be matched."""
         out: dict[str, str] = {**(headers or {}), "Accept": FHIR_JSON_ACCEPT, **self._auth_header}
         if content_type:
             out["Content-Type"] = content_type
-        if request_id:
+        request_id = request_id_var.get()
+        if request_id != "-":
             out["X-Request-Id"] = request_id
         url = url if url is not None else self.url_for(relative_path, params)
         started = time.perf_counter()

@@ -281,7 +281,7 @@ def test_s26_type_search_is_narrowed_and_judged_by_search_letters() -> None:
     decision = authorize(AMELIA, search("Observation", ("code", "8867-4")))
     assert decision.interaction.params == (("code", "8867-4"), ("patient", f"Patient/{A}"))
     assert decision.letters == SEARCH
-    assert decision.patient_only and decision.exact_total
+    assert decision.patient_only and not decision.restricted
 
 
 def test_s26_post_search_form_is_narrowed_like_a_query() -> None:
@@ -434,19 +434,18 @@ def test_s28_one_granular_scope_adds_its_restriction_upstream() -> None:
         ("patient", f"Patient/{A}"),
         ("category", VITALS),
     )
-    assert not decision.exact_total
+    assert decision.restricted
 
 
 def test_s28_several_granular_scopes_are_an_or_filtered_after() -> None:
     decision = authorize(VITALS_OR_LABS, search("Observation"))
     assert decision.interaction.params == (("patient", f"Patient/{A}"),)
-    assert not decision.exact_total
+    assert decision.restricted  # every resource released is checked against both
 
 
 def test_s28_an_unrestricted_scope_beside_a_granular_one_wins() -> None:
     decision = authorize(VITALS_AND_ALL, search("Observation"))
-    assert decision.interaction.params == (("patient", f"Patient/{A}"),)
-    assert decision.exact_total
+    assert decision.interaction.params == (("patient", f"Patient/{A}"),)  # nothing added
 
 
 def test_s28_a_granular_restriction_does_not_bypass_the_narrowing() -> None:

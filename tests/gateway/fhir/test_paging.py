@@ -15,7 +15,10 @@ from smart_auth.scopes import ScopeSet
 
 SECRET = b"k" * 32
 LINK = PageLink(
-    "/Observation?patient=Patient/a&_count=2&_offset=2", "search-type", "Observation", "s", True
+    upstream="/Observation?patient=Patient/a&_count=2&_offset=2",
+    kind="search-type",
+    resource_type="Observation",
+    letters="s",
 )
 ALICE = AccessContext(
     issuer="https://gw.example",
