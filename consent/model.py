@@ -33,7 +33,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.consent import Consent
 from fhir.resources.R4B.resource import Resource
 
-from consent import fhirtime
+from consent import fhirtime, references
 from consent.codes import (
     CLIENT_SYSTEM,
     CONSENT_SCOPE,
@@ -68,10 +68,10 @@ def reference_key(reference: object) -> str | None:
     and ``_history`` suffixes reduced), ``system|value`` for a logical (identifier) one."""
     if not isinstance(reference, Mapping):
         return None
-    literal = reference.get("reference")
-    if isinstance(literal, str) and literal:
-        parts = literal.split("/_history/")[0].rstrip("/").split("/")
-        return "/".join(parts[-2:]) if len(parts) >= 2 else None
+    written = reference.get("reference")
+    if isinstance(written, str) and written:
+        found = references.literal(written)
+        return f"{found[0]}/{found[1]}" if found else None
     identifier = reference.get("identifier")
     if isinstance(identifier, Mapping):
         system, value = identifier.get("system"), identifier.get("value")
@@ -88,11 +88,9 @@ def client_key(client_id: str) -> str:
 def patient_id_of(consent: Mapping[str, Any]) -> str | None:
     """The id in ``Consent.patient`` when it is a literal ``Patient/[id]`` reference."""
     patient = consent.get("patient")
-    literal = patient.get("reference") if isinstance(patient, Mapping) else None
-    if not isinstance(literal, str):
-        return None
-    kind, _, ident = literal.partition("/")
-    return ident if kind == "Patient" and ID_PATTERN.match(ident) else None
+    written = patient.get("reference") if isinstance(patient, Mapping) else None
+    found = references.patient_id(written) if isinstance(written, str) else None
+    return found if references.is_id(found) else None
 
 
 def provisions(consent: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any], int]]:

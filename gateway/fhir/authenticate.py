@@ -31,9 +31,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from pymongo.errors import PyMongoError
 
+from consent.references import is_id, patient_id
 from gateway.fhir.context import AccessContext
 from gateway.fhir.freshness import ChangeEpochs, EpochCache
-from gateway.fhir.narrowing import patient_id
 from gateway.settings import ExternalIssuer
 from gateway.web.errors import BadRequest, ServiceUnavailable, Unauthorized
 from smart_auth.revocations import RevocationList
@@ -123,8 +123,8 @@ def _string_list(value: object) -> tuple[str, ...]:
 
 def _bare_patient_id(value: object) -> str | None:
     """A ``patient`` or ``acts_for`` claim: ``x``, ``Patient/x`` or an absolute URL to it."""
-    patient = patient_id(value) if isinstance(value, str) else None
-    return patient if patient is not None and _ID.match(patient) else None
+    patient = patient_id(value, bare=True) if isinstance(value, str) else None
+    return patient if is_id(patient) else None
 
 
 class Authenticator:

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
+from consent.references import patient_id
 from gateway.fhir.fhirdata import PATIENT_COMPARTMENT_PARAMS, load_json
 from gateway.fhir.searchparams import (
     UnknownParameter,
@@ -114,7 +115,7 @@ def _carrier_owners(
     owners: set[str] = set()
     for value in references:
         literal = value.get("reference") if isinstance(value, dict) else None
-        patient = _patient_id(literal) if isinstance(literal, str) else None
+        patient = patient_id(literal) if isinstance(literal, str) else None
         if patient is None:
             return frozenset({UNATTRIBUTED})
         owners.add(patient)
@@ -131,23 +132,11 @@ def _values(node: Any, steps: tuple[str, ...], at: int, out: list[Any]) -> None:
         _values(node[steps[at]], steps, at + 1, out)
 
 
-def _patient_id(reference: str) -> str | None:
-    """The id of a reference to a Patient (``Patient/x``, absolute, versioned), else ``None``.
-    A malformed id is kept as written: it then never matches a token's patient, and it never
-    reaches a database query (the consent store takes valid ids only)."""
-    if reference.startswith("Patient/") and reference.count("/") == 1:
-        return reference[8:] or None  # the common case, without the general parser
-    normalised = normalise_reference(reference)
-    if normalised is not None and normalised.startswith("Patient/"):
-        return normalised[8:]
-    return None
-
-
 def _walk_patient_references(value: Any, found: set[str], skip: str | None = None) -> None:
     if isinstance(value, dict):
         reference = value.get("reference")
         if isinstance(reference, str) and "Patient" in reference:
-            patient = _patient_id(reference)
+            patient = patient_id(reference)
             if patient is not None:
                 found.add(patient)
             elif reference.startswith("Patient?"):
@@ -241,7 +230,7 @@ def _collect(node: Any, steps: tuple[str, ...], at: int, found: set[str]) -> Non
     if at == len(steps):
         reference = node.get("reference")
         if isinstance(reference, str):
-            patient = _patient_id(reference)
+            patient = patient_id(reference)
             if patient is not None:
                 found.add(patient)
         return

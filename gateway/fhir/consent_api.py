@@ -35,12 +35,13 @@ from consent.errors import (
     VersionConflict,
 )
 from consent.model import patient_id_of
+from consent.references import patient_id
 from consent.store import Change, Channel, ConsentStore, HistoryEntry
 from gateway.fhir import writes
 from gateway.fhir.access import AccessDecision, authorize
 from gateway.fhir.context import AccessContext
 from gateway.fhir.interaction import FhirInteraction, Kind
-from gateway.fhir.narrowing import narrow_search, patient_id
+from gateway.fhir.narrowing import narrow_search
 from gateway.proxy.answer import Answer
 from gateway.web.errors import (
     BadRequest,
@@ -228,7 +229,7 @@ class ConsentApi:
         for name, value in params:
             if name != "patient":
                 continue
-            parsed = [patient_id(item) for item in value.split(",") if item]
+            parsed = [patient_id(item, bare=True) for item in value.split(",") if item]
             named = {p for p in parsed if p is not None}
             if len(named) != len(parsed):
                 raise BadRequest("patient takes Patient/[id] or [id]")

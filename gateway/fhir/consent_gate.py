@@ -29,13 +29,13 @@ from consent.codes import ACCESS
 from consent.decide import Basis, Decision, Evaluator, RequestAttributes, compile_consents
 from consent.errors import ConsentError
 from consent.minimise import profile_for
+from consent.references import patient_id
 from consent.store import ConsentStore
 from gateway.fhir import compartment
 from gateway.fhir.access import AccessDecision
 from gateway.fhir.context import AccessContext
 from gateway.fhir.freshness import ChangeEpochs, EpochCache
 from gateway.fhir.interaction import FhirInteraction, Kind
-from gateway.fhir.narrowing import patient_id
 from gateway.proxy.answer import Answer
 from gateway.web.errors import Forbidden, ServiceUnavailable
 from smart_auth.clients import ClientStore
@@ -256,7 +256,7 @@ def _named_patients(interaction: FhirInteraction) -> list[str]:
         if name not in _PATIENT_PARAMS:
             continue
         for item in value.split(","):
-            patient = patient_id(item)
+            patient = patient_id(item, bare=True)
             if patient is None or (name != "patient" and not item.strip().startswith("Patient/")):
                 return []  # not only patients: the refusal could depend on the data
             named.append(patient)

@@ -25,30 +25,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from consent.references import patient_id
 from gateway.fhir import compartment, searchparams
 from gateway.web.errors import Forbidden
 
 _REFUSED = frozenset({"_filter", "_query", "_list", "_contained", "_containedtype", "_type"})
 
 
-def patient_id(value: str) -> str | None:
-    """The patient id a reference or search value names (``Patient/x``, ``x``, or an absolute URL
-    ending in ``Patient/x``); ``None`` for anything else."""
-    value = value.strip()
-    if value.startswith(("http://", "https://")):
-        value = "/".join(value.rstrip("/").split("/")[-2:])
-    if value.startswith("Patient/"):
-        value = value[len("Patient/") :]
-    elif "/" in value:
-        return None
-    return value or None
-
-
 def _check_patient_values(name: str, value: str, allowed: frozenset[str]) -> None:
     """Each value must be one of the token's patients; a reference explicitly to another type
     (``Practitioner/x``) cannot reach a patient and only narrows."""
     for item in value.split(","):
-        patient = patient_id(item)
+        patient = patient_id(item, bare=True)
         if patient is None and _typed_non_patient(item):
             continue
         if patient is None or patient not in allowed:

@@ -34,9 +34,9 @@ import orjson
 from pymongo.errors import PyMongoError
 
 from consent import fhirtime
+from consent.references import is_id, patient_id
 from gateway.fhir.context import AccessContext
 from gateway.fhir.freshness import ChangeEpochs
-from gateway.fhir.narrowing import patient_id
 from gateway.proxy.upstream import Upstream
 from gateway.web.errors import FhirError, ServiceUnavailable, Unauthorized
 from smart_auth.accounts.users import User, UserStore
@@ -102,7 +102,7 @@ async def acts_for(upstream: Upstream, user: User, *, strict: bool = False) -> t
             continue
         reference = (resource.get("patient") or {}).get("reference")
         patient = patient_id(reference) if isinstance(reference, str) else None
-        if patient is not None and _ID.match(patient) and patient not in patients:
+        if patient is not None and is_id(patient) and patient not in patients:
             patients.append(patient)
     return tuple(patients)
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
 
+from consent import references
 from gateway.fhir.fhirdata import RESOURCE_TYPES, search_parameters
 
 ANY_TYPE = "Resource"
@@ -128,21 +129,16 @@ def _param_of(resource: Mapping[str, Any], name: str) -> SearchParam:
 # --- references -------------------------------------------------------------------------------
 
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_REFERENCE = re.compile(
-    r"^(?:https?://[^/?#\s]+(?:/[^?#\s]*)?/)?"  # an absolute base, dropped
-    r"([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})"
-    r"(?:/_history/[A-Za-z0-9\-.]{1,64})?/?$"
-)
 
 
 def normalise_reference(reference: str) -> str | None:
     """``Type/id`` for a literal reference (relative, or absolute ``http(s)://.../Type/id``, with
     any ``/_history/n`` or canonical ``|version`` dropped); ``None`` for contained (``#id``),
     ``urn:`` and anything that does not end in a known resource type and id."""
-    m = _REFERENCE.match(reference.split("|", 1)[0].strip())
-    if m is None or m.group(1) not in RESOURCE_TYPES or not m.group(2).strip("."):
+    found = references.literal(reference)
+    if found is None or found[0] not in RESOURCE_TYPES or not references.is_id(found[1]):
         return None
-    return f"{m.group(1)}/{m.group(2)}"
+    return f"{found[0]}/{found[1]}"
 
 
 def _reference_string(value: Any) -> str | None:

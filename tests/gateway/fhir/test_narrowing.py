@@ -16,7 +16,7 @@ from gateway.fhir.access import READ, SEARCH, SEE, AccessPolicy, authorize
 from gateway.fhir.compartment import patients_of
 from gateway.fhir.context import AccessContext
 from gateway.fhir.interaction import FhirInteraction, parse
-from gateway.fhir.narrowing import narrow_search, patient_id
+from gateway.fhir.narrowing import narrow_search
 from gateway.web.errors import Forbidden
 from smart_auth.scopes import ScopeSet
 
@@ -80,28 +80,6 @@ ALLOWED = frozenset({A})
 
 def search(path: str, *query: tuple[str, str]) -> FhirInteraction:
     return parse("GET", path, query)
-
-
-# --- patient_id ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (B, B),
-        (f"Patient/{B}", B),
-        (f"https://x.example/fhir/Patient/{B}", B),
-        (f"https://x.example/fhir/Patient/{B}/", B),
-        (f"  Patient/{B} ", B),
-        ("Practitioner/prac-1", None),
-        (f"Patient/{B}/_history/2", f"{B}/_history/2"),  # never equal to an allowed id
-        ("", None),
-    ],
-)
-def test_patient_id_reads_every_form_of_a_patient_reference(
-    value: str, expected: str | None
-) -> None:
-    assert patient_id(value) == expected
 
 
 # --- narrow_search: the constraint ---------------------------------------------------------------
