@@ -40,6 +40,7 @@ from gateway.fhir.pipeline import Pipeline
 from gateway.fhir.release import Release
 from gateway.fhir.writes import WritePolicy
 from gateway.oauth import setup_authserver
+from gateway.proxy.jwks import http_jwks_fetcher
 from gateway.proxy.rewrite import UrlRewriter
 from gateway.proxy.upstream import Upstream, create_session
 from gateway.settings import Settings, SettingsError, load_key_provider
@@ -102,8 +103,9 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         revocations=auth.revocations,
         epochs=epochs,
         external=settings.external_issuers,
-        http=jwks_http,
+        fetch_jwks=http_jwks_fetcher(jwks_http),
         jwks_refresh_min_seconds=settings.jwks_refresh_min_seconds,
+        jwks_max_cache_seconds=settings.client_jwks_max_cache_seconds,
     )
     fetcher = Fetcher(app[UPSTREAM], app[REWRITER], app[METRICS])
     gate = ConsentGate(consents, auth.clients, epochs)

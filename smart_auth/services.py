@@ -30,11 +30,12 @@ from smart_auth.accounts.sessions import SessionStore
 from smart_auth.accounts.throttle import LoginThrottle, Throttle
 from smart_auth.accounts.users import UserStore
 from smart_auth.backend_services import JtiStore
-from smart_auth.client_keys import ClientKeyResolver, JwksFetcher
+from smart_auth.client_keys import ClientKeyResolver
 from smart_auth.clients import ClientStore
 from smart_auth.codes import CodeStore
 from smart_auth.flows import FlowStore
 from smart_auth.grants import GrantStore
+from smart_auth.jwks import JwksFetcher
 from smart_auth.key_provider import KeyProvider
 from smart_auth.keys import KeyRing
 from smart_auth.launch import LaunchStore

@@ -15,16 +15,12 @@ are cached per token string (a token's claims never change); expiry is checked o
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import orjson
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
@@ -36,6 +32,7 @@ from gateway.fhir.context import AccessContext
 from gateway.fhir.freshness import ChangeEpochs, EpochCache
 from gateway.settings import ExternalIssuer
 from gateway.web.errors import BadRequest, ServiceUnavailable, Unauthorized
+from smart_auth.jwks import JwksCache, JwksFetcher, JwksUnavailable
 from smart_auth.revocations import RevocationList
 from smart_auth.scopes import ScopeSet
 
@@ -44,47 +41,8 @@ log = logging.getLogger(__name__)
 ALGORITHMS = ["RS256", "RS384", "ES256", "ES384"]
 _LEEWAY_SECONDS = 30
 _CACHE_SIZE = 10_000
-_MAX_AGE = re.compile(r"max-age=(\d+)")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 JwksSource = Callable[[], Awaitable[Mapping[str, Any]]]
-
-
-@dataclass
-class _KeySetCache:
-    """One issuer's public keys, reloaded on an unknown ``kid`` at most every ``min_refresh``
-    seconds, and (for fetched JWKS) when the Cache-Control lifetime has passed."""
-
-    load: Callable[[], Awaitable[tuple[Mapping[str, Any], float | None]]]
-    min_refresh: float
-    keys: KeySet | None = None
-    kids: frozenset[str] = frozenset()
-    loaded_at: float = 0.0
-    expires_at: float | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def key_set(self, kid: str | None) -> KeySet | None:
-        now = time.monotonic()
-        stale = self.keys is None or (self.expires_at is not None and now >= self.expires_at)
-        unknown = kid is not None and kid not in self.kids
-        if stale or (unknown and now - self.loaded_at >= self.min_refresh):
-            async with self.lock:
-                if self.loaded_at <= now:  # nobody reloaded while we waited
-                    await self._reload()
-        return self.keys
-
-    async def _reload(self) -> None:
-        try:
-            jwks, max_age = await self.load()
-            keys = KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
-        except (JoseError, ValueError, OSError, aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("cannot load a JWKS: %s", type(exc).__name__)
-            self.loaded_at = time.monotonic()
-            return
-        self.keys = keys
-        self.kids = frozenset(k.kid for k in keys.keys if k.kid)
-        self.loaded_at = time.monotonic()
-        self.expires_at = None if max_age is None else self.loaded_at + max_age
 
 
 def bearer_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str:
@@ -139,43 +97,25 @@ class Authenticator:
         revocations: RevocationList,
         epochs: ChangeEpochs,
         external: Sequence[ExternalIssuer] = (),
-        http: aiohttp.ClientSession | None = None,
+        fetch_jwks: JwksFetcher | None = None,
         jwks_refresh_min_seconds: float = 30.0,
+        jwks_max_cache_seconds: float = 3600.0,
     ) -> None:
         self._issuer = issuer
         self._audience = audience
-        self._http = http
-
-        async def own() -> tuple[Mapping[str, Any], float | None]:
-            return await own_jwks(), None
-
-        self._key_sets: dict[str, _KeySetCache] = {
-            issuer: _KeySetCache(own, jwks_refresh_min_seconds)
-        }
-        for item in external:
-            self._key_sets[item.issuer] = _KeySetCache(
-                self._fetcher(item.jwks_uri), jwks_refresh_min_seconds
-            )
+        self._own_jwks = own_jwks
+        self._external = {item.issuer: item.jwks_uri for item in external}
+        # An issuer's JWKS without Cache-Control is kept as long as the cap allows.
+        self._jwks = JwksCache(
+            fetch_jwks,
+            max_cache_seconds=jwks_max_cache_seconds,
+            default_cache_seconds=jwks_max_cache_seconds,
+            min_refetch_seconds=jwks_refresh_min_seconds,
+        )
+        self._key_sets: dict[int, tuple[Mapping[str, Any], KeySet]] = {}
         self._verified: dict[str, AccessContext] = {}
         self._epochs = epochs
         self._revoked: EpochCache[str, bool] = EpochCache(revocations.revoked_among)
-
-    def _fetcher(self, uri: str) -> Callable[[], Awaitable[tuple[Mapping[str, Any], float | None]]]:
-        async def fetch() -> tuple[Mapping[str, Any], float | None]:
-            if self._http is None:
-                raise OSError("no HTTP session for external JWKS")
-            timeout = aiohttp.ClientTimeout(total=5)
-            async with self._http.get(uri, timeout=timeout, allow_redirects=False) as response:
-                response.raise_for_status()
-                body = await response.json(content_type=None)
-                match = _MAX_AGE.search(response.headers.get("Cache-Control", ""))
-                no_store = "no-store" in response.headers.get("Cache-Control", "")
-                max_age = 0.0 if no_store else float(match[1]) if match else None
-            if not isinstance(body, dict):
-                raise ValueError("a JWKS is a JSON object")
-            return body, max_age
-
-        return fetch
 
     async def authenticate(
         self, headers: Mapping[str, str], query: Mapping[str, str]
@@ -213,14 +153,10 @@ class Authenticator:
         if alg not in ALGORITHMS:
             raise Unauthorized(f"tokens signed with '{alg}' are not accepted")
         issuer = unverified.get("iss")
-        cache = self._key_sets.get(issuer) if isinstance(issuer, str) else None
-        if cache is None or not isinstance(issuer, str):
+        if not isinstance(issuer, str) or (issuer != self._issuer and issuer not in self._external):
             raise Unauthorized("the access token comes from an issuer this server does not trust")
-        keys = await cache.key_set(
-            header.get("kid") if isinstance(header.get("kid"), str) else None
-        )
-        if keys is None:
-            raise Unauthorized("the issuer's signing keys are not available")
+        kid = header.get("kid")
+        keys = await self._keys(issuer, kid if isinstance(kid, str) else None)
         try:
             claims = jwt.decode(token, keys, algorithms=ALGORITHMS).claims
         except (JoseError, ValueError) as exc:
@@ -231,6 +167,28 @@ class Authenticator:
         if not external and header.get("typ") not in ("at+jwt", "application/at+jwt"):
             raise Unauthorized("this server's access tokens are 'at+jwt' (RFC 9068)")
         return self._context(claims, issuer, external)
+
+    async def _keys(self, issuer: str, kid: str | None) -> KeySet:
+        """The issuer's public keys: this gateway's key ring, or an external issuer's JWKS."""
+        try:
+            if issuer == self._issuer:
+                jwks: Mapping[str, Any] = await self._own_jwks()
+            else:
+                jwks = await self._jwks.get(self._external[issuer], kid=kid)
+        except JwksUnavailable as exc:
+            log.warning("cannot load an issuer's JWKS: %s", exc)
+            raise Unauthorized("the issuer's signing keys are not available") from None
+        known = self._key_sets.get(id(jwks))
+        if known is not None and known[0] is jwks:
+            return known[1]
+        try:
+            keys = KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
+        except (JoseError, ValueError):
+            raise Unauthorized("the issuer's signing keys are not usable") from None
+        if len(self._key_sets) > 64:
+            self._key_sets.clear()
+        self._key_sets[id(jwks)] = (jwks, keys)  # holding it keeps the id unique
+        return keys
 
     def _context(self, claims: Mapping[str, Any], issuer: str, external: bool) -> AccessContext:
         audience = claims.get("aud")

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 from aiohttp import web
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -37,8 +36,9 @@ from gateway.fhir.freshness import ChangeEpochs
 from gateway.fhir.representation import Representation, RepresentationUnknown
 from gateway.oauth import admin, authorize, endpoints, login
 from gateway.oauth.errors import auth_errors
+from gateway.proxy.jwks import http_jwks_fetcher
 from gateway.settings import Settings
-from smart_auth.client_keys import FetchedJwks, JwksFetcher, max_age
+from smart_auth.jwks import JwksFetcher
 from smart_auth.key_provider import KeyProvider
 from smart_auth.requests import Bridge
 from smart_auth.server import SmartAuthorizationServer
@@ -47,7 +47,6 @@ from smart_auth.services import AuthConfig, AuthServices, build_services
 log = logging.getLogger(__name__)
 
 _STATIC = Path(__file__).parent / "static"
-_JWKS_MAX_BYTES = 256 * 1024
 AUTHLIB_THREADS = 8
 
 
@@ -70,19 +69,6 @@ def auth_config(settings: Settings) -> AuthConfig:
         client_jwks_max_cache=settings.client_jwks_max_cache_seconds,
         cookies_secure=settings.cookies_secure,
     )
-
-
-def _jwks_fetcher(session: aiohttp.ClientSession) -> JwksFetcher:
-    async def fetch(url: str) -> FetchedJwks:
-        async with session.get(url, allow_redirects=False) as response:
-            if response.status != 200:
-                raise ValueError(f"JWKS URL answered {response.status}")
-            raw = await response.content.read(_JWKS_MAX_BYTES + 1)
-            if len(raw) > _JWKS_MAX_BYTES:
-                raise ValueError("JWKS too large")
-            return FetchedJwks(orjson.loads(raw), max_age(response.headers.get("Cache-Control")))
-
-    return fetch
 
 
 async def open_services(
@@ -115,7 +101,7 @@ async def _auth_context(app: web.Application) -> AsyncIterator[None]:
     )
     threads = ThreadPoolExecutor(AUTHLIB_THREADS, thread_name_prefix="authlib")
     try:
-        services = await open_services(db, settings, app[KEY_PROVIDER], _jwks_fetcher(http))
+        services = await open_services(db, settings, app[KEY_PROVIDER], http_jwks_fetcher(http))
         app[AUTH] = services
         app[AUTH_THREADS] = threads
         app[EPOCHS] = epochs = ChangeEpochs(db)

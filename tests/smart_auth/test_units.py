@@ -9,9 +9,10 @@ from joserfc.jwk import ECKey, RSAKey
 
 from smart_auth.accounts import mfa
 from smart_auth.accounts.passwords import WeakPassword, check_policy, hash_password, verify_password
-from smart_auth.client_keys import KeyResolutionError, max_age, select_key
+from smart_auth.client_keys import KeyResolutionError, select_key
 from smart_auth.clients import ClientError, ClientType, narrow_scope, new_client
 from smart_auth.consent_screen import consent_terms, describe, granted_scope, screen
+from smart_auth.jwks import max_age
 from smart_auth.pkce import s256_matches
 from smart_auth.scopes import ScopeError, ScopeSet
 
@@ -155,7 +156,8 @@ def test_s23_key_selection_and_cache_control() -> None:
     with pytest.raises(KeyResolutionError):
         select_key(two, {"alg": "RS384"})  # without a kid, two candidates: refuse
     assert max_age("public, max-age=600") == 600
-    assert max_age("no-store") == max_age("max-age=60, no-cache") == max_age(None) == 0
+    assert max_age("no-store") == max_age("max-age=60, no-cache") == 0
+    assert max_age(None) is None and max_age("public") is None  # the caller's default applies
 
 
 def test_s14_consent_screen_words_and_the_granted_subset() -> None:
