@@ -19,10 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 class ConsentError(Exception):
-    """Base class of the errors this package raises."""
+    """Base class of the errors this package raises. ``status`` is the HTTP status the gateway
+    answers it with, whatever the surface (the FHIR API, the admin API): the one mapping."""
+
+    status: ClassVar[int] = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,8 @@ class Issue:
 class ConsentInvalid(ConsentError):
     """A Consent that must not be stored; ``issues`` lists every problem found."""
 
+    status = 422
+
     def __init__(self, issues: Sequence[Issue]) -> None:
         self.issues = tuple(issues)
         super().__init__("; ".join(f"{i.rule} at {i.expression}: {i.message}" for i in issues))
@@ -63,18 +69,29 @@ class InvalidParameter(ConsentError, ValueError):
 class ConsentNotFound(ConsentError):
     """No Consent (or no such version of it)."""
 
+    status = 404
+
 
 class ConsentDeleted(ConsentNotFound):
     """The Consent was deleted; its history remains readable."""
 
+    status = 410
+
 
 class VersionConflict(ConsentError):
-    """The Consent changed since the version the caller read."""
+    """The Consent changed since the version the caller read (412 when the caller named the
+    version with ``If-Match``)."""
+
+    status = 409
 
 
 class ChangeNotAllowed(ConsentError):
     """The writer (an app) may not make this change to a Consent (C-23); the message says why."""
 
+    status = 403
+
 
 class UnknownPurpose(ConsentError, KeyError):
     """A purpose of use has no minimisation profile."""
+
+    status = 500

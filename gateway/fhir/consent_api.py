@@ -26,12 +26,10 @@ from multidict import CIMultiDict
 
 from consent import authority
 from consent.errors import (
-    ChangeNotAllowed,
     ConsentDeleted,
     ConsentError,
     ConsentInvalid,
     ConsentNotFound,
-    InvalidParameter,
     VersionConflict,
 )
 from consent.model import patient_id_of
@@ -45,12 +43,12 @@ from gateway.fhir.narrowing import narrow_search
 from gateway.proxy.answer import Answer
 from gateway.web.errors import (
     BadRequest,
-    Conflict,
+    FhirError,
     Forbidden,
-    Gone,
     NotFound,
     PreconditionFailed,
     Unprocessable,
+    error_for_status,
 )
 from smart_auth.clients import ClientStore
 from smart_auth.revocation import Revoker
@@ -105,25 +103,8 @@ class ConsentApi:
         decision = authorize(context, _as_consent_search(interaction))
         try:
             return await self._handle(context, decision, body, headers)
-        except ConsentInvalid as exc:
-            raise Unprocessable(
-                f"the Consent breaks {len(exc.issues)} rule(s)",
-                extra_issues=[issue.as_issue() for issue in exc.issues],
-            ) from None
-        except ConsentDeleted as exc:
-            raise Gone(str(exc)) from None
-        except ConsentNotFound:
-            raise NotFound("no such Consent is available to this access token") from None
-        except VersionConflict as exc:
-            if _if_match(headers) is not None:
-                raise PreconditionFailed(str(exc)) from None
-            raise Conflict(str(exc)) from None
-        except ChangeNotAllowed as exc:
-            raise Forbidden(str(exc)) from None
-        except InvalidParameter as exc:
-            raise BadRequest(str(exc)) from None
         except ConsentError as exc:
-            raise BadRequest(str(exc)) from None
+            raise fhir_error(exc, if_match=_if_match(headers) is not None) from None
 
     @staticmethod
     def _visible(
@@ -319,3 +300,19 @@ def _as_consent_search(interaction: FhirInteraction) -> FhirInteraction:
             Kind.SEARCH_TYPE, "GET", "Consent", params=(*interaction.params, patient)
         )
     return interaction
+
+
+def fhir_error(exc: ConsentError, *, if_match: bool = False) -> FhirError:
+    """A consent error as the FHIR API answers it: its status (``ConsentError.status``), with one
+    OperationOutcome issue per broken rule for an invalid Consent; a version conflict is 412 when
+    the caller named the version (``If-Match``), 409 otherwise."""
+    if isinstance(exc, ConsentInvalid):
+        return Unprocessable(
+            f"the Consent breaks {len(exc.issues)} rule(s)",
+            extra_issues=[issue.as_issue() for issue in exc.issues],
+        )
+    if isinstance(exc, ConsentNotFound) and not isinstance(exc, ConsentDeleted):
+        return NotFound("no such Consent is available to this access token")
+    if isinstance(exc, VersionConflict) and if_match:
+        return PreconditionFailed(str(exc))
+    return error_for_status(exc.status, str(exc))

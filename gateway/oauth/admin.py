@@ -21,18 +21,15 @@ Every administrative action is recorded as a security event (P-09).
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from consent.errors import (
-    ConsentDeleted,
     ConsentError,
-    ConsentInvalid,
-    ConsentNotFound,
     InvalidParameter,
-    VersionConflict,
 )
 from consent.store import Change, Channel, ConsentStore, HistoryEntry
 from gateway.appkeys import AUTH
@@ -275,16 +272,9 @@ async def _consent_call(work: Any) -> Any:
     """The consent store's errors as the admin API's JSON errors."""
     try:
         return await work
-    except ConsentInvalid as exc:
-        raise ApiError(422, "invalid_consent", str(exc)) from None
-    except ConsentDeleted as exc:
-        raise ApiError(410, "gone", str(exc)) from None
-    except ConsentNotFound as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
-    except VersionConflict as exc:
-        raise ApiError(409, "conflict", str(exc)) from None
-    except ConsentError as exc:
-        raise ApiError(400, "invalid_request", str(exc)) from None
+    except ConsentError as exc:  # its status is the one mapping (consent.errors)
+        code = re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()  # consent_invalid
+        raise ApiError(exc.status, code, str(exc)) from None
 
 
 async def list_consents(request: web.Request) -> web.Response:
