@@ -17,8 +17,9 @@
 7. (audit)           not built yet: releases are not yet recorded
 8. respond, with the CORS headers the caller's origin is entitled to (``gateway.web.cors``)
 
-``metadata`` is public (S-07/S-08): it needs no token. A batch runs each entry through steps 3 to
-6; a transaction checks every entry through the write policy first (``batch.py``).
+``metadata`` is public (S-07/S-08): it needs no token (``metadata.py``). A batch runs each entry
+through steps 3 to 6; a transaction checks every entry through the write policy first
+(``batch.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from gateway.fhir.consent_gate import ConsentGate, refused
 from gateway.fhir.context import AccessContext
 from gateway.fhir.fetch import Call, Fetcher
 from gateway.fhir.interaction import WRITE_KINDS, Kind, parse
+from gateway.fhir.metadata import capabilities
 from gateway.fhir.paging import PageSigner
 from gateway.fhir.release import Release, conditional, read_call
 from gateway.fhir.representation import REPRESENTATION_TYPES, Representation
@@ -52,6 +54,7 @@ from gateway.settings import Settings
 from gateway.web.cors import Cors
 from gateway.web.errors import FhirError, Forbidden, TooManyRequests, Unauthorized
 from gateway.web.requestkeys import CLIENT_ID, METRIC_LABEL
+from smart_auth.discovery import Endpoints
 
 
 class Pipeline:
@@ -81,6 +84,7 @@ class Pipeline:
         self._release = release
         self._writes = writes
         self._cors = cors
+        self._endpoints = Endpoints(settings.public_base_url, settings.fhir_base_url)
         self._bundles = Bundles(
             self.run, writes, fetcher, release, representation, settings.fhir_base_url
         )
@@ -96,6 +100,10 @@ class Pipeline:
         """A request, with the CORS headers its origin is entitled to (S-07), errors included."""
         if request.method == "OPTIONS":
             return await self._cors.preflight(request)
+        if request.match_info.get("path", "") == "metadata":  # public, for any origin (S-08)
+            request[METRIC_LABEL] = Kind.CAPABILITIES.value
+            negotiate(request)
+            return (await capabilities(self._fetcher, self._endpoints, request.method)).render()
         try:
             response = await self._handle(request)
         except FhirError as exc:
@@ -110,10 +118,6 @@ class Pipeline:
         request[METRIC_LABEL] = "fhir"
         negotiate(request)
         path = request.match_info.get("path", "")
-        if path == "metadata":
-            metadata = parse(request.method, path)
-            request[METRIC_LABEL] = metadata.kind.value
-            return (await self._fetcher.fetch(Call(interaction=metadata))).render()
         # 1. authenticate
         context = await self._authenticator.authenticate(request.headers, request.query)
         request[CLIENT_ID] = context.client_id

@@ -2,10 +2,10 @@
 ``/admin``, the discovery documents, the sign-in and consent pages.
 
 :func:`setup_authserver` adds everything to an application: its cleanup context (the stores, the
-worker threads for Authlib, the HTTP session for client JWKS URLs), its routes, and its three
+worker threads for Authlib, the HTTP session for client JWKS URLs), its routes, and its two
 middlewares, placed inside the existing ones, outermost first — ``token_cors`` (CORS on every answer
-of the token, introspection and revocation endpoints), ``auth_errors`` (the one renderer of OAuth
-errors and of page errors) and ``capability_security`` (S-08).
+of the token, introspection and revocation endpoints) and ``auth_errors`` (the one renderer of OAuth
+errors and of page errors).
 """
 
 from __future__ import annotations
@@ -139,7 +139,6 @@ def setup_authserver(app: web.Application) -> None:
     app.cleanup_ctx.append(_auth_context)
     app.middlewares.append(endpoints.token_cors)
     app.middlewares.append(auth_errors)
-    app.middlewares.append(endpoints.capability_security)
     endpoints.add_routes(app)
     authorize.add_routes(app)
     login.add_routes(app)

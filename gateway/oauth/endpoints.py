@@ -1,5 +1,6 @@
 """The machine-facing endpoints: discovery (S-01 … S-06), the JWKS (S-18), token (S-16 … S-22),
-introspection (S-24), revocation (S-25), and the CapabilityStatement's security section (S-08).
+introspection (S-24) and revocation (S-25). (The CapabilityStatement's security section, S-08, is
+added by the FHIR API's ``metadata``: :mod:`gateway.fhir.metadata`.)
 
 CORS (S-07): discovery documents, the JWKS and ``metadata`` are readable from any origin; the token,
 introspection and revocation endpoints answer cross-origin requests only from an origin some client
@@ -19,16 +20,14 @@ from aiohttp.typedefs import Handler
 from pymongo.errors import PyMongoError
 
 from gateway.appkeys import AUTH, AUTH_SERVER, SETTINGS
+from gateway.fhir.metadata import ANY_ORIGIN
 from gateway.oauth.adapter import call, plain_request, to_response
 from gateway.web.requestkeys import METRIC_LABEL
 from smart_auth.discovery import (
     Endpoints,
-    add_security,
     openid_configuration,
     smart_configuration,
 )
-
-ANY_ORIGIN = {"Access-Control-Allow-Origin": "*"}
 
 
 def endpoints(request: web.Request) -> Endpoints:
@@ -121,33 +120,6 @@ async def revoke(request: web.Request) -> web.Response:
 
 async def no_such_document(request: web.Request) -> web.Response:
     raise web.HTTPNotFound()
-
-
-@web.middleware
-async def capability_security(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """S-08: ``GET /fhir/metadata`` gets our ``rest.security`` and is readable from any origin."""
-    response = await handler(request)
-    if request.path.rstrip("/") != "/fhir/metadata" or request.method != "GET":
-        return response
-    if not isinstance(response, web.Response) or response.status != 200 or not response.body:
-        return response
-    try:
-        statement = orjson.loads(response.body)  # type: ignore[arg-type]
-    except orjson.JSONDecodeError:
-        return response
-    body = orjson.dumps(add_security(statement, endpoints(request)))
-    headers = {
-        k: v
-        for k, v in response.headers.items()
-        if k.lower() not in ("content-length", "content-type", "etag")
-    }
-    return web.Response(
-        status=200,
-        body=body,
-        headers={**headers, **ANY_ORIGIN},
-        content_type=response.content_type,
-        charset=response.charset,
-    )
 
 
 def add_routes(app: web.Application) -> None:
