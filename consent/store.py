@@ -213,6 +213,8 @@ class ConsentStore:
         consent_id: str = current["_id"]
         if if_match is not None and _version(if_match) != current["version"]:
             raise VersionConflict(f"Consent/{consent_id} is at version {current['version']}")
+        if check:  # before reading anything of it: the body may be any JSON (P-22)
+            resource = model.validate(resource)
         body_id = resource.get("id")
         if body_id is not None and body_id != consent_id:
             raise ConsentInvalid([Issue("gw-5", "Consent.id", "the id must match the URL")])
@@ -221,7 +223,7 @@ class ConsentStore:
             consent_id,
             current["version"] + 1,
             current.get("ever_active", False),
-            check=check,
+            check=False,
         )
         if document["patient_id"] != current["patient_id"]:
             raise ConsentInvalid([Issue("gw-5", "Consent.patient", "the patient cannot change")])

@@ -5,7 +5,8 @@ Same SMART rules as every FHIR type: ``patient/Consent.cruds`` lets a patient ma
 of the patients their token reaches (their own, their child's); ``user/`` or ``system/`` scopes on
 Consent read (and write) across patients. Every change is a new version (``meta.versionId``,
 ``_history``, ``If-Match``). A Consent that breaks the R4 invariants (ppc-1, ppc-2...) or the
-gateway's own rules is refused with 422, one issue per broken rule.
+gateway's own rules is refused with 422, one issue per broken rule; the body is validated before
+anything else reads it, so no body, however crafted, gets further (SECURITY.md P-22).
 
 Withdrawal takes effect at once: setting a Consent inactive (or any status but active) or deleting
 it is seen by the very next FHIR request on every instance (consents are read per request), and
@@ -29,7 +30,7 @@ from consent.errors import (
     InvalidParameter,
     VersionConflict,
 )
-from consent.model import patient_id_of
+from consent.model import patient_id_of, validate
 from consent.store import ConsentStore, HistoryEntry
 from gateway import writes
 from gateway.access import AccessDecision, authorize
@@ -137,6 +138,7 @@ class ConsentApi:
         if kind is Kind.SEARCH_TYPE:
             return Answer(200, {}, await self._search(context, decision))
         if kind is Kind.CREATE:
+            body = validate(body)  # first: the checks below read the body (P-22)
             if decision.patient_only:
                 writes.check_in_compartment(body, context, "this Consent")
             created = await self._store.create(body)
@@ -149,6 +151,8 @@ class ConsentApi:
             current = await self._store.read(cid)
             if decision.patient_only:
                 writes.check_current(current, context)
+            body = validate(body)
+            if decision.patient_only:
                 writes.check_in_compartment(body, context, "this Consent")
             updated = await self._store.update(cid, body, if_match=_if_match(headers))
             if _grants_access(current) and not _grants_access(updated):

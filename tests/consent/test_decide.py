@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consent import model
 from consent.decide import (
@@ -20,6 +22,8 @@ from consent.decide import (
     decide,
     decide_many,
 )
+from tests.consent import crafted
+from tests.consent.conftest import seed_resources
 
 TABLE: dict[str, Any] = orjson.loads(
     (Path(__file__).parent / "fixtures" / "decision-table.json").read_bytes()
@@ -167,3 +171,25 @@ def test_c10_deciding_a_thousand_resources_is_fast() -> None:
     assert {d.basis for d in decisions} == {Basis.PERMIT, Basis.DENY, Basis.SENSITIVE}
     print(f"decide 1,000 Observations against 3 consents: {min(runs) * 1000:.1f} ms")
     assert min(runs) < 0.25
+
+
+CRAFTED_BASES = [*TABLE["resources"].values(), *seed_resources()]
+CRAFTED_TYPES = sorted({r["resourceType"] for r in CRAFTED_BASES} | {"Binary", "Bundle", "X"})
+EVERY_CONSENT = [
+    _consent(c) for c in ("grant-psy", "deny-data-2020", "grant-dependents-enc-1", "grant-hba1c")
+]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(
+    resource=crafted.resources_like(CRAFTED_BASES, CRAFTED_TYPES),
+    trusted=st.booleans(),
+)
+def test_p22_property_decide_never_raises_on_crafted_resources(
+    resource: dict[str, Any], trusted: bool
+) -> None:
+    """The engine reads upstream data defensively: any resource gets a decision."""
+    request = _request({"request": {"trusted": trusted}})
+    decision = compile_consents(EVERY_CONSENT, request).decide(resource)
+    assert isinstance(decision, Decision)
+    assert decision.reason

@@ -93,3 +93,10 @@ def test_c09_malformed_resources_are_read_without_errors() -> None:
     assert seen.labels == frozenset() and seen.level == -1
     assert seen.codes == frozenset()
     assert seen.date is None
+
+
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:30:00-05:00"])
+def test_p22_dates_whose_utc_instant_leaves_the_calendar_are_no_date(value: str) -> None:
+    assert fhirtime.interval(value) is None
+    observation = {"resourceType": "Observation", "effectiveDateTime": value}
+    assert facts(observation).date is None

@@ -5,6 +5,7 @@ and through the consent screen."""
 from __future__ import annotations
 
 import copy
+import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -446,3 +447,64 @@ async def test_minted_tokens_of_unknown_apps_are_third_parties(
         headers={"Authorization": f"Bearer {token}"},
     ) as response:
         assert (await _json(response))["total"] == 0
+
+
+_DEEP = "DEEP-EXTENSION"
+
+
+def _encoded(body: dict[str, Any]) -> io.BytesIO:
+    """The body as JSON, with ``_DEEP`` standing for an extension nested 300 times (600 JSON
+    levels: orjson reads up to 1,024 but writes only 254), streamed from a file as aiohttp wants
+    for large bodies."""
+    nested = '{"url":"http://example.org/x","extension":[' * 300 + '{"url":"x"}' + "]}" * 300
+    raw = orjson.dumps(body).replace(f'"{_DEEP}"'.encode(), nested.encode())
+    return io.BytesIO(raw)
+
+
+async def test_p22_crafted_consent_bodies_are_refused_naming_the_element_never_a_500(
+    gateway: RunningGateway, session_for: SessionFor
+) -> None:
+    manager = await patient_session(session_for)
+    existing = await post_consent(manager, gateway.fhir, grant(AMELIA, ["Observation"]))
+    valid = grant(AMELIA, ["Observation"])
+    crafted: list[tuple[dict[str, Any], str]] = [
+        ({"status": {"$ne": None}}, "Consent.status"),
+        ({"provision": {"type": {"$in": ["permit"]}}}, "Consent.provision.type"),
+        ({"patient": {"reference": {"$gt": ""}}}, "Consent.patient"),
+        ({"$where": "sleep(1000)"}, "Consent.$where"),
+        ({"provision": [valid["provision"]]}, "Consent.provision"),  # a list for an object
+        ({"category": valid["category"][0]}, "Consent.category"),  # an object for a list
+        ({"dateTime": 1e308}, "Consent.dateTime"),
+        ({"dateTime": "9" * 3_000_000}, "Consent.dateTime"),
+        ({"extension": [_DEEP]}, "Consent.extension[0].extension[0]"),
+    ]
+    for change, expression in crafted:
+        for method, url, body in (
+            ("POST", f"{gateway.fhir}/Consent", {**valid, **change}),
+            (
+                "PUT",
+                f"{gateway.fhir}/Consent/{existing['id']}",
+                {**valid, **change, "id": existing["id"]},
+            ),
+        ):
+            data = _encoded(body)
+            async with manager.request(method, url, data=data, headers=JSON) as response:
+                outcome = await _json(response)
+                assert response.status in (400, 422), (method, expression, outcome)
+            named = [e for issue in outcome["issue"] for e in issue.get("expression", [])]
+            assert any(e.startswith(expression) for e in named), (method, named)
+
+    huge = orjson.dumps({**valid, "dateTime": 0}).replace(
+        b'"dateTime":0', b'"dateTime":123456789012345678901234567890123'
+    )
+    async with manager.post(f"{gateway.fhir}/Consent", data=huge, headers=JSON) as response:
+        assert response.status == 422
+
+    # Nothing crafted was stored or changed; a well-formed Consent still works and data flows.
+    async with manager.get(f"{gateway.fhir}/Consent/{existing['id']}") as response:
+        assert (await _json(response))["meta"]["versionId"] == "1"
+    await post_consent(manager, gateway.fhir, valid)
+    app = await app_session(session_for)
+    async with app.get(f"{gateway.fhir}/Observation?patient=Patient/{AMELIA}") as response:
+        assert response.status == 200
+        assert released_types(await _json(response)) == {"Observation"}
