@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
+from consent.codes import NO_PATIENT_DATA_TYPES
 from gateway.fhirdata import PATIENT_COMPARTMENT_PARAMS
 from gateway.searchparams import (
     UnknownParameter,
@@ -29,49 +30,11 @@ from gateway.searchparams import (
     search_param,
 )
 
-PUBLIC_TYPES: frozenset[str] = frozenset(
-    {
-        # Directory: who gives care and where. Their elements describe staff, organisations and
-        # places; none can refer to a Patient (no reference search parameter targets one).
-        "Practitioner",
-        "PractitionerRole",
-        "Organization",
-        "OrganizationAffiliation",
-        "Location",
-        "HealthcareService",
-        "Endpoint",
-        # Products: what is given, not to whom (MedicationRequest, ...Dispense etc. say that).
-        "Medication",
-        "MedicationKnowledge",
-        "Substance",
-        # Terminology and conformance: how codes and the server's data are defined.
-        "CodeSystem",
-        "ValueSet",
-        "ConceptMap",
-        "NamingSystem",
-        "CapabilityStatement",
-        "StructureDefinition",
-        "OperationDefinition",
-        "SearchParameter",
-        "CompartmentDefinition",
-        "ImplementationGuide",
-        # Definitions (knowledge artefacts): forms and rules, never their answers or uses, which
-        # are QuestionnaireResponse, CarePlan, RequestGroup... inside the compartment.
-        "Questionnaire",
-        "ActivityDefinition",
-        "PlanDefinition",
-        "Library",
-        "ObservationDefinition",
-        "SpecimenDefinition",
-        "DeviceDefinition",
-    }
-)
-"""Types that carry no patient data: a patient-context token may read them. Deliberately left out,
-although outside the compartment: Device (``Device.patient``), Person and Linkage (they join
-patients' records), Slot (a person's availability), Subscription (criteria may name a patient, the
-channel may carry credentials), Bundle and Binary (they can hold anything), Contract, PaymentNotice,
-PaymentReconciliation, MessageHeader, and every rarely used type. A type that is neither in the
-compartment nor here is not released to a patient-context token."""
+PUBLIC_TYPES: frozenset[str] = NO_PATIENT_DATA_TYPES
+"""Types that carry no patient data: a patient-context token may read them. The reviewed list and
+why each type is on it, or deliberately not, is data: ``consent/data/no-patient-data-types.json``
+(the consent engine keeps the display of references to these types, C-26). A type that is neither
+in the compartment nor on the list is not released to a patient-context token."""
 
 
 def compartment_params(resource_type: str) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from pymongo.errors import PyMongoError
 
 from consent.decide import Decision, Evaluator, RequestAttributes, compile_consents
 from consent.errors import ConsentError
+from consent.mentions import without_mentions
 from consent.minimise import profile_for
 from consent.store import ConsentStore
 from gateway import compartment
@@ -76,6 +77,7 @@ class RequestConsent:
         if owners is None:
             owners = compartment.patients_of(resource)
         purposes: tuple[str, ...] = self.context.purposes
+        hide_mentions = False
         for patient in sorted(owners):
             evaluator = self.evaluators.get(patient)
             if evaluator is None:  # not loaded: nothing may be assumed
@@ -86,13 +88,16 @@ class RequestConsent:
                 return None
             # Several owners: only what every one of them permits it for (the strictest profile).
             purposes = tuple(p for p in purposes if p in decision.purposes)
+            hide_mentions = hide_mentions or decision.hide_mentions
         try:
             profile = profile_for(purposes)
         except ConsentError:  # a purpose without a profile: keep nothing but the bare resource
             profile = profile_for(())
-        if profile.keeps_everything(str(resource.get("resourceType", ""))):
-            return resource  # nothing to remove: the pipeline owns this parsed resource
-        return profile.apply(resource)
+        released = resource  # nothing to remove: the pipeline owns this parsed resource
+        if not profile.keeps_everything(str(resource.get("resourceType", ""))):
+            released = profile.apply(resource)
+        # C-26: narrative and references' displays may mention what consent withholds.
+        return without_mentions(released) if hide_mentions else released
 
     def last_refusal(self) -> Decision | None:
         return next((d for d in reversed(self.decisions) if not d.permitted), None)

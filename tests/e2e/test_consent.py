@@ -508,3 +508,67 @@ async def test_p22_crafted_consent_bodies_are_refused_naming_the_element_never_a
     async with app.get(f"{gateway.fhir}/Observation?patient=Patient/{AMELIA}") as response:
         assert response.status == 200
         assert released_types(await _json(response)) == {"Observation"}
+
+
+NINA = "pat-nina-keller"
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+
+
+def _ids(bundle: dict[str, Any]) -> set[str]:
+    return {
+        e["resource"]["id"]
+        for e in bundle.get("entry", [])
+        if e["resource"]["resourceType"] != "OperationOutcome"
+    }
+
+
+async def test_c26_sensitive_data_is_found_wherever_it_sits_and_permitted_data_still_flows(
+    gateway: RunningGateway, session_for: SessionFor
+) -> None:
+    """A general permit: the contained depression, HIV in a value, depression in ICD-10-CM and a
+    lowercase psy label are all withheld; the reference naming the depression loses its display;
+    everything else flows. A permit naming PSY and R then releases the PSY data, not the HIV."""
+    manager = await patient_session(session_for, NINA)
+    general = await post_consent(
+        manager, gateway.fhir, grant(NINA, ["Observation", "Condition", "Encounter"])
+    )
+    app = await app_session(session_for, NINA)
+
+    async with app.get(f"{gateway.fhir}/Observation?patient=Patient/{NINA}&_count=50") as reply:
+        observations = _ids(await _json(reply))
+    assert not {"obs-nina-keller-11", "obs-nina-keller-12"} & observations
+    assert {f"obs-nina-keller-{n}" for n in range(1, 11)} <= observations
+    async with app.get(f"{gateway.fhir}/Observation/obs-nina-keller-11") as reply:
+        assert reply.status == 403
+        assert "sensitive" in (await _json(reply))["issue"][0]["diagnostics"]
+    async with app.get(f"{gateway.fhir}/Condition?patient=Patient/{NINA}") as reply:
+        assert _ids(await _json(reply)) == {"cond-nina-keller-1"}
+
+    async with app.get(f"{gateway.fhir}/Encounter/enc-nina-keller-2") as reply:
+        assert reply.status == 200
+        encounter = await _json(reply)
+    assert encounter["reasonReference"] == [{"reference": "Condition/cond-nina-keller-2"}]
+    assert "depressive" not in orjson.dumps(encounter).decode().lower()
+    assert encounter["participant"][0]["individual"]["display"] == "Dr Hannah Okafor"
+    assert "REDACTED" in {label["code"] for label in encounter["meta"]["security"]}
+    async with app.get(f"{gateway.fhir}/Encounter?patient=Patient/{NINA}") as reply:
+        assert len(_ids(await _json(reply))) == 3  # the Encounters themselves flow
+
+    psychiatric = {
+        "type": "permit",
+        "securityLabel": [
+            {"system": ACT_CODE, "code": "PSY"},
+            {"system": V3_CONFIDENTIALITY, "code": "R"},
+        ],
+    }
+    updated = copy.deepcopy(general)
+    updated["provision"]["provision"] = [psychiatric]
+    async with manager.put(
+        f"{gateway.fhir}/Consent/{general['id']}", data=orjson.dumps(updated), headers=JSON
+    ) as reply:
+        assert reply.status == 200, await reply.text()
+    async with app.get(f"{gateway.fhir}/Observation?patient=Patient/{NINA}&_count=50") as reply:
+        observations = _ids(await _json(reply))
+    assert "obs-nina-keller-11" in observations and "obs-nina-keller-12" not in observations
+    async with app.get(f"{gateway.fhir}/Condition?patient=Patient/{NINA}") as reply:
+        assert _ids(await _json(reply)) == {f"cond-nina-keller-{n}" for n in (1, 2, 3)}
