@@ -164,6 +164,7 @@ def _read(resource: Mapping[str, Any], with_references: bool) -> _Read:
     labels = found.labels
     lookups = INDEX.lookups
     learn = INDEX.learn
+    references = found.references
     level: list[Any] = [resource]
     depth = 0
     while level:
@@ -209,12 +210,14 @@ def _read(resource: Mapping[str, Any], with_references: bool) -> _Read:
                     for item in coding:
                         if item.__class__ is not dict:
                             found.problem = "a coding element holds something else than Codings"
-            if value.get("text").__class__ is dict:
+            if "text" in value and value["text"].__class__ is dict:
                 found.mentions = True
             if "resourceType" in value:
                 _resource(value, found)
-            if found.references is not None and value.get("reference").__class__ is str:
-                found.references.add(value["reference"])
+            if references is not None and "reference" in value:
+                reference = value["reference"]
+                if reference.__class__ is str:
+                    references.add(reference)
         level = below
     return found
 
@@ -245,10 +248,12 @@ def _resource(value: dict[str, Any], found: _Read) -> None:
         paths = _CODED_PATHS.get(rtype)
         if paths is None:
             paths = _CODED_PATHS[rtype] = _coded_paths(rtype)
-        for path in paths:
-            item = value.get(path[0])
-            if item is not None and not _holds_codings(item, path[1:]):
-                found.problem = f"its {'.'.join(path)} does not hold Codings"
+        for first, rest in paths:
+            item = value.get(first)
+            if item is None or (not rest and item.__class__ is dict):
+                continue  # absent, or the usual CodeableConcept
+            if not _holds_codings(item, rest):
+                found.problem = f"its {'.'.join((first, *rest))} does not hold Codings"
 
 
 def _security(security: Any, found: _Read) -> None:
@@ -284,14 +289,14 @@ def _holds_codings(value: Any, rest: tuple[str, ...]) -> bool:
     return True
 
 
-def _coded_paths(resource_type: str) -> tuple[tuple[str, ...], ...]:
+def _coded_paths(resource_type: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """The ``coded_elements`` paths that are a CodeableConcept or Coding in this resource type
-    (``category`` is one in Observation, a code in AllergyIntolerance)."""
+    (``category`` is one in Observation, a code in AllergyIntolerance), as (first, rest)."""
     coded = coded_elements(resource_type)
-    return tuple(path for path in CODED_ELEMENTS if ".".join(path) in coded)
+    return tuple((path[0], path[1:]) for path in CODED_ELEMENTS if ".".join(path) in coded)
 
 
-_CODED_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {}
+_CODED_PATHS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {}
 """``_coded_paths`` by resource type, filled as types are met (a plain dict: read per resource)."""
 
 

@@ -47,6 +47,13 @@ class ElementInfo:
     types: dict[str, str] = field(default_factory=dict)
     """JSON key -> FHIR type (``valueString`` -> ``string``, ``code`` -> ``CodeableConcept``,
     ``component`` -> ``ObservationComponent``, ``contained`` -> ``Resource``)."""
+    models: dict[str, type[Any]] = field(default_factory=dict)
+    """JSON key -> the model of a complex type (datatype, BackboneElement, Resource)."""
+
+    def part(self, key: str) -> ElementInfo | None:
+        """What the models say about the elements of the complex type at ``key``."""
+        model = self.models.get(key)
+        return None if model is None else _info(model, _INFOS)
 
     @property
     def coded(self) -> frozenset[str]:
@@ -61,15 +68,16 @@ class ElementInfo:
         return key[1:] if key.startswith("_") else key
 
 
-def _backbone_class(annotation: Any) -> type[Any] | None:
+def _model_class(annotation: Any) -> type[Any] | None:
+    """The model of a complex-typed field."""
     for arg in typing.get_args(annotation) or (annotation,):
         klass = getattr(arg, "_model_klass", None)
         if isinstance(klass, str):
             module, _, name = klass.rpartition(".")
-            model = getattr(importlib.import_module(module), name)
-            return model if issubclass(model, BackboneElement) else None
+            model: type[Any] = getattr(importlib.import_module(module), name)
+            return model
         if typing.get_args(arg):
-            found = _backbone_class(arg)
+            found = _model_class(arg)
             if found is not None:
                 return found
     return None
@@ -105,6 +113,7 @@ def _info(model: type[Any], seen: dict[type[Any], ElementInfo]) -> ElementInfo:
     required: set[str] = set()
     backbones: dict[str, type[Any]] = {}
     types: dict[str, str] = {}
+    models: dict[str, type[Any]] = {}
     for fhir_field in model.model_fields.values():
         extra = fhir_field.json_schema_extra
         if not isinstance(extra, dict) or not extra.get("element_property"):
@@ -119,10 +128,12 @@ def _info(model: type[Any], seen: dict[type[Any], ElementInfo]) -> ElementInfo:
         mandatory = extra.get("element_required") or extra.get("one_of_many_required")
         if mandatory or fhir_field.is_required():
             required.add(name)
-        backbone = _backbone_class(fhir_field.annotation)
-        if backbone is not None:
-            backbones[name] = backbone
-    info = ElementInfo(names, frozenset(summary), frozenset(required), types=types)
+        model_class = _model_class(fhir_field.annotation)
+        if model_class is not None:
+            models[alias] = model_class
+            if issubclass(model_class, BackboneElement):
+                backbones[name] = model_class
+    info = ElementInfo(names, frozenset(summary), frozenset(required), types=types, models=models)
     seen[model] = info  # recursive backbones (Questionnaire.item.item) share one entry
     for name, backbone in backbones.items():
         info.backbones[name] = _info(backbone, seen)
@@ -136,7 +147,11 @@ def element_info(resource_type: str) -> ElementInfo:
         model = get_fhir_model_class(resource_type)
     except (KeyError, ValueError, AttributeError, ImportError):
         return ElementInfo(known=False)
-    return _info(model, {})
+    return _info(model, _INFOS)
+
+
+_INFOS: dict[type[Any], ElementInfo] = {}
+"""Every model's ElementInfo, built once (backbones and datatypes are shared by many types)."""
 
 
 @lru_cache(maxsize=256)

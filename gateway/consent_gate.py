@@ -25,8 +25,8 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
-from consent.decide import Decision, Evaluator, RequestAttributes, compile_consents
-from consent.errors import ConsentError
+from consent.decide import Basis, Decision, Evaluator, RequestAttributes, compile_consents
+from consent.errors import ConsentError, Unreleasable
 from consent.mentions import without_mentions
 from consent.minimise import profile_for
 from consent.store import ConsentStore
@@ -95,7 +95,12 @@ class RequestConsent:
             profile = profile_for(())
         released = resource  # nothing to remove: the pipeline owns this parsed resource
         if not profile.keeps_everything(str(resource.get("resourceType", ""))):
-            released = profile.apply(resource)
+            try:
+                released = profile.apply(resource)
+            except Unreleasable as exc:  # C-28: e.g. a modifier research may not drop
+                reason = f"not released for {', '.join(purposes)}: {exc}"
+                self.decisions.append(Decision(False, Basis.MINIMISATION, reason))
+                return None
         # C-26: narrative and references' displays may mention what consent withholds.
         return without_mentions(released) if hide_mentions else released
 

@@ -22,6 +22,9 @@ from consent.decide import (
     decide,
     decide_many,
 )
+from consent.errors import Unreleasable
+from consent.mentions import without_mentions
+from consent.minimise import PURPOSES, minimise
 from tests.consent import crafted
 from tests.consent.conftest import seed_resources
 
@@ -188,11 +191,21 @@ EVERY_CONSENT = [
 def test_p22_property_decide_never_raises_on_crafted_resources(
     resource: dict[str, Any], trusted: bool
 ) -> None:
-    """The engine reads upstream data defensively: any resource gets a decision."""
+    """The engine reads upstream data defensively: any resource gets a decision; and what it
+    permits, minimisation and the removal of mentions take as the gateway does, raising nothing
+    but Unreleasable (C-28)."""
     request = _request({"request": {"trusted": trusted}})
     decision = compile_consents(EVERY_CONSENT, request).decide(resource)
     assert isinstance(decision, Decision)
     assert decision.reason
+    if not decision.permitted:
+        return
+    for purpose in sorted(PURPOSES):
+        try:
+            released = minimise(resource, [purpose])
+        except Unreleasable:
+            continue
+        assert isinstance(without_mentions(released), dict)
 
 
 # --- C-26 -------------------------------------------------------------------------------------

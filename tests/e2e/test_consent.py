@@ -572,3 +572,39 @@ async def test_c26_sensitive_data_is_found_wherever_it_sits_and_permitted_data_s
     assert "obs-nina-keller-11" in observations and "obs-nina-keller-12" not in observations
     async with app.get(f"{gateway.fhir}/Condition?patient=Patient/{NINA}") as reply:
         assert _ids(await _json(reply)) == {f"cond-nina-keller-{n}" for n in (1, 2, 3)}
+
+
+async def test_c28_research_removes_free_text_and_identifiers_everywhere_and_data_still_flows(
+    gateway: RunningGateway, session_for: SessionFor
+) -> None:
+    """HRESCH: the Observation whose code.text, valueString, note and meta.tag carry Nina's name,
+    MRN, phone and address is released without them; the one with a modifier extension research
+    may not drop is withheld; her other Observations flow as coded facts."""
+    research = "sleep-study"
+    manager = await patient_session(session_for, NINA)
+    await post_consent(
+        manager,
+        gateway.fhir,
+        grant(NINA, ["Observation", "Patient"], client_id=research, purposes=("HRESCH",)),
+    )
+    study = await app_session(session_for, NINA, client_id=research, purposes=("HRESCH",))
+    async with study.get(f"{gateway.fhir}/Observation?patient=Patient/{NINA}&_count=50") as reply:
+        raw = await reply.read()
+    bundle = orjson.loads(raw)
+    for identifying in ("Nina", "Keller", "MRN-100108", "555-0118", "Birch", "husband", "intake"):
+        assert identifying.encode() not in raw, identifying
+    released = {e["resource"]["id"]: e["resource"] for e in bundle["entry"]}
+    assert "obs-nina-keller-14" not in released  # its modifier extension cannot be dropped
+    assert {f"obs-nina-keller-{n}" for n in (*range(1, 11), 13)} == set(released)
+    sleep = released["obs-nina-keller-13"]
+    assert sleep["code"] == {"coding": [{"system": "http://loinc.org", "code": "93832-4"}]}
+    assert "valueString" not in sleep and "note" not in sleep and "tag" not in sleep["meta"]
+    weight = released["obs-nina-keller-3"]
+    assert weight["valueQuantity"]["value"] == 64.2 and weight["valueQuantity"]["unit"] == "kg"
+
+    async with study.get(f"{gateway.fhir}/Observation/obs-nina-keller-14") as reply:
+        assert reply.status == 403
+        assert "modifierExtension" in (await _json(reply))["issue"][0]["diagnostics"]
+    async with study.get(f"{gateway.fhir}/Patient/{NINA}") as reply:
+        patient = await _json(reply)
+    assert patient["birthDate"] == "1979" and "name" not in patient and "telecom" not in patient

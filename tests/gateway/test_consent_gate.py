@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from consent.decide import compile_consents
+from consent.decide import Basis, compile_consents
 from consent.model import app_grant
 from gateway.consent_gate import RequestConsent
 from gateway.context import AccessContext
@@ -79,3 +79,26 @@ def test_c26_a_resource_without_mentions_is_released_as_it_came() -> None:
     plain = {k: v for k, v in ENCOUNTER.items() if k != "reasonReference"}
     plain["participant"] = [{"individual": {"reference": "Practitioner/p"}}]
     assert request().release(plain) is plain
+
+
+OBSERVATION: dict[str, Any] = {
+    "resourceType": "Observation",
+    "id": "obs-1",
+    "status": "final",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}], "text": "Temperature"},
+    "subject": {"reference": f"Patient/{PATIENT}"},
+    "valueString": "told by Nina Keller",
+}
+
+
+def test_c28_research_withholds_what_it_cannot_de_identify_and_says_why() -> None:
+    consent = request(("HRESCH",))
+    released = consent.release(dict(OBSERVATION))
+    assert released is not None
+    assert "valueString" not in released and "text" not in released["code"]
+    proxy = {"url": "urn:local:reported-by-proxy", "valueBoolean": True}
+    assert consent.release({**OBSERVATION, "modifierExtension": [proxy]}) is None
+    refusal = consent.last_refusal()
+    assert refusal is not None and refusal.basis is Basis.MINIMISATION
+    assert "modifierExtension" in refusal.reason and "HRESCH" in refusal.reason
+    assert request(("PATRQT",)).release({**OBSERVATION, "modifierExtension": [proxy]})
