@@ -254,6 +254,10 @@ def test_c26_lowercase_psy_label_needs_a_permit_naming_psy() -> None:
     assert decide([_consent("grant-psy")], _request({}), psy).permitted
     deny = decide([_consent("grant-psy"), _consent("deny-psy")], _request({}), psy)
     assert not deny.permitted and deny.basis is Basis.DENY  # a PSY deny holds for "psy"
+    lowercase = _consent("grant-psy")
+    for label in lowercase["provision"]["provision"][0]["securityLabel"]:
+        label["code"] = label["code"].lower()  # "psy" and "r" in the Consent name PSY and R
+    assert decide([lowercase], _request({}), TABLE["resources"]["obs-phq9"]).permitted
 
 
 def test_c26_released_text_that_may_mention_withheld_data_must_be_hidden() -> None:
