@@ -51,7 +51,8 @@ CODED_ELEMENTS: tuple[tuple[str, ...], ...] = tuple(
     tuple(path.split(".")) for path in _ATTRIBUTES["coded_elements"]
 )
 MAX_NESTING = 100
-"""JSON levels a resource may nest (a deeply nested QuestionnaireResponse needs about 60)."""
+"""JSON levels a resource may nest before its sensitivity counts as undecidable (each nested
+QuestionnaireResponse group adds two levels; real resources need far fewer than 100)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +68,11 @@ class ResourceFacts:
     level: int
     """Its highest confidentiality rank (-1 when it carries none)."""
     codes: frozenset[tuple[str, str]]
-    """``(system, code)`` of the codings in its code elements (system ``""`` when absent)."""
+    """``(system, code)`` of the codings in its code elements (system ``""`` when absent);
+    empty when not asked for."""
     date: fhirtime.Interval | None
-    """Its clinical date (``meta.lastUpdated`` as the fallback), ``None`` when it has none."""
+    """Its clinical date (``meta.lastUpdated`` as the fallback), ``None`` when it has none or
+    it was not asked for."""
     references: frozenset[str]
     """Every literal reference it makes (for ``data.meaning = dependents``)."""
     undecidable: str | None = None
@@ -165,7 +168,7 @@ def _read(resource: Mapping[str, Any], with_references: bool) -> _Read:
     lookups = INDEX.lookups
     learn = INDEX.learn
     references = found.references
-    level: list[Any] = [resource]
+    level: list[Any] = [resource if isinstance(resource, dict) else dict(resource)]
     depth = 0
     while level:
         depth += 1
