@@ -608,3 +608,30 @@ async def test_c28_research_removes_free_text_and_identifiers_everywhere_and_dat
     async with study.get(f"{gateway.fhir}/Patient/{NINA}") as reply:
         patient = await _json(reply)
     assert patient["birthDate"] == "1979" and "name" not in patient and "telecom" not in patient
+
+
+async def test_p22_deeply_nested_bodies_of_any_resource_are_a_400_naming_where_not_a_500(
+    gateway: RunningGateway, system_http: aiohttp.ClientSession
+) -> None:
+    """Orjson reads 1,024 levels, the FHIR models' validators recurse and fail far earlier: every
+    body is checked for depth first, whatever its type."""
+    nested = '{"url":"http://example.org/x","extension":[' * 150 + '{"url":"x"}' + "]}" * 150
+    observation = (
+        '{"resourceType":"Observation","status":"final","code":{"text":"x"},'
+        f'"subject":{{"reference":"Patient/{AMELIA}"}},"extension":[{nested}]}}'
+    )
+    bundle = (
+        '{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"POST",'
+        f'"url":"Observation"}},"resource":{observation}}}]}}'
+    )
+    for url, body, where in (
+        (f"{gateway.fhir}/Observation", observation, "Observation.extension[0].extension[0]"),
+        (gateway.fhir, bundle, "Bundle.entry[0].resource.extension[0]"),
+    ):
+        async with system_http.post(url, data=io.BytesIO(body.encode()), headers=JSON) as reply:
+            outcome = await _json(reply)
+            assert reply.status == 400, outcome
+        named = [e for issue in outcome["issue"] for e in issue.get("expression", [])]
+        assert named and named[0].startswith(where), named
+    async with system_http.get(f"{gateway.fhir}/Observation?patient={AMELIA}") as reply:
+        assert reply.status == 200 and (await _json(reply))["entry"]  # reads still flow
