@@ -118,7 +118,8 @@ class Deidentification:
                 plan[key] = (_RESOURCES, None, "")
             else:
                 plan[key] = (_COMPLEX, info.part(key), element_type)
-        self._plans[(id(info), kind)] = (info, plan)  # the info is kept alive with its id
+        if info.known:  # an unknown type's (from upstream data) is not kept: bounded
+            self._plans[(id(info), kind)] = (info, plan)  # the info stays alive with its id
         return plan
 
 

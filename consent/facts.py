@@ -250,7 +250,9 @@ def _resource(value: dict[str, Any], found: _Read) -> None:
     if rtype.__class__ is str:
         paths = _CODED_PATHS.get(rtype)
         if paths is None:
-            paths = _CODED_PATHS[rtype] = _coded_paths(rtype)
+            paths = _coded_paths(rtype)
+            if len(_CODED_PATHS) < 1024:  # types come from upstream data: bounded
+                _CODED_PATHS[rtype] = paths
         for first, rest in paths:
             item = value.get(first)
             if item is None or (not rest and item.__class__ is dict):

@@ -178,10 +178,29 @@ def _structure_issues(resource: Mapping[str, Any]) -> list[Issue]:
             Issue("structure", _location(e["loc"]), _message(e["msg"]))
             for e in error.errors(include_url=False, include_context=False, include_input=False)
         ]
-    except (ValueError, TypeError, ArithmeticError, RecursionError):
-        # The model's own validators failing on input they did not expect: still the body's fault.
+    except (ValueError, TypeError, LookupError, ArithmeticError, RecursionError):
+        # The model's own validators failing on input they did not expect (a contained resource
+        # of a type the models lack raises KeyError): still the body's fault.
         return [Issue("structure", "Consent", "the Consent cannot be read as a FHIR R4 Consent")]
     return []
+
+
+def _contained_issues(resource: Mapping[str, Any]) -> list[Issue]:
+    """Contained resources must be of a type the models know (they look it up by name)."""
+    issues: list[Issue] = []
+    for index, item in enumerate(_listed(resource.get("contained"))):
+        kind = item.get("resourceType") if isinstance(item, Mapping) else None
+        if isinstance(kind, str) and not _known_type(kind):
+            where = f"Consent.contained[{index}].resourceType"
+            issues.append(Issue("structure", where, "not a FHIR R4 resource type"))
+    return issues
+
+
+def _known_type(name: str) -> bool:
+    try:
+        return issubclass(get_fhir_model_class(name), Resource)
+    except (KeyError, ValueError, AttributeError, ImportError):
+        return False
 
 
 def _message(text: str) -> str:
@@ -263,7 +282,10 @@ def validate(resource: object) -> dict[str, Any]:
     shape = _shape_issue(resource)
     if shape is not None:
         raise ConsentInvalid([shape])
-    issues = _structure_issues(resource) + _rule_issues(resource)
+    issues = _contained_issues(resource)
+    if not issues:  # the model would stumble on them: report them alone
+        issues = _structure_issues(resource)
+    issues += _rule_issues(resource)
     if len(issues) > MAX_ISSUES:
         more = Issue("structure", "Consent", f"and {len(issues) - MAX_ISSUES + 1} more problems")
         issues = [*issues[: MAX_ISSUES - 1], more]

@@ -52,6 +52,8 @@ WORDS = (
     "",
     "0001-01-01T00:00:00+05:00",  # a dateTime whose UTC instant is before year 1
     "9999-12-31T23:59:59-05:00",
+    "NotAType",
+    "MedicinalProduct",  # an R4 type the R4B models lack
 )
 
 scalars: st.SearchStrategy[Any] = st.one_of(
@@ -83,6 +85,9 @@ json_values: st.SearchStrategy[Any] = st.one_of(
     ),
     st.integers(min_value=30, max_value=1000).map(_nested),
     st.sampled_from(["x" * 2_000_000, ["y"] * 20_000, {"$ne": None}, {"$in": ["permit"]}]),
+    st.lists(
+        st.fixed_dictionaries({"resourceType": st.sampled_from(WORDS)}), min_size=1, max_size=2
+    ),
 )
 """Any JSON value, odd ones weighed in."""
 

@@ -318,6 +318,12 @@ def test_p22_provision_data_of_the_wrong_type_is_invalid() -> None:
     assert "Consent.provision.provision[1].data[0].meaning" in found
 
 
+@pytest.mark.parametrize("kind", ["NotAType", "MedicinalProduct", "observation"])
+def test_p22_contained_resources_of_unknown_types_are_invalid(kind: str) -> None:
+    consent = {**valid(), "contained": [{"resourceType": kind, "id": "x"}]}
+    assert ("structure", "Consent.contained[0].resourceType") in rules(consent)
+
+
 def test_p22_deep_nesting_is_refused_before_the_model_reads_it() -> None:
     nested: Any = {"url": "http://example.org/x"}
     for _ in range(900):  # orjson accepts up to 1,024 levels; the model's validators recurse
