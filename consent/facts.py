@@ -229,14 +229,13 @@ def _resource(value: dict[str, Any], found: _Read) -> None:
     """The security labels of the resource or of one nested in it (``meta.security``, and the
     labels some types carry as data: DocumentReference.securityLabel,
     Composition.confidentiality), and its coded elements' shape."""
-    meta = value.get("meta")
-    if meta is not None:
+    if "meta" in value:  # present, even as null (which FHIR JSON does not allow)
+        meta = value["meta"]
         if meta.__class__ is not dict:
             found.problem = "its meta is not an object"
             return
-        security = meta.get("security")
-        if security is not None:
-            _security(security, found)
+        if "security" in meta:
+            _security(meta["security"], found)
     if "securityLabel" in value:
         concepts = value["securityLabel"]
         for concept in concepts if concepts.__class__ is list else ():

@@ -248,6 +248,8 @@ def test_c26_labels_carried_as_data_count() -> None:
         {"security": [None]},
         ["security"],
         "restricted",
+        {"security": None},
+        None,
     ],
 )
 def test_c26_malformed_security_labels_make_sensitivity_undecidable(meta: Any) -> None:
