@@ -67,3 +67,13 @@ fhir.resources do not know them (compared against HL7's R4 Patient CompartmentDe
 def load_json(*path: str) -> Any:
     """A JSON file from ``consent/data``."""
     return orjson.loads(resources.files("consent").joinpath("data", *path).read_bytes())
+
+
+def _no_patient_data_types() -> frozenset[str]:
+    groups = load_json("no-patient-data-types.json")
+    return frozenset(name for key, names in groups.items() if key != "_comment" for name in names)
+
+
+NO_PATIENT_DATA_TYPES: Final = _no_patient_data_types()
+"""Resource types that carry no patient data (``consent/data/no-patient-data-types.json``): they
+need no consent, and references to them keep their display (CONSENT.md C-26, C-27)."""

@@ -32,9 +32,19 @@ The rules:
   request declares no purpose, the resource has no date, ``data.meaning`` is ``related`` or
   ``authoredby`` which needs other resources to evaluate), a permit provision does not match and
   a deny provision does.
-- Sensitive resources (labels and codes in ``consent/data/sensitive-labels.json``) are released
-  only under a permit whose provision chain names each of their sensitivity codes and a
-  confidentiality at least as high as theirs in ``securityLabel``. This holds under opt-out too.
+- Sensitive resources (labels and codes in ``consent/data/sensitive-labels.json`` and
+  ``sensitive-codes/``, found wherever they sit in the resource, contained resources included:
+  :mod:`consent.facts`) are released only under a permit whose provision chain names each of their
+  sensitivity codes and a confidentiality at least as high as theirs in ``securityLabel``. This
+  holds under opt-out too. Labels are compared without regard to case.
+- C-26 A resource whose sensitivity cannot be decided (malformed labels or codes) is withheld,
+  whatever the consents say. A released resource's narrative and the display of its references
+  to types that can hold patient data may mention what is withheld, so the decision obliges the
+  gateway to remove them (``hide_mentions``), unless the consents that apply to the request
+  permit every sensitivity code and the highest confidentiality level (a permit provision names
+  them all in ``securityLabel``) and deny nothing: then no resource is withheld from the request
+  for its sensitivity or by a deny, and what the text mentions may be seen. (A resource of a type
+  outside the permit's ``class`` is still withheld; its display in a reference is not.)
 - C-03 No matching permit: deny ("no consent"). C-04 A trusted client runs under opt-out: permit
   unless a deny matches.
 - C-11 Every decision names the Consent id and provision path that decided (none for the base
@@ -92,6 +102,10 @@ class Basis(StrEnum):
     UNATTRIBUTED = "unattributed"
     """The resource cannot be attributed to patients and is of no type without patient data:
     nobody's consent can release it (C-27)."""
+    UNDECIDABLE = "undecidable"
+    """Its sensitivity cannot be decided: malformed labels or codes (C-26)."""
+    MINIMISATION = "minimisation"
+    """Permitted, but its purpose's minimisation profile cannot release it (C-28)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +123,11 @@ class Decision:
     """Purposes of use the resource is released for: apply their minimisation profiles (C-15)."""
     labels: tuple[str, ...] = ()
     """The resource's sensitive labels (released under an explicit permit, or why it was not)."""
+    hide_mentions: bool = False
+    """Release it without its narrative and without the display of its references to types
+    that can hold patient data (C-26; ``consent.mentions.without_mentions``): they may mention
+    what is withheld. False when it has neither, or when the request's consents permit every
+    sensitivity label and deny nothing."""
 
 
 def _where(node: Provision) -> str:
@@ -122,6 +141,11 @@ class Evaluator:
         self.request = request
         self._roots = tuple(roots)
         self._references = any(root.uses_dependents() for root in roots)
+        self._codes = any(root.uses_codes() for root in roots)
+        self._dates = any(root.uses_dates() for root in roots)
+        self._mentions_kept = any(root.permits_every_label() for root in roots) and not any(
+            root.has_deny() for root in roots
+        )
 
     @property
     def consent_ids(self) -> tuple[str, ...]:
@@ -141,7 +165,15 @@ class Evaluator:
         return None
 
     def decide(self, resource: Mapping[str, Any]) -> Decision:
-        seen = facts(resource, with_references=self._references)
+        seen = facts(
+            resource,
+            with_references=self._references,
+            with_codes=self._codes,
+            with_date=self._dates,
+        )
+        if seen.undecidable is not None:
+            reason = f"its sensitivity cannot be decided ({seen.undecidable}), so it is withheld"
+            return Decision(False, Basis.UNDECIDABLE, reason)
         found: list[Provision] = []
         for root in self._roots:
             deepest(root, seen, found)
@@ -166,6 +198,7 @@ class Evaluator:
                     node.path,
                     purposes,
                     sensitive,
+                    hide_mentions=seen.mentions and not self._mentions_kept,
                 )
         if permits or (sensitive and self.request.trusted):
             first = permits[0] if permits else None
@@ -187,6 +220,7 @@ class Evaluator:
                 Basis.OPT_OUT,
                 "permitted under opt-out: no deny applies",
                 purposes=self.request.purposes,
+                hide_mentions=seen.mentions and not self._mentions_kept,
             )
         return _no_consent()
 

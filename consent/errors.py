@@ -9,7 +9,8 @@
      │    └── ConsentDeleted   the Consent existed and was deleted (410)
      ├── VersionConflict       the version a change was based on is no longer current (409/412)
      ├── ChangeNotAllowed      this writer may not make this change to a Consent (403, C-23)
-     └── UnknownPurpose        no minimisation profile for a purpose of use (a configuration error)
+     ├── UnknownPurpose        no minimisation profile for a purpose of use (a configuration error)
+     └── Unreleasable          minimisation cannot release a resource for a purpose (it is withheld)
 
 The gateway renders them as an OperationOutcome in its one error middleware; this package never
 imports the web framework.
@@ -95,3 +96,9 @@ class UnknownPurpose(ConsentError, KeyError):
     """A purpose of use has no minimisation profile."""
 
     status = 500
+
+
+class Unreleasable(ConsentError):
+    """A resource that a purpose's minimisation profile cannot release: de-identification would
+    have to drop a modifier extension, which FHIR forbids (CONSENT.md C-28). The gateway
+    withholds the resource and names this reason."""

@@ -38,9 +38,9 @@ def interval(value: object) -> Interval | None:
                 high = low.replace(year=low.year + 1)
             return low, high - _TICK
         instant = datetime.fromisoformat(value)
-    except (ValueError, OverflowError):
+        instant = instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant.astimezone(UTC)
+    except (ValueError, OverflowError):  # not a date; or one whose UTC time is outside 1..9999
         return None
-    instant = instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant.astimezone(UTC)
     return instant, instant
 
 

@@ -1,4 +1,4 @@
-"""Data minimisation per purpose of use (GDPR Art. 5(1)(c); CONSENT.md C-15, C-16, C-18).
+"""Data minimisation per purpose of use (GDPR Art. 5(1)(c); CONSENT.md C-15, C-16, C-18, C-28).
 
 Each purpose of use (v3-ActReason code) has a profile in ``consent/data/minimisation/<CODE>.json``
 listing the top-level elements each resource type keeps. The gateway applies it to every released
@@ -9,11 +9,15 @@ resource after the consent decision, with the purposes the :class:`~consent.deci
   silently: FHIR R4 "Modifier Elements").
 - When anything is removed, the narrative (``text``) goes too (it may describe what was removed)
   and ``meta.security`` gains ``REDACTED`` (v3-ObservationValue), so the app knows.
-- ``deidentify`` profiles (research, C-16) remove direct identifiers from the resources that
-  describe people, cut birth and death dates to the year, and reduce every Reference to its
-  ``reference`` and ``type``.
+- De-identifying profiles (research, C-16, C-28) also apply keep-lists inside what they keep,
+  everywhere in the resource (:mod:`consent.deidentify`): no free text, identifier values,
+  displays, ``meta.tag`` or extensions they do not name; references reduced to ``reference`` and
+  ``type``; birth and death dates cut to the year. A resource with a modifier extension they do
+  not name cannot be released for them: :meth:`Profile.apply` raises
+  :class:`~consent.errors.Unreleasable` and the gateway withholds it.
 - Several purposes: a resource keeps only what every purpose's profile keeps, and is de-identified
-  if any of them de-identifies. No purpose: only the elements that are always kept.
+  with the stricter rules of every de-identifying one. No purpose: only the elements that are
+  always kept.
 - Minimisation never mutates its input; it returns new dicts.
 
 ``_elements`` and ``_summary`` (``consent.subsetting``) are applied afterwards, on top (C-17).
@@ -32,16 +36,9 @@ from typing import Any, Final
 import orjson
 
 from consent.codes import REDACTED
+from consent.deidentify import Deidentification
 from consent.errors import UnknownPurpose
 from consent.subsetting import ALWAYS, clone, element_info
-
-PEOPLE: Final = frozenset({"Patient", "RelatedPerson", "Person", "Practitioner"})
-"""Resource types that describe a person and lose direct identifiers when de-identified."""
-_REMOVED_FROM_PEOPLE = ("name", "telecom", "photo", "contact", "_birthDate", "_deceasedDateTime")
-_IDENTIFIER_KEEPS = ("use", "type", "system")
-_ADDRESS_KEEPS = ("use", "type", "state", "country")
-_REFERENCE_KEYS = frozenset({"id", "extension", "reference", "type", "identifier", "display"})
-_DROP: Final = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +50,8 @@ class Profile:
     """Resource type -> element names kept (``None``: every element)."""
     default: frozenset[str] | None
     """For resource types not in ``keep``."""
-    deidentify: bool
+    deidentify: Deidentification | None
+    """The keep rules of a de-identifying profile (``None``: it does not de-identify)."""
 
     def elements(self, resource_type: str) -> frozenset[str] | None:
         return self.keep.get(resource_type, self.default)
@@ -61,21 +59,27 @@ class Profile:
     def keeps_everything(self, resource_type: str) -> bool:
         """True when :meth:`apply` would return an unchanged copy for this type (contained
         resources included: they fall back on the same default)."""
-        return not self.deidentify and self.elements(resource_type) is None and self.default is None
+        return (
+            self.deidentify is None
+            and self.elements(resource_type) is None
+            and self.default is None
+        )
 
     def apply(self, resource: Mapping[str, Any]) -> dict[str, Any]:
-        """The resource minimised (a new dict)."""
+        """The resource minimised (a new dict). :class:`Unreleasable` when a de-identifying
+        profile cannot release it."""
         return self._apply(resource)[0]
 
     def _apply(self, resource: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         resource_type = str(resource.get("resourceType", ""))
         kept = self.elements(resource_type)
         info = element_info(resource_type)
+        copy = clone if self.deidentify is None else _same  # de-identification builds anew
         out: dict[str, Any] = {}
         changed = False
         for key, value in resource.items():
             if key in ALWAYS or kept is None or info.name(key) in kept:
-                out[key] = clone(value) if key != "contained" else value
+                out[key] = copy(value) if key != "contained" else value
             else:
                 changed = True
         if isinstance(out.get("contained"), list):
@@ -86,12 +90,17 @@ class Profile:
                     contained.append(minimised)
                     changed = changed or inner
             out["contained"] = contained
-        if self.deidentify:
-            changed = _deidentify(out) or changed
+        if self.deidentify is not None:
+            out, removed = self.deidentify.resource(out, skip=("contained",))
+            changed = changed or removed
         if changed:
             out.pop("text", None)
             _label_redacted(out)
         return out, changed
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _label_redacted(resource: dict[str, Any]) -> None:
@@ -104,77 +113,6 @@ def _label_redacted(resource: dict[str, Any]) -> None:
     ):
         security.append(dict(REDACTED))
     resource["meta"] = {**meta, "security": security}
-
-
-def _is_reference(value: Mapping[str, Any]) -> bool:
-    """A FHIR Reference, recognised by shape: only Reference's keys, one of its own among them,
-    and a string ``type`` (Identifier.type, a CodeableConcept, is a dict)."""
-    return (
-        value.keys() <= _REFERENCE_KEYS
-        and ("reference" in value or "display" in value or "identifier" in value)
-        and not isinstance(value.get("type"), dict)
-    )
-
-
-def _strip_references(value: Any, changes: list[int]) -> Any:
-    """Every Reference reduced to ``reference`` and ``type``; one with neither goes (``_DROP``).
-    ``value`` is our own copy and is changed in place."""
-    if isinstance(value, dict):
-        if _is_reference(value):
-            kept = {k: value[k] for k in ("reference", "type") if isinstance(value.get(k), str)}
-            if len(kept) != len(value):
-                changes.append(1)
-            return kept if "reference" in kept else _DROP
-        for key in list(value):
-            item = _strip_references(value[key], changes)
-            if item is _DROP:
-                del value[key]
-            else:
-                value[key] = item
-        return value
-    if isinstance(value, list) and value:
-        items = [
-            item for item in (_strip_references(v, changes) for v in value) if item is not _DROP
-        ]
-        return items or _DROP
-    return value
-
-
-def _year(value: Any) -> Any:
-    return value[:4] if isinstance(value, str) and len(value) > 4 else value
-
-
-def _deidentify(resource: dict[str, Any]) -> bool:
-    """Remove direct identifiers (C-16) from our own copy; True when anything changed."""
-    changes: list[int] = []
-    for key in [k for k in resource if k not in ("meta", "resourceType", "id")]:
-        item = _strip_references(resource[key], changes)
-        if item is _DROP:
-            del resource[key]
-            changes.append(1)
-        else:
-            resource[key] = item
-    if resource.get("resourceType") in PEOPLE:
-        for key in _REMOVED_FROM_PEOPLE:
-            if resource.pop(key, None) is not None:
-                changes.append(1)
-        for key, keeps in (("identifier", _IDENTIFIER_KEEPS), ("address", _ADDRESS_KEEPS)):
-            if isinstance(resource.get(key), list):
-                reduced = [
-                    {k: v for k, v in item.items() if k in keeps}
-                    for item in resource[key]
-                    if isinstance(item, dict)
-                ]
-                if reduced != resource[key]:
-                    changes.append(1)
-                resource[key] = [item for item in reduced if item]
-                if not resource[key]:
-                    del resource[key]
-        for key in ("birthDate", "deceasedDateTime"):
-            if key in resource and _year(resource[key]) != resource[key]:
-                resource[key] = _year(resource[key])
-                changes.append(1)
-    return bool(changes)
 
 
 def _elements(names: Iterable[str]) -> frozenset[str] | None:
@@ -194,7 +132,9 @@ def _load() -> dict[str, Profile]:
             raise ValueError(f"minimisation profile {entry.name} is for purpose {code}")
         keep = {kind: _elements(names) for kind, names in data["keep"].items() if kind != "*"}
         default = _elements(data["keep"].get("*", []))
-        profiles[code] = Profile((code,), keep, default, bool(data["deidentify"]))
+        rules = data["deidentify"]
+        deidentify = Deidentification.from_data(rules) if rules else None
+        profiles[code] = Profile((code,), keep, default, deidentify)
     return profiles
 
 
@@ -214,7 +154,7 @@ def _intersect(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[
 @lru_cache(maxsize=64)
 def _combined(purposes: tuple[str, ...]) -> Profile:
     if not purposes:
-        return Profile((), {}, frozenset(), deidentify=False)
+        return Profile((), {}, frozenset(), deidentify=None)
     unknown = [p for p in purposes if p not in PROFILES]
     if unknown:
         raise UnknownPurpose(f"no minimisation profile for purpose of use {', '.join(unknown)}")
@@ -229,7 +169,12 @@ def _combined(purposes: tuple[str, ...]) -> Profile:
     default: frozenset[str] | None = None
     for profile in chosen:
         default = _intersect(default, profile.default)
-    return Profile(purposes, keep, default, any(p.deidentify for p in chosen))
+    deidentify: Deidentification | None = None
+    for profile in chosen:
+        if profile.deidentify is not None:
+            rules = profile.deidentify
+            deidentify = rules if deidentify is None else deidentify.combined(rules)
+    return Profile(purposes, keep, default, deidentify)
 
 
 def profile_for(purposes: Iterable[str]) -> Profile:

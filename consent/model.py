@@ -16,6 +16,13 @@ one :class:`~consent.errors.ConsentInvalid` listing every problem:
 - ``gw-3``    patient is a literal reference ``Patient/[id]`` (it is how consents are indexed)
 - ``gw-4``    provisions nest at most ``MAX_DEPTH`` levels
 
+Any JSON at all may arrive here (SECURITY.md P-22): operators as values (``{"$ne": null}``), wrong
+JSON types, huge numbers, deep nesting, megabyte strings. The shape is checked first (nesting at
+most ``MAX_NESTING`` levels, then the R4B model), and every rule reads only values of the type it
+expects, so whatever the body the only error raised is :class:`ConsentInvalid`, naming elements;
+bodies are bounded in size (``MAX_ELEMENTS``), issues, element names and messages in number and
+length.
+
 ``app_grant`` builds the Consent written when a patient approves an app on the authorization
 screen (C-05).
 """
@@ -48,6 +55,15 @@ from consent.codes import (
 from consent.errors import ConsentInvalid, InvalidParameter, Issue
 
 MAX_DEPTH = 8
+MAX_NESTING = 40
+"""JSON nesting (objects and arrays) a Consent may have: a Consent at ``MAX_DEPTH`` provisions with
+extensions needs about 30; deeper bodies are refused before the model (whose validators recurse)
+sees them."""
+MAX_ELEMENTS = 10_000
+"""JSON values a Consent may hold (a real one holds a few hundred)."""
+MAX_ISSUES = 50
+_MAX_NAME = 64
+_MAX_MESSAGE = 200
 STATUSES = frozenset({"draft", "proposed", "active", "rejected", "inactive", "entered-in-error"})
 PROVISION_TYPES = frozenset({"permit", "deny"})
 DATA_MEANINGS = frozenset({"instance", "related", "dependents", "authoredby"})
@@ -111,18 +127,45 @@ def actor_keys(consent: Mapping[str, Any]) -> list[str]:
     """The reference keys of every actor named anywhere in the Consent."""
     keys: set[str] = set()
     for _, node, _ in provisions(consent):
-        for actor in node.get("actor") or ():
+        actors = node.get("actor")
+        for actor in actors if isinstance(actors, list) else ():
             key = reference_key(actor.get("reference")) if isinstance(actor, Mapping) else None
             if key:
                 keys.add(key)
     return sorted(keys)
 
 
-def _location(loc: Sequence[int | str]) -> str:
+def _name(part: object) -> str:
+    """One step of an element path, cut short: a crafted body may have megabyte-long keys."""
+    text = str(part)
+    return text if len(text) <= _MAX_NAME else text[: _MAX_NAME - 1] + "…"
+
+
+def _location(loc: Sequence[object]) -> str:
     text = "Consent"
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+        text += f"[{part}]" if isinstance(part, int) else f".{_name(part)}"
     return text
+
+
+def _shape_issue(resource: Mapping[str, Any]) -> Issue | None:
+    """A body too deep (more than ``MAX_NESTING`` levels) or too large (more than
+    ``MAX_ELEMENTS`` values) to be a Consent, before the model spends time on it. Iterative, so
+    no body can exhaust the stack here."""
+    stack: list[tuple[Any, tuple[object, ...]]] = [(dict(resource), ())]
+    count = 0
+    while stack:
+        value, path = stack.pop()
+        if len(path) >= MAX_NESTING:
+            return Issue("structure", _location(path), f"nests deeper than {MAX_NESTING} levels")
+        count += len(value)
+        if count > MAX_ELEMENTS:
+            return Issue("structure", "Consent", f"has more than {MAX_ELEMENTS} elements")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(item, dict | list):
+                stack.append((item, (*path, key)))
+    return None
 
 
 def _structure_issues(resource: Mapping[str, Any]) -> list[Issue]:
@@ -130,17 +173,54 @@ def _structure_issues(resource: Mapping[str, Any]) -> list[Issue]:
         Consent.model_validate(dict(resource))
     except pydantic.ValidationError as error:
         return [
-            Issue("structure", _location(e["loc"]), e["msg"].split("\n")[0].strip())
-            for e in error.errors()
+            Issue("structure", _location(e["loc"]), _message(e["msg"]))
+            for e in error.errors(include_url=False, include_context=False, include_input=False)
         ]
+    except (ValueError, TypeError, LookupError, ArithmeticError, RecursionError):
+        # The model's own validators failing on input they did not expect (a contained resource
+        # of a type the models lack raises KeyError): still the body's fault.
+        return [Issue("structure", "Consent", "the Consent cannot be read as a FHIR R4 Consent")]
     return []
+
+
+def _contained_issues(resource: Mapping[str, Any]) -> list[Issue]:
+    """Contained resources must be of a type the models know (they look it up by name)."""
+    issues: list[Issue] = []
+    for index, item in enumerate(_listed(resource.get("contained"))):
+        kind = item.get("resourceType") if isinstance(item, Mapping) else None
+        if isinstance(kind, str) and not _known_type(kind):
+            where = f"Consent.contained[{index}].resourceType"
+            issues.append(Issue("structure", where, "not a FHIR R4 resource type"))
+    return issues
+
+
+def _known_type(name: str) -> bool:
+    try:
+        return issubclass(get_fhir_model_class(name), Resource)
+    except (KeyError, ValueError, AttributeError, ImportError):
+        return False
+
+
+def _message(text: str) -> str:
+    first = text.split("\n")[0].strip()
+    return first if len(first) <= _MAX_MESSAGE else first[: _MAX_MESSAGE - 1] + "…"
+
+
+def _one_of(value: object, allowed: frozenset[str]) -> bool:
+    """``value`` is one of the ``allowed`` codes (a crafted value may be any JSON, even a dict)."""
+    return isinstance(value, str) and value in allowed
+
+
+def _listed(value: object) -> list[Any]:
+    """The items of a JSON array; nothing for any other value."""
+    return value if isinstance(value, list) else []
 
 
 def _has_code(concept: Any, system: str, code: str) -> bool:
     codings = concept.get("coding") if isinstance(concept, Mapping) else None
     return any(
         isinstance(c, Mapping) and c.get("code") == code and c.get("system") in (system, None)
-        for c in codings or ()
+        for c in _listed(codings)
     )
 
 
@@ -155,7 +235,7 @@ def _period_issue(value: Any, where: str) -> list[Issue]:
 
 def _rule_issues(resource: Mapping[str, Any]) -> list[Issue]:
     issues: list[Issue] = []
-    if resource.get("status") not in STATUSES:
+    if not _one_of(resource.get("status"), STATUSES):
         issues.append(
             Issue("binding", "Consent.status", f"status must be one of {sorted(STATUSES)}")
         )
@@ -180,12 +260,12 @@ def _rule_issues(resource: Mapping[str, Any]) -> list[Issue]:
         if depth > MAX_DEPTH:
             issues.append(Issue("gw-4", where, f"provisions nest at most {MAX_DEPTH} deep"))
             break
-        if "type" in node and node["type"] not in PROVISION_TYPES:
+        if "type" in node and not _one_of(node["type"], PROVISION_TYPES):
             issues.append(Issue("binding", f"{where}.type", "type must be permit or deny"))
         issues += _period_issue(node.get("period"), f"{where}.period")
         issues += _period_issue(node.get("dataPeriod"), f"{where}.dataPeriod")
-        for index, data in enumerate(node.get("data") or ()):
-            if isinstance(data, Mapping) and data.get("meaning") not in DATA_MEANINGS:
+        for index, data in enumerate(_listed(node.get("data"))):
+            if isinstance(data, Mapping) and not _one_of(data.get("meaning"), DATA_MEANINGS):
                 issues.append(
                     Issue("binding", f"{where}.data[{index}].meaning", "unknown data meaning")
                 )
@@ -193,10 +273,20 @@ def _rule_issues(resource: Mapping[str, Any]) -> list[Issue]:
 
 
 def validate(resource: object) -> dict[str, Any]:
-    """The Consent as a plain dict, or :class:`ConsentInvalid` naming every rule it breaks."""
+    """The Consent as a plain dict, or :class:`ConsentInvalid` naming every rule it breaks (at
+    most ``MAX_ISSUES`` of them). Raises nothing else, whatever ``resource`` is."""
     if not isinstance(resource, Mapping) or resource.get("resourceType") != "Consent":
         raise ConsentInvalid([Issue("structure", "Consent", "the resource must be a Consent")])
-    issues = _structure_issues(resource) + _rule_issues(resource)
+    shape = _shape_issue(resource)
+    if shape is not None:
+        raise ConsentInvalid([shape])
+    issues = _contained_issues(resource)
+    if not issues:  # the model would stumble on them: report them alone
+        issues = _structure_issues(resource)
+    issues += _rule_issues(resource)
+    if len(issues) > MAX_ISSUES:
+        more = Issue("structure", "Consent", f"and {len(issues) - MAX_ISSUES + 1} more problems")
+        issues = [*issues[: MAX_ISSUES - 1], more]
     if issues:
         raise ConsentInvalid(issues)
     return dict(resource)

@@ -22,14 +22,15 @@ from consent.codes import (
     RESOURCE_TYPES,
     V3_ACT_REASON,
 )
-from consent.facts import (
-    CONFIDENTIALITY_LEVEL,
-    CONFIDENTIALITY_SYSTEM,
+from consent.facts import ResourceFacts
+from consent.model import patient_id_of, reference_key
+from consent.sensitive import (
     SENSITIVE_LEVEL,
     SENSITIVITY_CODES,
-    ResourceFacts,
+    TOP_LEVEL,
+    confidentiality_rank,
+    label,
 )
-from consent.model import patient_id_of, reference_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,8 @@ class Provision:
     codes: frozenset[tuple[str, str]] | None = None
     """``(system, code)``; system ``""`` matches a code in any system."""
     labels: frozenset[str] = frozenset()
-    """Codes named in securityLabel other than confidentiality levels."""
+    """Codes named in securityLabel other than confidentiality levels (upper case: labels are
+    compared without regard to case, C-26)."""
     level: int | None = None
     """The lowest confidentiality rank named in securityLabel."""
     has_labels: bool = False
@@ -65,6 +67,26 @@ class Provision:
     def uses_dependents(self) -> bool:
         own = any(meaning == "dependents" for meaning, _ in self.data or ())
         return own or any(child.uses_dependents() for child in self.children)
+
+    def uses_codes(self) -> bool:
+        return self.codes is not None or any(child.uses_codes() for child in self.children)
+
+    def uses_dates(self) -> bool:
+        return self.has_data_period or any(child.uses_dates() for child in self.children)
+
+    def names_every_label(self) -> bool:
+        """This provision and its ancestors name every sensitivity code and the highest
+        confidentiality level: nothing is withheld from a permit like this for sensitivity."""
+        return self.chain_labels >= SENSITIVITY_CODES and self.chain_level >= TOP_LEVEL
+
+    def permits_every_label(self) -> bool:
+        """A permit in this tree names every label (:meth:`names_every_label`)."""
+        if not self.deny and self.names_every_label():
+            return True
+        return any(child.permits_every_label() for child in self.children)
+
+    def has_deny(self) -> bool:
+        return self.deny or any(child.has_deny() for child in self.children)
 
     def is_blanket_deny(self) -> bool:
         """A deny about every resource, without exceptions."""
@@ -91,11 +113,9 @@ def _security(codings: Sequence[Mapping[str, Any]]) -> tuple[frozenset[str], lis
         code = coding.get("code")
         if not isinstance(code, str):
             continue
-        rank = CONFIDENTIALITY_LEVEL.get(code)
-        if (
-            rank is not None
-            and coding.get("system", CONFIDENTIALITY_SYSTEM) == CONFIDENTIALITY_SYSTEM
-        ):
+        code = label(code)
+        rank = confidentiality_rank(code, coding.get("system"))
+        if rank is not None:
             levels.append(rank)
         else:
             labels.add(code)

@@ -265,6 +265,8 @@ class ConsentStore:
         consent_id: str = current["_id"]
         if if_match is not None and _version(if_match) != current["version"]:
             raise VersionConflict(f"Consent/{consent_id} is at version {current['version']}")
+        if check:  # before reading anything of it: the body may be any JSON (P-22)
+            resource = model.validate(resource)
         body_id = resource.get("id")
         if body_id is not None and body_id != consent_id:
             raise ConsentInvalid([Issue("gw-5", "Consent.id", "the id must match the URL")])
@@ -274,7 +276,7 @@ class ConsentStore:
             current["version"] + 1,
             current.get("ever_active", False),
             change,
-            check=check,
+            check=False,
         )
         if document["patient_id"] != current["patient_id"]:
             raise ConsentInvalid([Issue("gw-5", "Consent.patient", "the patient cannot change")])

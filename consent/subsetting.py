@@ -1,12 +1,13 @@
 """Element metadata and the ``_elements`` / ``_summary`` result parameters (FHIR R4 Search
 "Summary" and "Elements"; CONSENT.md C-17).
 
-What an element is called, whether it is a summary element, whether it is mandatory and which
-BackboneElement type it has come from the R4B models of fhir.resources (generated from the FHIR
-StructureDefinitions: ``isSummary`` becomes ``summary_element_property``, ``min >= 1`` becomes
-``element_required``, a choice type ``value[x]`` becomes ``one_of_many``). The R4B flags equal the
-R4 ones for the resources this gateway serves. A resource type the models do not know keeps only
-its mandatory elements under ``_summary=true``.
+What an element is called, whether it is a summary element, whether it is mandatory, its FHIR
+type and which BackboneElement type it has come from the R4B models of fhir.resources (generated
+from the FHIR StructureDefinitions: ``isSummary`` becomes ``summary_element_property``,
+``min >= 1`` becomes ``element_required``, a choice type ``value[x]`` becomes ``one_of_many``, a
+primitive type is the annotation's marker, ``String()``, a complex one the model it names). The
+R4B flags equal the R4 ones for the resources this gateway serves. A resource type the models do
+not know keeps only its mandatory elements under ``_summary=true``.
 
 Both functions only ever remove elements, so applied after the minimisation profile they narrow it
 and never bring back what it removed. They return new dicts and add the ``SUBSETTED`` tag.
@@ -43,6 +44,21 @@ class ElementInfo:
     required: frozenset[str] = frozenset()
     backbones: dict[str, ElementInfo] = field(default_factory=dict)
     known: bool = True
+    types: dict[str, str] = field(default_factory=dict)
+    """JSON key -> FHIR type (``valueString`` -> ``string``, ``code`` -> ``CodeableConcept``,
+    ``component`` -> ``ObservationComponent``, ``contained`` -> ``Resource``)."""
+    models: dict[str, type[Any]] = field(default_factory=dict)
+    """JSON key -> the model of a complex type (datatype, BackboneElement, Resource)."""
+
+    def part(self, key: str) -> ElementInfo | None:
+        """What the models say about the elements of the complex type at ``key``."""
+        model = self.models.get(key)
+        return None if model is None else _info(model, _INFOS)
+
+    @property
+    def coded(self) -> frozenset[str]:
+        """The JSON keys whose type is CodeableConcept or Coding."""
+        return frozenset(k for k, t in self.types.items() if t in ("CodeableConcept", "Coding"))
 
     def name(self, key: str) -> str:
         """The element a JSON key belongs to (``_x`` belongs to ``x``)."""
@@ -52,18 +68,41 @@ class ElementInfo:
         return key[1:] if key.startswith("_") else key
 
 
-def _backbone_class(annotation: Any) -> type[Any] | None:
+def _model_class(annotation: Any) -> type[Any] | None:
+    """The model of a complex-typed field."""
     for arg in typing.get_args(annotation) or (annotation,):
         klass = getattr(arg, "_model_klass", None)
         if isinstance(klass, str):
             module, _, name = klass.rpartition(".")
-            model = getattr(importlib.import_module(module), name)
-            return model if issubclass(model, BackboneElement) else None
+            model: type[Any] = getattr(importlib.import_module(module), name)
+            return model
         if typing.get_args(arg):
-            found = _backbone_class(arg)
+            found = _model_class(arg)
             if found is not None:
                 return found
     return None
+
+
+_PRIMITIVES = {"EncodedBytes": "base64Binary", "UuidVersion": "uuid"}
+
+
+def _type_name(annotation: Any) -> str:
+    """The FHIR type of a field: a primitive's marker (``String()`` -> ``string``), a complex
+    type's model (``CodeableConcept``), ``boolean`` for ``bool``."""
+    for arg in typing.get_args(annotation) or (annotation,):
+        for marker in getattr(arg, "__metadata__", ()):
+            name = type(marker).__name__
+            return _PRIMITIVES.get(name, name[:1].lower() + name[1:])
+        klass = getattr(arg, "_model_klass", None)
+        if isinstance(klass, str):
+            return klass.rpartition(".")[2]
+        if arg is bool:
+            return "boolean"
+        if typing.get_args(arg):
+            found = _type_name(arg)
+            if found != "unknown":
+                return found
+    return "unknown"
 
 
 def _info(model: type[Any], seen: dict[type[Any], ElementInfo]) -> ElementInfo:
@@ -73,6 +112,8 @@ def _info(model: type[Any], seen: dict[type[Any], ElementInfo]) -> ElementInfo:
     summary: set[str] = set()
     required: set[str] = set()
     backbones: dict[str, type[Any]] = {}
+    types: dict[str, str] = {}
+    models: dict[str, type[Any]] = {}
     for fhir_field in model.model_fields.values():
         extra = fhir_field.json_schema_extra
         if not isinstance(extra, dict) or not extra.get("element_property"):
@@ -81,15 +122,18 @@ def _info(model: type[Any], seen: dict[type[Any], ElementInfo]) -> ElementInfo:
         choice = extra.get("one_of_many")
         name = f"{choice}[x]" if choice else alias
         names[alias] = names[f"_{alias}"] = name
+        types[alias] = _type_name(fhir_field.annotation)
         if extra.get("summary_element_property"):
             summary.add(name)
         mandatory = extra.get("element_required") or extra.get("one_of_many_required")
         if mandatory or fhir_field.is_required():
             required.add(name)
-        backbone = _backbone_class(fhir_field.annotation)
-        if backbone is not None:
-            backbones[name] = backbone
-    info = ElementInfo(names, frozenset(summary), frozenset(required))
+        model_class = _model_class(fhir_field.annotation)
+        if model_class is not None:
+            models[alias] = model_class
+            if issubclass(model_class, BackboneElement):
+                backbones[name] = model_class
+    info = ElementInfo(names, frozenset(summary), frozenset(required), types=types, models=models)
     seen[model] = info  # recursive backbones (Questionnaire.item.item) share one entry
     for name, backbone in backbones.items():
         info.backbones[name] = _info(backbone, seen)
@@ -103,7 +147,23 @@ def element_info(resource_type: str) -> ElementInfo:
         model = get_fhir_model_class(resource_type)
     except (KeyError, ValueError, AttributeError, ImportError):
         return ElementInfo(known=False)
-    return _info(model, {})
+    return _info(model, _INFOS)
+
+
+_INFOS: dict[type[Any], ElementInfo] = {}
+"""Every model's ElementInfo, built once (backbones and datatypes are shared by many types)."""
+
+
+@lru_cache(maxsize=256)
+def coded_elements(resource_type: str) -> frozenset[str]:
+    """The element paths of a resource type, through its BackboneElements, whose type is
+    CodeableConcept or Coding (``code``, ``component.valueCodeableConcept``...), two levels
+    deep."""
+    info = element_info(resource_type)
+    found = set(info.coded)
+    for name, backbone in info.backbones.items():
+        found |= {f"{name}.{key}" for key in backbone.coded}
+    return frozenset(found)
 
 
 def _tagged(resource: dict[str, Any]) -> dict[str, Any]:

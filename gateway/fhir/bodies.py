@@ -4,6 +4,8 @@ pipeline, with :mod:`gateway.fhir.interaction`).
 A body that is not JSON gets 415 (wrong media type) or 400 (not parseable); bodies are checked for
 the basic FHIR shape (``resourceType`` agrees with the URL, an update's ``id`` agrees with the URL);
 a POST to the base must be a batch or transaction Bundle. ``POST [type]/_search`` takes a form.
+A body nesting deeper than ``MAX_BODY_NESTING`` levels is a 400 naming where, before any code that
+recurses (the FHIR models' validators) reads it (SECURITY.md P-22).
 
 PATCH takes a JSON Patch (RFC 6902, ``application/json-patch+json``, an array of operations) or a
 JSON Merge Patch (RFC 7396, ``application/merge-patch+json``, an object). A body sent as plain
@@ -37,11 +39,44 @@ _BODY_KINDS = frozenset(
 )
 
 
+MAX_BODY_NESTING = 100
+"""JSON levels a request body may nest. FHIR resources need a few dozen and a transaction Bundle
+adds four; orjson reads up to 1,024, more than the models' recursive validators survive."""
+
+
 def _json_body(raw: bytes) -> Any:
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc.msg}") from None
+    where = _too_deep(body)
+    if where is not None:
+        message = f"the request body nests deeper than {MAX_BODY_NESTING} levels"
+        issue = {"severity": "error", "code": "structure", "diagnostics": message}
+        raise BadRequest(message, extra_issues=[{**issue, "expression": [where]}])
+    return body
+
+
+def _too_deep(body: Any) -> str | None:
+    """Where ``body`` nests deeper than ``MAX_BODY_NESTING`` (``Observation.extension[0]...``,
+    cut short), else ``None``. Iterative: the check itself cannot exhaust the stack."""
+    if not isinstance(body, dict | list):
+        return None
+    kind = body.get("resourceType") if isinstance(body, dict) else None
+    root = kind if isinstance(kind, str) and kind.isalpha() and len(kind) <= 64 else "$"
+    stack: list[tuple[Any, tuple[object, ...]]] = [(body, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) >= MAX_BODY_NESTING:
+            where = root + "".join(
+                f"[{p}]" if isinstance(p, int) else f".{str(p)[:64]}" for p in path[:12]
+            )
+            return where + "…"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(item, dict | list):
+                stack.append((item, (*path, key)))
+    return None
 
 
 def check_resource_body(interaction: FhirInteraction, body: Any) -> None:

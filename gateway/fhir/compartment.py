@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
+from consent.codes import NO_PATIENT_DATA_TYPES
 from consent.references import patient_id
 from gateway.fhir.fhirdata import PATIENT_COMPARTMENT_PARAMS, load_json
 from gateway.fhir.searchparams import (
@@ -33,12 +34,12 @@ from gateway.fhir.searchparams import (
 
 _ATTRIBUTION = load_json("attribution.json")
 
-PUBLIC_TYPES: frozenset[str] = frozenset(
-    rtype for group in _ATTRIBUTION["without_patient_data"].values() for rtype in group
-)
-"""Types that carry no patient data (``gateway/fhir/data/attribution.json``, reviewed type by
-type): a patient-context token may read them and they need no consent. A type that is neither in the
-compartment, a carrier, nor here is not released to anyone (C-27)."""
+PUBLIC_TYPES: frozenset[str] = NO_PATIENT_DATA_TYPES
+"""Types that carry no patient data: a patient-context token may read them and they need no
+consent. The reviewed list and why each type is on it, or deliberately not, is data:
+``consent/data/no-patient-data-types.json`` (the consent engine keeps the display of references to
+these types, C-26). A type that is neither in the compartment, a carrier, nor on the list is not
+released to anyone (C-27)."""
 
 CARRIERS: dict[str, tuple[tuple[str, ...], ...]] = {
     rtype: tuple(tuple(path.split(".")) for path in paths)

@@ -9,7 +9,8 @@ registered with ``manages_consent`` (the hospital's patient portal) manages them
 but never widens its own access. Every change records who made it, through ``fhir-api``. Every
 change is a new version (``meta.versionId``, ``_history``, ``If-Match``). A Consent that breaks the
 R4 invariants (ppc-1, ppc-2...) or the gateway's own rules is refused with 422, one issue per
-broken rule; a body whose elements have the wrong JSON types is refused the same way (P-22).
+broken rule; the body is validated before anything else reads it, so no body, however crafted,
+gets further (SECURITY.md P-22).
 
 Withdrawal takes effect at once: setting a Consent inactive (or any status but active) or deleting
 it is seen by the very next FHIR request on every instance (consents are read per request), and
@@ -32,7 +33,7 @@ from consent.errors import (
     ConsentNotFound,
     VersionConflict,
 )
-from consent.model import patient_id_of
+from consent.model import patient_id_of, validate
 from consent.references import patient_id
 from consent.store import Change, Channel, ConsentStore, HistoryEntry
 from gateway.fhir import writes
@@ -153,6 +154,7 @@ class ConsentApi:
         if kind is Kind.SEARCH_TYPE:
             return Answer(200, {}, await self._search(context, decision, writer))
         if kind is Kind.CREATE:
+            body = validate(body)  # first: the checks below read the body (P-22)
             if decision.patient_only:
                 writes.check_in_compartment(body, context, "this Consent")
             authority.check_create(writer, body)
@@ -167,6 +169,8 @@ class ConsentApi:
             self._check_visible(decision, writer, current)
             if decision.patient_only:
                 writes.check_current(current, context)
+            body = validate(body)
+            if decision.patient_only:
                 writes.check_in_compartment(body, context, "this Consent")
             authority.check_update(writer, current, body)
             updated = await self._store.update(

@@ -27,7 +27,8 @@ from pymongo.errors import PyMongoError
 
 from consent.codes import ACCESS
 from consent.decide import Basis, Decision, Evaluator, RequestAttributes, compile_consents
-from consent.errors import ConsentError
+from consent.errors import ConsentError, Unreleasable
+from consent.mentions import without_mentions
 from consent.minimise import profile_for
 from consent.references import patient_id
 from consent.store import ConsentStore
@@ -93,6 +94,7 @@ class RequestConsent:
             return None
         decided = self._decided_as(resource)
         purposes: tuple[str, ...] = self.context.purposes
+        hide_mentions = False
         for patient in sorted(owners):
             evaluator = self.evaluators.get(patient)
             if evaluator is None:  # not loaded: nothing may be assumed
@@ -103,13 +105,21 @@ class RequestConsent:
                 return None
             # Several owners: only what every one of them permits it for (the strictest profile).
             purposes = tuple(p for p in purposes if p in decision.purposes)
+            hide_mentions = hide_mentions or decision.hide_mentions
         try:
             profile = profile_for(purposes)
         except ConsentError:  # a purpose without a profile: keep nothing but the bare resource
             profile = profile_for(())
-        if profile.keeps_everything(str(resource.get("resourceType", ""))):
-            return resource  # nothing to remove: the pipeline owns this parsed resource
-        return profile.apply(resource)
+        released = resource  # nothing to remove: the pipeline owns this parsed resource
+        if not profile.keeps_everything(str(resource.get("resourceType", ""))):
+            try:
+                released = profile.apply(resource)
+            except Unreleasable as exc:  # C-28: e.g. a modifier research may not drop
+                reason = f"not released for {', '.join(purposes)}: {exc}"
+                self.decisions.append(Decision(False, Basis.MINIMISATION, reason))
+                return None
+        # C-26: narrative and references' displays may mention what consent withholds.
+        return without_mentions(released) if hide_mentions else released
 
     def _decided_as(self, resource: dict[str, Any]) -> dict[str, Any]:
         """What a resource's consent decision looks at: itself, or for a Binary the resource of

@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consent import model
 from consent.decide import (
@@ -20,6 +22,11 @@ from consent.decide import (
     decide,
     decide_many,
 )
+from consent.errors import Unreleasable
+from consent.mentions import without_mentions
+from consent.minimise import PURPOSES, minimise
+from tests.consent import crafted
+from tests.consent.conftest import seed_resources
 
 TABLE: dict[str, Any] = orjson.loads(
     (Path(__file__).parent / "fixtures" / "decision-table.json").read_bytes()
@@ -167,3 +174,102 @@ def test_c10_deciding_a_thousand_resources_is_fast() -> None:
     assert {d.basis for d in decisions} == {Basis.PERMIT, Basis.DENY, Basis.SENSITIVE}
     print(f"decide 1,000 Observations against 3 consents: {min(runs) * 1000:.1f} ms")
     assert min(runs) < 0.25
+
+
+CRAFTED_BASES = [*TABLE["resources"].values(), *seed_resources()]
+CRAFTED_TYPES = sorted({r["resourceType"] for r in CRAFTED_BASES} | {"Binary", "Bundle", "X"})
+EVERY_CONSENT = [
+    _consent(c) for c in ("grant-psy", "deny-data-2020", "grant-dependents-enc-1", "grant-hba1c")
+]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(
+    resource=crafted.resources_like(CRAFTED_BASES, CRAFTED_TYPES),
+    trusted=st.booleans(),
+)
+def test_p22_property_decide_never_raises_on_crafted_resources(
+    resource: dict[str, Any], trusted: bool
+) -> None:
+    """The engine reads upstream data defensively: any resource gets a decision; and what it
+    permits, minimisation and the removal of mentions take as the gateway does, raising nothing
+    but Unreleasable (C-28)."""
+    request = _request({"request": {"trusted": trusted}})
+    decision = compile_consents(EVERY_CONSENT, request).decide(resource)
+    assert isinstance(decision, Decision)
+    assert decision.reason
+    if not decision.permitted:
+        return
+    for purpose in sorted(PURPOSES):
+        try:
+            released = minimise(resource, [purpose])
+        except Unreleasable:
+            continue
+        assert isinstance(without_mentions(released), dict)
+
+
+# --- C-26 -------------------------------------------------------------------------------------
+
+EVERY_LABEL = [
+    {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code}
+    for code in ("ETH", "HIV", "PSY", "SDV", "SEX", "STD", "SUD")
+] + [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "V"}]
+
+
+def _grant_every_label() -> dict[str, Any]:
+    consent = _consent("grant-app-a")
+    consent["id"] = "grant-every-label"
+    consent["provision"] = {
+        **consent["provision"],
+        "provision": [{"type": "permit", "securityLabel": EVERY_LABEL}],
+    }
+    return consent
+
+
+def _with_display(resource: dict[str, Any]) -> dict[str, Any]:
+    return {**resource, "focus": [{"reference": "Condition/dx", "display": "Major depression"}]}
+
+
+def test_c26_a_resource_whose_sensitivity_cannot_be_decided_is_withheld() -> None:
+    broken = {**TABLE["resources"]["obs-1"], "meta": {"security": {"code": "PSY"}}}
+    for consents, trusted in (([_consent("grant-app-a")], False), ([], True)):
+        request = _request({"request": {"trusted": trusted}})
+        decision = decide(consents, request, broken)
+        assert not decision.permitted and decision.basis is Basis.UNDECIDABLE
+        assert "cannot be decided" in decision.reason and "meta.security" in decision.reason
+    assert not decide([_grant_every_label()], _request({}), broken).permitted
+
+
+def test_c26_lowercase_psy_label_needs_a_permit_naming_psy() -> None:
+    psy = {
+        **TABLE["resources"]["obs-1"],
+        "meta": {
+            "security": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "psy"}
+            ]
+        },
+    }
+    general = decide([_consent("grant-app-a")], _request({}), psy)
+    assert not general.permitted and general.basis is Basis.SENSITIVE
+    assert decide([_consent("grant-psy")], _request({}), psy).permitted
+    deny = decide([_consent("grant-psy"), _consent("deny-psy")], _request({}), psy)
+    assert not deny.permitted and deny.basis is Basis.DENY  # a PSY deny holds for "psy"
+    lowercase = _consent("grant-psy")
+    for label in lowercase["provision"]["provision"][0]["securityLabel"]:
+        label["code"] = label["code"].lower()  # "psy" and "r" in the Consent name PSY and R
+    assert decide([lowercase], _request({}), TABLE["resources"]["obs-phq9"]).permitted
+
+
+def test_c26_released_text_that_may_mention_withheld_data_must_be_hidden() -> None:
+    resource = _with_display(TABLE["resources"]["obs-1"])
+    general = decide([_consent("grant-app-a")], _request({}), resource)
+    assert general.permitted and general.hide_mentions
+    trusted = decide([], _request({"request": {"trusted": True}}), resource)
+    assert trusted.permitted and trusted.hide_mentions
+    assert not decide(
+        [_consent("grant-app-a")], _request({}), TABLE["resources"]["obs-1"]
+    ).hide_mentions
+    every = decide([_grant_every_label()], _request({}), resource)
+    assert every.permitted and not every.hide_mentions
+    with_a_deny = decide([_grant_every_label(), _consent("deny-psy")], _request({}), resource)
+    assert with_a_deny.permitted and with_a_deny.hide_mentions  # a deny may withhold the target

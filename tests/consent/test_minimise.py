@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from consent.codes import REDACTED
-from consent.errors import UnknownPurpose
+from consent.errors import UnknownPurpose, Unreleasable
 from consent.minimise import PROFILES, PURPOSES, Profile, minimise, profile_for, release_bundle
 from consent.subsetting import element_info
 from tests.consent.conftest import seed_resource, seed_resources
@@ -129,8 +129,11 @@ def test_c16_research_removes_every_direct_identifier_of_the_patient() -> None:
     assert redacted(research)
 
 
+RESEARCH = PROFILES["HRESCH"].deidentify
+
+
 def test_c16_deidentification_of_people_keeps_identifier_system_not_value() -> None:
-    keep_all = Profile(("X",), {}, None, deidentify=True)
+    keep_all = Profile(("X",), {}, None, deidentify=RESEARCH)
     related = {
         "resourceType": "RelatedPerson",
         "id": "rp1",
@@ -174,12 +177,14 @@ def test_c16_research_references_keep_only_type_and_id() -> None:
     assert out["derivedFrom"] == [{"reference": "Observation/o2"}]
     assert "hasMember" not in out  # no literal reference left
     assert "Samuel" not in orjson.dumps(out).decode()
-    # Codings with a display are not references and keep it.
-    assert out["code"] == obs["code"]
+    # Codings keep their system and code, not their display (C-28).
+    assert out["code"] == {
+        "coding": [{k: c[k] for k in ("system", "code")} for c in obs["code"]["coding"]]
+    }
 
 
 def test_c16_contained_people_are_deidentified_too() -> None:
-    keep_all = Profile(("X",), {}, None, deidentify=True)
+    keep_all = Profile(("X",), {}, None, deidentify=RESEARCH)
     request = {
         "resourceType": "MedicationRequest",
         "id": "m1",
@@ -260,3 +265,135 @@ def test_c15_minimising_a_thousand_entry_bundle_is_fast(purpose: str) -> None:
     assert len(released["entry"]) == 1000
     print(f"minimise a 1,000-entry Bundle for {purpose}: {min(runs) * 1000:.1f} ms")
     assert min(runs) < 0.5
+
+
+# --- C-28: research removes free text and identifiers everywhere ------------------------------
+
+LOINC = "http://loinc.org"
+DATA_ABSENT_REASON = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
+IDENTIFYING = ("Nina", "Keller", "MRN-100108", "555-0118", "Birch", "husband", "intake call")
+PROXY = {"url": "urn:local:reported-by-proxy", "valueBoolean": True}
+KEEP_ALL_RESEARCH = Profile(("X",), {}, None, deidentify=RESEARCH)
+"""Research's keep rules on a profile that keeps every element (so nothing hides behind the
+top-level keep-lists)."""
+
+
+def _free_text_observation() -> dict[str, Any]:
+    name = "Nina Keller"
+    caller = {"url": "urn:local:caller", "valueString": f"{name} (husband)"}
+    return {
+        "resourceType": "Observation",
+        "id": "o13",
+        "meta": {
+            "versionId": "3",
+            "source": f"https://intake.example.org/{name}",
+            "tag": [
+                {"system": "urn:tags", "code": "intake", "display": f"intake call with {name}"}
+            ],
+        },
+        "text": {"status": "generated", "div": f"<div>{name}</div>"},
+        "identifier": [{"system": "urn:obs", "value": "MRN-100108-7"}],
+        "status": "final",
+        "category": [{"coding": [{"system": LOINC, "code": "x", "display": f"by {name}"}]}],
+        "code": {
+            "coding": [{"system": LOINC, "code": "93832-4", "display": "Sleep duration"}],
+            "text": f"Sleep duration as told by {name}",
+        },
+        "subject": {"reference": "Patient/pat-nina-keller", "display": name},
+        "effectiveDateTime": "2025-09-15T10:00:00Z",
+        "valueString": f"{name}, MRN-100108, +1-555-0118, 3 Birch Lane",
+        "note": [{"authorString": name, "text": f"{name}'s husband confirms"}],
+        "extension": [caller],
+        "component": [
+            {
+                "extension": [caller, {"url": DATA_ABSENT_REASON, "valueCode": "asked-declined"}],
+                "code": {"coding": [{"system": LOINC, "code": "c1"}], "text": f"{name} says"},
+                "valueQuantity": {"value": 6, "unit": "h", "code": "h"},
+            }
+        ],
+        "referenceRange": [{"text": f"usual for {name}", "low": {"value": 7, "unit": "h"}}],
+        "contained": [
+            {
+                "resourceType": "Condition",
+                "id": "c",
+                "subject": {"reference": "Patient/pat-nina-keller", "display": name},
+                "code": {"coding": [{"system": LOINC, "code": "c"}], "text": "Birch Lane"},
+                "note": [{"text": f"{name}"}],
+            }
+        ],
+        "notAnElement": f"{name}",
+    }
+
+
+def _leaks(resource: dict[str, Any]) -> list[str]:
+    text = orjson.dumps(resource).decode()
+    return [identifying for identifying in IDENTIFYING if identifying in text]
+
+
+def test_c28_research_removes_free_text_and_identifiers_everywhere() -> None:
+    original = _free_text_observation()
+    out = minimise(original, ["HRESCH"])
+    assert _leaks(out) == []
+    text = orjson.dumps({k: v for k, v in out.items() if k != "meta"}).decode()
+    assert "display" not in text and '"text"' not in text and "valueString" not in text
+    assert "tag" not in out["meta"] and "source" not in out["meta"]
+    assert "identifier" not in out and "note" not in out and "notAnElement" not in out
+    assert "contained" not in out and "extension" not in out  # not on Observation's keep-list
+    assert redacted(out)
+    assert original == _free_text_observation()  # the input is not changed
+    everything = KEEP_ALL_RESEARCH.apply(original)
+    assert _leaks(everything) == []
+    assert everything["contained"][0]["code"] == {"coding": [{"system": LOINC, "code": "c"}]}
+    assert redacted(everything["contained"][0])
+
+
+def test_c28_research_keeps_coded_facts_dates_units_and_listed_extensions() -> None:
+    out = minimise(_free_text_observation(), ["HRESCH"])
+    assert out["code"] == {"coding": [{"system": LOINC, "code": "93832-4"}]}
+    assert out["subject"] == {"reference": "Patient/pat-nina-keller"}
+    assert out["effectiveDateTime"] == "2025-09-15T10:00:00Z"
+    assert out["meta"]["versionId"] == "3"
+    assert out["component"] == [
+        {
+            "extension": [{"url": DATA_ABSENT_REASON, "valueCode": "asked-declined"}],
+            "code": {"coding": [{"system": LOINC, "code": "c1"}]},
+            "valueQuantity": {"value": 6, "unit": "h", "code": "h"},
+        }
+    ]
+    assert out["referenceRange"] == [{"low": {"value": 7, "unit": "h"}}]
+
+
+def test_c28_a_modifier_extension_research_cannot_drop_withholds_the_resource() -> None:
+    on_resource = _free_text_observation()
+    on_resource["modifierExtension"] = [PROXY]
+    on_component = _free_text_observation()
+    on_component["component"][0]["modifierExtension"] = [PROXY]
+    for observation in (on_resource, on_component):
+        with pytest.raises(Unreleasable, match="modifierExtension"):
+            minimise(observation, ["HRESCH"])
+        with pytest.raises(Unreleasable):
+            minimise(observation, ["TREAT", "HRESCH"])
+        assert minimise(observation, ["TREAT"]) == observation  # others keep it, as before
+    in_contained = _free_text_observation()
+    in_contained["contained"][0]["modifierExtension"] = [PROXY]
+    with pytest.raises(Unreleasable):
+        KEEP_ALL_RESEARCH.apply(in_contained)
+    assert "contained" not in minimise(in_contained, ["HRESCH"])  # dropped whole: no harm
+
+
+def test_c28_non_deidentifying_profiles_keep_the_free_text_of_what_they_keep() -> None:
+    out = minimise(_free_text_observation(), ["HOPERAT"])
+    assert out["code"]["text"].startswith("Sleep duration as told by")
+    assert out["valueString"].startswith("Nina Keller")
+
+
+def test_c28_keep_rules_name_real_fhir_types_and_no_free_text_type() -> None:
+    for purpose, profile in PROFILES.items():
+        rules = profile.deidentify
+        if rules is None:
+            continue
+        for datatype, elements in rules.datatypes.items():
+            info = element_info(datatype)
+            assert info.known, (purpose, datatype)
+            assert elements <= set(info.types), (purpose, datatype, elements - set(info.types))
+        assert not rules.primitives & {"string", "markdown", "xhtml", "base64Binary", "url"}

@@ -7,10 +7,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consent import model
 from consent.codes import CLIENT_SYSTEM, RESOURCE_TYPES, V3_ACT_REASON
 from consent.errors import ConsentInvalid, InvalidParameter
+from tests.consent import crafted
 
 START = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
 END = datetime(2026, 3, 1, tzinfo=UTC)
@@ -18,6 +21,12 @@ END = datetime(2026, 3, 1, tzinfo=UTC)
 
 def valid() -> dict[str, Any]:
     return model.app_grant("pat-1", "app-a", "App A", ["TREAT"], ["Observation"], [], START, END)
+
+
+def granular() -> dict[str, Any]:
+    """A Consent with nested provisions (a deny of a type with a permit of some codes)."""
+    scope = "patient/Observation.rs?category=laboratory"
+    return model.app_grant("pat-1", "app-a", "A", [], ["Condition"], [scope], START, END)
 
 
 def rules(consent: dict[str, Any]) -> set[tuple[str, str]]:
@@ -275,3 +284,84 @@ def test_c05_app_grant_refuses_bad_ids_and_naive_times() -> None:
 )
 def test_c07_actor_reference_keys(reference: Any, key: str | None) -> None:
     assert model.reference_key(reference) == key
+
+
+# --- P-22: whatever the body, a ConsentInvalid naming the element, never another error ----------
+
+
+@pytest.mark.parametrize(
+    ("change", "expression"),
+    [
+        ({"status": {"$ne": None}}, "Consent.status"),
+        ({"status": ["active"]}, "Consent.status"),
+        ({"provision": {"type": {"$in": ["permit"]}}}, "Consent.provision.type"),
+        ({"scope": {"coding": 5}}, "Consent.scope"),
+        ({"category": {"$where": "1"}}, "Consent.category"),
+        ({"patient": {"reference": {"$gt": ""}}}, "Consent.patient"),
+    ],
+)
+def test_p22_operators_and_wrong_types_are_invalid_naming_the_element(
+    change: dict[str, Any], expression: str
+) -> None:
+    consent = {**valid(), **change}
+    assert any(where.startswith(expression) for _, where in rules(consent))
+
+
+def test_p22_provision_data_of_the_wrong_type_is_invalid() -> None:
+    consent = valid()
+    consent["provision"]["provision"] = [
+        {"type": "deny", "data": 7},
+        {"type": "deny", "data": [{"meaning": {"$ne": 1}, "reference": {"reference": "x/1"}}]},
+    ]
+    found = {where for _, where in rules(consent)}
+    assert "Consent.provision.provision[0].data" in found
+    assert "Consent.provision.provision[1].data[0].meaning" in found
+
+
+@pytest.mark.parametrize("kind", ["NotAType", "MedicinalProduct", "observation"])
+def test_p22_contained_resources_of_unknown_types_are_invalid(kind: str) -> None:
+    consent = {**valid(), "contained": [{"resourceType": kind, "id": "x"}]}
+    assert ("structure", "Consent.contained[0].resourceType") in rules(consent)
+
+
+def test_p22_deep_nesting_is_refused_before_the_model_reads_it() -> None:
+    nested: Any = {"url": "http://example.org/x"}
+    for _ in range(900):  # orjson accepts up to 1,024 levels; the model's validators recurse
+        nested = {"url": "http://example.org/x", "extension": [nested]}
+    found = rules({**valid(), "extension": [nested]})
+    [(rule, where)] = found
+    assert rule == "structure" and where.startswith("Consent.extension[0].extension[0]")
+
+
+def test_p22_huge_bodies_names_and_numbers_are_bounded() -> None:
+    many = {**valid(), "category": [1] * (model.MAX_ELEMENTS + 1)}
+    assert rules(many) == {("structure", "Consent")}
+    with pytest.raises(ConsentInvalid) as refused:
+        model.validate({**valid(), "category": [1] * 500})
+    assert len(refused.value.issues) == model.MAX_ISSUES
+    long_key = {**valid(), "k" * 1_000_000: 1, "id": "i" * 3_000_000, "dateTime": 1e308}
+    with pytest.raises(ConsentInvalid) as refused:
+        model.validate(long_key)
+    assert all(len(issue.expression) < 100 for issue in refused.value.issues)
+    assert {"Consent.id", "Consent.dateTime"} <= {i.expression for i in refused.value.issues}
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(
+    body=st.one_of(
+        crafted.json_values,
+        crafted.mutations([valid(), granular()]),
+        st.dictionaries(crafted.keys, crafted.json_values).map(
+            lambda d: {**d, "resourceType": "Consent"}
+        ),
+    )
+)
+def test_p22_property_any_json_is_a_consent_or_consent_invalid(body: Any) -> None:
+    try:
+        consent = model.validate(body)
+    except ConsentInvalid as refused:
+        assert 1 <= len(refused.issues) <= model.MAX_ISSUES
+        for issue in refused.issues:
+            assert issue.expression.startswith("Consent") and len(issue.expression) < 4000
+        return
+    assert consent == body

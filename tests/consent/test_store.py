@@ -4,11 +4,15 @@ real MongoDB-wire server of the local stack."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -22,6 +26,7 @@ from consent.errors import (
     VersionConflict,
 )
 from consent.store import COLLECTION, Change, Channel, ConsentStore
+from tests.consent import crafted
 from tests.consent.conftest import seed_resource
 
 CHANGE = Change("cli", Channel.CLI, "test")
@@ -366,3 +371,37 @@ async def test_c12_active_for_cost_per_call(store: ConsentStore) -> None:
     assert len(found) == 5
     print(f"active_for over {len(consents)} consents, 5 for the patient: {mean * 1e6:.0f} us/call")
     assert mean < 0.05
+
+
+async def test_p22_property_crafted_bodies_raise_only_the_documented_errors(
+    store: ConsentStore,
+) -> None:
+    """Create and update take any JSON: it is refused with ConsentInvalid (or InvalidParameter,
+    VersionConflict for the other arguments), never another error, and nothing is stored."""
+    existing = await store.create(grant(), change=CHANGE)
+    loop = asyncio.get_running_loop()
+    bases = [grant(), deny_app(), {**grant(), "id": existing["id"]}]
+
+    def run(write: Callable[[], Awaitable[object]]) -> None:
+        async def call() -> None:
+            await write()
+
+        with contextlib.suppress(ConsentInvalid, InvalidParameter, VersionConflict):
+            asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=60)
+
+    @settings(
+        max_examples=150,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        body=st.one_of(crafted.json_values, crafted.mutations(bases)),
+        if_match=st.sampled_from([None, "1", "x", "0", "99999999999", "1 OR 1"]),
+    )
+    def writes(body: Any, if_match: str | None) -> None:
+        run(lambda: store.create(body, change=CHANGE))
+        run(lambda: store.update(existing["id"], body, if_match=if_match, change=CHANGE))
+
+    await asyncio.to_thread(writes)

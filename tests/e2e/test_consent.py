@@ -5,6 +5,7 @@ and through the consent screen."""
 from __future__ import annotations
 
 import copy
+import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -464,3 +465,191 @@ async def test_minted_tokens_of_unknown_apps_are_third_parties(
         headers={"Authorization": f"Bearer {token}"},
     ) as response:
         assert (await _json(response))["total"] == 0
+
+
+_DEEP = "DEEP-EXTENSION"
+
+
+def _encoded(body: dict[str, Any]) -> io.BytesIO:
+    """The body as JSON, with ``_DEEP`` standing for an extension nested 300 times (600 JSON
+    levels: orjson reads up to 1,024 but writes only 254), streamed from a file as aiohttp wants
+    for large bodies."""
+    nested = '{"url":"http://example.org/x","extension":[' * 300 + '{"url":"x"}' + "]}" * 300
+    raw = orjson.dumps(body).replace(f'"{_DEEP}"'.encode(), nested.encode())
+    return io.BytesIO(raw)
+
+
+async def test_p22_crafted_consent_bodies_are_refused_naming_the_element_never_a_500(
+    gateway: RunningGateway, session_for: SessionFor
+) -> None:
+    manager = await patient_session(session_for)
+    existing = await post_consent(manager, gateway.fhir, grant(AMELIA, ["Observation"]))
+    valid = grant(AMELIA, ["Observation"])
+    crafted: list[tuple[dict[str, Any], str]] = [
+        ({"status": {"$ne": None}}, "Consent.status"),
+        ({"provision": {"type": {"$in": ["permit"]}}}, "Consent.provision.type"),
+        ({"patient": {"reference": {"$gt": ""}}}, "Consent.patient"),
+        ({"$where": "sleep(1000)"}, "Consent.$where"),
+        ({"provision": [valid["provision"]]}, "Consent.provision"),  # a list for an object
+        ({"category": valid["category"][0]}, "Consent.category"),  # an object for a list
+        ({"dateTime": 1e308}, "Consent.dateTime"),
+        ({"dateTime": "9" * 3_000_000}, "Consent.dateTime"),
+        ({"extension": [_DEEP]}, "Consent.extension[0].extension[0]"),
+    ]
+    for change, expression in crafted:
+        for method, url, body in (
+            ("POST", f"{gateway.fhir}/Consent", {**valid, **change}),
+            (
+                "PUT",
+                f"{gateway.fhir}/Consent/{existing['id']}",
+                {**valid, **change, "id": existing["id"]},
+            ),
+        ):
+            data = _encoded(body)
+            async with manager.request(method, url, data=data, headers=JSON) as response:
+                outcome = await _json(response)
+                assert response.status in (400, 422), (method, expression, outcome)
+            named = [e for issue in outcome["issue"] for e in issue.get("expression", [])]
+            assert any(e.startswith(expression) for e in named), (method, named)
+
+    huge = orjson.dumps({**valid, "dateTime": 0}).replace(
+        b'"dateTime":0', b'"dateTime":123456789012345678901234567890123'
+    )
+    async with manager.post(f"{gateway.fhir}/Consent", data=huge, headers=JSON) as response:
+        assert response.status == 422
+
+    # Nothing crafted was stored or changed; a well-formed Consent still works and data flows.
+    async with manager.get(f"{gateway.fhir}/Consent/{existing['id']}") as response:
+        assert (await _json(response))["meta"]["versionId"] == "1"
+    await post_consent(manager, gateway.fhir, valid)
+    app = await app_session(session_for)
+    async with app.get(f"{gateway.fhir}/Observation?patient=Patient/{AMELIA}") as response:
+        assert response.status == 200
+        assert released_types(await _json(response)) == {"Observation"}
+
+
+NINA = "pat-nina-keller"
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+
+
+def _ids(bundle: dict[str, Any]) -> set[str]:
+    return {
+        e["resource"]["id"]
+        for e in bundle.get("entry", [])
+        if e["resource"]["resourceType"] != "OperationOutcome"
+    }
+
+
+async def test_c26_sensitive_data_is_found_wherever_it_sits_and_permitted_data_still_flows(
+    gateway: RunningGateway, session_for: SessionFor
+) -> None:
+    """A general permit: the contained depression, HIV in a value, depression in ICD-10-CM and a
+    lowercase psy label are all withheld; the reference naming the depression loses its display;
+    everything else flows. A permit naming PSY and R then releases the PSY data, not the HIV."""
+    manager = await patient_session(session_for, NINA)
+    general = await post_consent(
+        manager, gateway.fhir, grant(NINA, ["Observation", "Condition", "Encounter"])
+    )
+    app = await app_session(session_for, NINA)
+
+    async with app.get(f"{gateway.fhir}/Observation?patient=Patient/{NINA}&_count=50") as reply:
+        observations = _ids(await _json(reply))
+    assert not {"obs-nina-keller-11", "obs-nina-keller-12"} & observations
+    assert {f"obs-nina-keller-{n}" for n in range(1, 11)} <= observations
+    async with app.get(f"{gateway.fhir}/Observation/obs-nina-keller-11") as reply:
+        assert reply.status == 403
+        assert "sensitive" in (await _json(reply))["issue"][0]["diagnostics"]
+    async with app.get(f"{gateway.fhir}/Condition?patient=Patient/{NINA}") as reply:
+        assert _ids(await _json(reply)) == {"cond-nina-keller-1"}
+
+    async with app.get(f"{gateway.fhir}/Encounter/enc-nina-keller-2") as reply:
+        assert reply.status == 200
+        encounter = await _json(reply)
+    assert encounter["reasonReference"] == [{"reference": "Condition/cond-nina-keller-2"}]
+    assert "depressive" not in orjson.dumps(encounter).decode().lower()
+    assert encounter["participant"][0]["individual"]["display"] == "Dr Hannah Okafor"
+    assert "REDACTED" in {label["code"] for label in encounter["meta"]["security"]}
+    async with app.get(f"{gateway.fhir}/Encounter?patient=Patient/{NINA}") as reply:
+        assert len(_ids(await _json(reply))) == 3  # the Encounters themselves flow
+
+    psychiatric = {
+        "type": "permit",
+        "securityLabel": [
+            {"system": ACT_CODE, "code": "PSY"},
+            {"system": V3_CONFIDENTIALITY, "code": "R"},
+        ],
+    }
+    updated = copy.deepcopy(general)
+    updated["provision"]["provision"] = [psychiatric]
+    async with manager.put(
+        f"{gateway.fhir}/Consent/{general['id']}", data=orjson.dumps(updated), headers=JSON
+    ) as reply:
+        assert reply.status == 200, await reply.text()
+    async with app.get(f"{gateway.fhir}/Observation?patient=Patient/{NINA}&_count=50") as reply:
+        observations = _ids(await _json(reply))
+    assert "obs-nina-keller-11" in observations and "obs-nina-keller-12" not in observations
+    async with app.get(f"{gateway.fhir}/Condition?patient=Patient/{NINA}") as reply:
+        assert _ids(await _json(reply)) == {f"cond-nina-keller-{n}" for n in (1, 2, 3)}
+
+
+async def test_c28_research_removes_free_text_and_identifiers_everywhere_and_data_still_flows(
+    gateway: RunningGateway, session_for: SessionFor
+) -> None:
+    """HRESCH: the Observation whose code.text, valueString, note and meta.tag carry Nina's name,
+    MRN, phone and address is released without them; the one with a modifier extension research
+    may not drop is withheld; her other Observations flow as coded facts."""
+    research = "sleep-study"
+    manager = await patient_session(session_for, NINA)
+    await post_consent(
+        manager,
+        gateway.fhir,
+        grant(NINA, ["Observation", "Patient"], client_id=research, purposes=("HRESCH",)),
+    )
+    study = await app_session(session_for, NINA, client_id=research, purposes=("HRESCH",))
+    async with study.get(f"{gateway.fhir}/Observation?patient=Patient/{NINA}&_count=50") as reply:
+        raw = await reply.read()
+    bundle = orjson.loads(raw)
+    for identifying in ("Nina", "Keller", "MRN-100108", "555-0118", "Birch", "husband", "intake"):
+        assert identifying.encode() not in raw, identifying
+    released = {e["resource"]["id"]: e["resource"] for e in bundle["entry"]}
+    assert "obs-nina-keller-14" not in released  # its modifier extension cannot be dropped
+    assert {f"obs-nina-keller-{n}" for n in (*range(1, 11), 13)} == set(released)
+    sleep = released["obs-nina-keller-13"]
+    assert sleep["code"] == {"coding": [{"system": "http://loinc.org", "code": "93832-4"}]}
+    assert "valueString" not in sleep and "note" not in sleep and "tag" not in sleep["meta"]
+    weight = released["obs-nina-keller-3"]
+    assert weight["valueQuantity"]["value"] == 64.2 and weight["valueQuantity"]["unit"] == "kg"
+
+    async with study.get(f"{gateway.fhir}/Observation/obs-nina-keller-14") as reply:
+        assert reply.status == 403
+        assert "modifierExtension" in (await _json(reply))["issue"][0]["diagnostics"]
+    async with study.get(f"{gateway.fhir}/Patient/{NINA}") as reply:
+        patient = await _json(reply)
+    assert patient["birthDate"] == "1979" and "name" not in patient and "telecom" not in patient
+
+
+async def test_p22_deeply_nested_bodies_of_any_resource_are_a_400_naming_where_not_a_500(
+    gateway: RunningGateway, system_http: aiohttp.ClientSession
+) -> None:
+    """Orjson reads 1,024 levels, the FHIR models' validators recurse and fail far earlier: every
+    body is checked for depth first, whatever its type."""
+    nested = '{"url":"http://example.org/x","extension":[' * 150 + '{"url":"x"}' + "]}" * 150
+    observation = (
+        '{"resourceType":"Observation","status":"final","code":{"text":"x"},'
+        f'"subject":{{"reference":"Patient/{AMELIA}"}},"extension":[{nested}]}}'
+    )
+    bundle = (
+        '{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"POST",'
+        f'"url":"Observation"}},"resource":{observation}}}]}}'
+    )
+    for url, body, where in (
+        (f"{gateway.fhir}/Observation", observation, "Observation.extension[0].extension[0]"),
+        (gateway.fhir, bundle, "Bundle.entry[0].resource.extension[0]"),
+    ):
+        async with system_http.post(url, data=io.BytesIO(body.encode()), headers=JSON) as reply:
+            outcome = await _json(reply)
+            assert reply.status == 400, outcome
+        named = [e for issue in outcome["issue"] for e in issue.get("expression", [])]
+        assert named and named[0].startswith(where), named
+    async with system_http.get(f"{gateway.fhir}/Observation?patient={AMELIA}") as reply:
+        assert reply.status == 200 and (await _json(reply))["entry"]  # reads still flow

@@ -55,7 +55,16 @@ LEO = "pat-leo-garcia"
 MARIA = "pat-maria-garcia"
 DANIEL = "pat-daniel-novak"
 SAMUEL = "pat-samuel-reed"
-PATIENTS = (A, DANIEL, LEO, MARIA, SAMUEL, "pat-chloe-bennett", "pat-arjun-mehta")
+PATIENTS = (
+    A,
+    DANIEL,
+    LEO,
+    MARIA,
+    SAMUEL,
+    "pat-chloe-bennett",
+    "pat-arjun-mehta",
+    "pat-nina-keller",
+)
 OTHERS = tuple(p for p in PATIENTS if p != A)
 
 VITAL_SIGNS = "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs"

@@ -29,6 +29,9 @@ ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 MRN_SYSTEM = "https://hospital.example.org/mrn"
 
 SENSITIVE = "pat-samuel-reed"
+HIDDEN_SENSITIVE = "pat-nina-keller"
+"""Sensitive data found only by where it sits (CONSENT.md C-26): a contained Condition, a value,
+an ICD-10 code, a lowercase label, a reference's display."""
 CHILD = "pat-leo-garcia"
 PARENT = "pat-maria-garcia"
 PARENT_RELATED_PERSON = "relperson-maria-garcia"
@@ -136,7 +139,11 @@ def test_references_resolve_to_this_or_an_earlier_file() -> None:
     for name, bundle in BUNDLES.items():
         known |= {key(entry["resource"]) for entry in bundle["entry"]}
         for entry in bundle["entry"]:
+            contained = {f"#{r['id']}" for r in entry["resource"].get("contained", [])}
             for ref in references(entry["resource"]):
+                if ref.startswith("#"):
+                    assert ref in contained, f"{name}: {key(entry['resource'])} points at {ref}"
+                    continue
                 match = REFERENCE_PATTERN.match(ref)
                 assert match, f"{name}: {key(entry['resource'])} has a non-relative reference {ref}"
                 assert ref in known, f"{name}: {key(entry['resource'])} points at missing {ref}"
@@ -245,10 +252,26 @@ def test_sensitive_patient_is_labelled() -> None:
     assert any(not labels(r) for r in resources if r["resourceType"] == "Observation")
 
 
-def test_only_the_sensitive_patient_has_labels() -> None:
+def test_only_the_sensitive_patients_have_labels() -> None:
     for r in RESOURCES:
         if labels(r):
-            assert patient_of(r) == f"Patient/{SENSITIVE}", key(r)
+            assert patient_of(r) in (f"Patient/{SENSITIVE}", f"Patient/{HIDDEN_SENSITIVE}"), key(r)
+
+
+def test_hidden_sensitive_data_sits_where_only_a_full_reading_finds_it() -> None:
+    resources = {r["id"]: r for r in of_patient(HIDDEN_SENSITIVE)}
+    contained = resources["obs-nina-keller-11"]["contained"][0]
+    assert contained["code"]["coding"][0]["code"] == "370143000"  # depression, in a container
+    assert "meta" not in resources["obs-nina-keller-11"]
+    value = resources["obs-nina-keller-12"]["valueCodeableConcept"]
+    assert value["coding"][0]["code"] == "165816005"  # HIV, in the value
+    icd = resources["cond-nina-keller-2"]["code"]["coding"][0]
+    assert (icd["system"], icd["code"]) == ("http://hl7.org/fhir/sid/icd-10-cm", "F32.9")
+    assert labels(resources["cond-nina-keller-3"]) == {(ACT_CODE, "psy")}
+    reason = resources["enc-nina-keller-2"]["reasonReference"][0]
+    assert reason == {"reference": "Condition/cond-nina-keller-2", "display": reason["display"]}
+    assert "modifierExtension" in resources["obs-nina-keller-14"]
+    assert "valueString" in resources["obs-nina-keller-13"]
 
 
 def test_parent_can_act_for_child() -> None:

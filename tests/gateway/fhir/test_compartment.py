@@ -56,6 +56,7 @@ def test_fixture_table_covers_every_patient() -> None:
         "pat-samuel-reed",
         "pat-chloe-bennett",
         "pat-arjun-mehta",
+        "pat-nina-keller",
     }
 
 
