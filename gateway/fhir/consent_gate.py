@@ -273,9 +273,14 @@ def _named_patients(interaction: FhirInteraction) -> list[str]:
     return named
 
 
+_NOT_CONSENT = frozenset({Basis.UNATTRIBUTED, Basis.UNDECIDABLE, Basis.MINIMISATION})
+
+
 def explain(decision: Decision) -> str:
     """A refusal's OperationOutcome text: why, and which Consent and provision decided (C-11)."""
     where = f" (Consent/{decision.consent_id}, {decision.provision})" if decision.consent_id else ""
+    if decision.basis in _NOT_CONSENT:  # the gateway's own rules, not a patient's choice
+        return f"withheld: {decision.reason}{where}"
     return f"withheld by the patient's consent: {decision.reason}{where}"
 
 
