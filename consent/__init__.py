@@ -11,7 +11,7 @@ Pure Python over plain dicts; no web framework. What the gateway and the authori
 - :mod:`consent.facts` and :mod:`consent.sensitive`: what the engine reads from a resource, and
   which labels and codes make it sensitive (wherever they sit, C-26).
 - :mod:`consent.minimise`: ``profile_for(purposes).apply(resource)``, ``minimise``,
-  ``release_bundle`` and ``PURPOSES``; :mod:`consent.deidentify`: the keep rules of research
+  ``PURPOSES``; :mod:`consent.deidentify`: the keep rules of research
   profiles (C-28); :mod:`consent.mentions`: ``without_mentions`` (narrative and references'
   displays, C-26); :mod:`consent.subsetting`: ``apply_elements``, ``apply_summary``.
 - :mod:`consent.store`: ``ConsentStore`` (create/update/delete/read/vread/history/search,

@@ -21,13 +21,12 @@ resource after the consent decision, with the purposes the :class:`~consent.deci
 - Minimisation never mutates its input; it returns new dicts.
 
 ``_elements`` and ``_summary`` (``consent.subsetting``) are applied afterwards, on top (C-17).
-``release_bundle`` rebuilds a Bundle from the released entries and never reports a ``total``
-larger than what the caller may see (C-18).
+(The released Bundle is rebuilt, and its ``total`` recounted, by the gateway's filter.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -186,41 +185,3 @@ def profile_for(purposes: Iterable[str]) -> Profile:
 def minimise(resource: Mapping[str, Any], purposes: Iterable[str]) -> dict[str, Any]:
     """``resource`` minimised for ``purposes`` (a new dict)."""
     return profile_for(purposes).apply(resource)
-
-
-def _paged(bundle: Mapping[str, Any]) -> bool:
-    links = bundle.get("link") or []
-    return any(
-        isinstance(link, dict) and link.get("relation") in ("next", "previous", "prev")
-        for link in links
-    )
-
-
-def release_bundle(
-    bundle: Mapping[str, Any],
-    release: Callable[[Mapping[str, Any]], dict[str, Any] | None],
-) -> dict[str, Any]:
-    """A new Bundle holding ``release(resource)`` for each entry, without the entries it returns
-    ``None`` for (and without entries that carry no resource).
-
-    ``total`` (C-18): on a single page it becomes the number of released ``match`` entries; on a
-    page of a paged result it is omitted, because entries withheld on other pages cannot be
-    counted. ``_summary=count`` is answered elsewhere.
-    """
-    entries = []
-    for entry in bundle.get("entry") or []:
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        released = release(resource) if isinstance(resource, dict) else None
-        if released is None:
-            continue
-        kept = {key: clone(value) for key, value in entry.items() if key != "resource"}
-        kept["resource"] = released
-        entries.append(kept)
-    out = {key: clone(value) for key, value in bundle.items() if key not in ("entry", "total")}
-    if "total" in bundle and not _paged(bundle):
-        out["total"] = sum(
-            1 for entry in entries if (entry.get("search") or {}).get("mode", "match") == "match"
-        )
-    if entries:
-        out["entry"] = entries
-    return out
