@@ -1,11 +1,13 @@
 # The gateway's container image: `docker compose up` builds it (see docker-compose.yml).
 FROM python:3.11-slim AS build
 WORKDIR /src
+COPY requirements/runtime.lock ./requirements/
+RUN pip install --no-cache-dir --prefix=/install -r requirements/runtime.lock
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY smart_auth ./smart_auth
 COPY consent ./consent
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip install --no-cache-dir --prefix=/install --no-deps .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /nonexistent gateway

@@ -23,12 +23,20 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "Creating the virtualenv in .venv"
   "$PYTHON" -m venv "$VENV"
 fi
+# The exact versions CI tests come from the lock files (requirements/, made with pip-compile from
+# pyproject.toml's ranges); the project itself is installed on top, without dependencies.
+case "$EXTRAS" in
+  test) LOCK="$ROOT/requirements/test.lock" ;;
+  embedded) LOCK="$ROOT/requirements/demo.lock" ;;
+  *) LOCK="$ROOT/requirements/runtime.lock" ;;
+esac
 stamp="$VENV/.installed-$EXTRAS"
-want=$(sha256sum < "$ROOT/pyproject.toml" | cut -c1-16)
+want=$(cat "$ROOT/pyproject.toml" "$LOCK" | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  say "Installing the gateway and its dependencies ($EXTRAS)"
+  say "Installing the gateway and its dependencies ($EXTRAS, from ${LOCK#"$ROOT"/})"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRAS]"
+  "$VENV/bin/python" -m pip install --quiet -r "$LOCK"
+  "$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT"
   echo "$want" > "$stamp"
 fi
 

@@ -84,3 +84,39 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "bash scripts/test" in readme and "bash scripts/demo" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "bash scripts/test" in ci
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
+def _pins(lock: Path) -> dict[str, str]:
+    pins = {}
+    for line in lock.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
+        if match:
+            pins[_normal(match[1])] = match[2]
+    return pins
+
+
+def test_the_lock_files_satisfy_the_declared_ranges() -> None:
+    """CI and the image install the lock files; library users get pyproject's ranges. Every
+    direct dependency is locked, at a version its range admits (re-run pip-compile otherwise)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = [Requirement(r) for r in project["dependencies"]]
+    for lock, extra in (("runtime", []), ("demo", ["embedded"]), ("test", ["test"])):
+        pins = _pins(ROOT / "requirements" / f"{lock}.lock")
+        wanted = runtime + [
+            Requirement(r) for e in extra for r in project["optional-dependencies"][e]
+        ]
+        for requirement in wanted:
+            name = _normal(requirement.name)
+            assert name in pins, f"{name} is not in requirements/{lock}.lock"
+            assert requirement.specifier.contains(pins[name], prereleases=True), (
+                f"requirements/{lock}.lock pins {name}=={pins[name]}, outside {requirement}"
+            )
+    assert "multidict" in {r.name for r in runtime}  # imported by the gateway, so declared
