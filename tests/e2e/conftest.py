@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from smart_auth.clients import ClientType, new_client
 from tests.conftest import RunningGateway
-from tests.smart_auth.tokens import minted_token, services
+from tests.support.tokens import minted_token, services
 
 SessionFor = Callable[..., Awaitable[aiohttp.ClientSession]]
 
@@ -51,7 +51,7 @@ async def register_client(
 @pytest_asyncio.fixture
 async def session_for(gateway: RunningGateway) -> AsyncIterator[SessionFor]:
     """Factory: an HTTP session whose requests carry a token minted by the gateway's own key ring
-    with the given claims (see :func:`tests.smart_auth.tokens.minted_token`). The client defaults
+    with the given claims (see :func:`tests.support.tokens.minted_token`). The client defaults
     to a registered trusted app (``trusted=False`` registers it as a third-party app;
     ``manages_consent=True`` as the hospital's patient portal, C-23)."""
     sessions: list[aiohttp.ClientSession] = []

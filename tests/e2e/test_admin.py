@@ -17,7 +17,7 @@ from gateway.cli import main
 from gateway.cli.admin import register_demo
 from smart_auth.accounts.users import Role
 from tests.conftest import SESSION_KEK, RunningGateway, Stack
-from tests.smart_auth.tokens import minted_token
+from tests.support.tokens import minted_token
 
 pytestmark = pytest.mark.e2e
 
@@ -170,8 +170,8 @@ async def test_p17_rotation_keeps_the_old_key_published_until_its_tokens_expire(
 
 
 async def test_p08_p09_admin_api_roles_and_typed_bodies(gateway: RunningGateway) -> None:
-    from tests.smart_auth.browser import Browser, Page
-    from tests.smart_auth.tokens import HANNAH, ensure_user
+    from tests.support.browser import Browser, Page
+    from tests.support.tokens import HANNAH, ensure_user
 
     await ensure_user(gateway, HANNAH)
     async with Browser(gateway.base) as browser:
@@ -223,7 +223,7 @@ async def test_p08_p09_admin_api_roles_and_typed_bodies(gateway: RunningGateway)
 
 async def _admin_browser(gateway: RunningGateway) -> Any:
     from smart_auth.accounts import mfa
-    from tests.smart_auth.browser import Browser, Page
+    from tests.support.browser import Browser, Page
 
     auth = gateway.server.app[AUTH]
     user = await auth.users.by_username("admin2")

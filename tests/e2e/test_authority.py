@@ -32,9 +32,9 @@ from tests.e2e.test_consent import (
     patient_session,
     post_consent,
 )
-from tests.smart_auth.tokens import AMELIA as AMELIA_USER
-from tests.smart_auth.tokens import MARIA as MARIA_USER
-from tests.smart_auth.tokens import PUBLIC_APP, ensure_user, flow_token, services
+from tests.support.tokens import AMELIA as AMELIA_USER
+from tests.support.tokens import MARIA as MARIA_USER
+from tests.support.tokens import PUBLIC_APP, ensure_user, flow_token, services
 
 pytestmark = pytest.mark.e2e
 

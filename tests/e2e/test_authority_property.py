@@ -37,7 +37,7 @@ from consent.model import app_grant
 from consent.store import COLLECTION, HISTORY, Change, Channel, ConsentStore
 from tests.conftest import RunningGateway
 from tests.e2e.conftest import SessionFor
-from tests.smart_auth.tokens import services
+from tests.support.tokens import services
 
 pytestmark = pytest.mark.e2e
 

@@ -22,8 +22,8 @@ from joserfc.errors import InvalidClaimError
 from gateway.appkeys import AUTH
 from smart_auth.clients import ClientType, new_client
 from tests.conftest import RunningGateway
-from tests.smart_auth.browser import Browser, Page, callback_params
-from tests.smart_auth.tokens import HANNAH, REDIRECT, ensure_user
+from tests.support.browser import Browser, Page, callback_params
+from tests.support.tokens import HANNAH, REDIRECT, ensure_user
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ from fhirpy import AsyncFHIRClient
 from fhirpy.base.exceptions import ForbiddenError, ResourceNotFound
 
 from tests.conftest import RunningGateway, Stack
-from tests.smart_auth.tokens import AMELIA, flow_token
+from tests.support.tokens import AMELIA, flow_token
 
 pytestmark = pytest.mark.e2e
 

@@ -25,8 +25,8 @@ from gateway.appkeys import AUTH
 from gateway.localstack import FIXTURES
 from smart_auth.clients import ClientType, new_client
 from tests.conftest import RunningGateway
-from tests.e2e.chromium import CHROMIUM, FLAGS, require_chromium
-from tests.smart_auth.tokens import AMELIA, ensure_user
+from tests.support.chromium import CHROMIUM, FLAGS, require_chromium
+from tests.support.tokens import AMELIA, ensure_user
 
 pytestmark = pytest.mark.e2e
 

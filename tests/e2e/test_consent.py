@@ -14,11 +14,11 @@ import orjson
 import pytest
 
 from consent.model import app_grant
-from gateway.fhir.compartment import patients_of
 from tests.conftest import RunningGateway, Stack, StartGateway
 from tests.e2e.conftest import SessionFor
-from tests.smart_auth.tokens import AMELIA as AMELIA_USER
-from tests.smart_auth.tokens import PUBLIC_APP, flow_token, minted_token
+from tests.support.fixture_data import owner
+from tests.support.tokens import AMELIA as AMELIA_USER
+from tests.support.tokens import PUBLIC_APP, flow_token, minted_token
 
 pytestmark = pytest.mark.e2e
 
@@ -413,8 +413,7 @@ async def test_c10_every_released_resource_is_decided_for_user_tokens_too(
     )
     async with practitioner.get(f"{gateway.fhir}/Observation?_count=200") as response:
         bundle = await _json(response)
-    owners = set().union(*(patients_of(e["resource"]) for e in bundle["entry"]))
-    assert owners == {AMELIA}
+    assert {owner(e["resource"]) for e in bundle["entry"]} == {AMELIA}
 
 
 async def test_c04_a_trusted_app_runs_under_opt_out_but_a_deny_still_stops_it(

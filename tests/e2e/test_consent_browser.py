@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestServer
 from consent.store import ConsentStore
 from gateway.appkeys import MONGO
 from tests.conftest import RunningGateway
-from tests.e2e.chromium import CHROMIUM, FLAGS, require_chromium
-from tests.smart_auth.browser import authorize_url, callback_params, pkce_pair
-from tests.smart_auth.tokens import AMELIA, ensure_public_client, ensure_user
+from tests.support.browser import authorize_url, callback_params, pkce_pair
+from tests.support.chromium import CHROMIUM, FLAGS, require_chromium
+from tests.support.tokens import AMELIA, ensure_public_client, ensure_user
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import pytest
 
 from smart_auth.clients import ClientType, new_client
 from tests.conftest import RunningGateway
-from tests.smart_auth.tokens import minted_token, services
+from tests.support.tokens import minted_token, services
 
 pytestmark = pytest.mark.e2e
 

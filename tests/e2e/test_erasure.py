@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from tests.conftest import SESSION_KEK, RunningGateway
-from tests.smart_auth.tokens import AMELIA as AMELIA_USER
-from tests.smart_auth.tokens import PUBLIC_APP, flow_token, services
+from tests.support.tokens import AMELIA as AMELIA_USER
+from tests.support.tokens import PUBLIC_APP, flow_token, services
 
 pytestmark = pytest.mark.e2e
 

@@ -4,8 +4,8 @@ Patient A is ``pat-amelia-rossi`` with a ``patient/*.rs`` token (``patient/*.cru
 "B" is every other patient of the fixtures. Every route below runs through the real gateway in
 front of the real local FHIR server, and every answer is judged by :class:`Judge`:
 
-- no released resource (match, ``_include``/``_revinclude``, nested Bundle, ``contained``) has
-  a B in :func:`gateway.fhir.compartment.patients_of`;
+- no released resource (match, ``_include``/``_revinclude``, nested Bundle, ``contained``) is one
+  of B's (the fixture data's own ownership table, ``tests.support.fixture_data``);
 - no ``Patient/<B>`` nor any id of B's records anywhere in the body or the headers (an
   OperationOutcome or a ``self`` link may echo what the caller itself sent, nothing more);
 - ``total`` is never larger than what is released (and never larger than what A has);
@@ -22,74 +22,42 @@ gateway's), P-08 (a parent acts for a child, nobody else).
 from __future__ import annotations
 
 import copy
-import json
-import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import unquote
 
 import aiohttp
 import orjson
 import pytest
 
 from gateway.fhir import paging as paging_module
-from gateway.fhir.compartment import patients_of
 from tests.conftest import RunningGateway, Stack, StartGateway
 from tests.e2e.conftest import TRUSTED_APP, SessionFor, register_client
-from tests.smart_auth.tokens import minted_token
+from tests.support.fixture_data import PATIENTS, counts, of
+from tests.support.leaks import PAGE_LINK, A, Judge, Reply, call
+from tests.support.tokens import minted_token
 
 pytestmark = pytest.mark.e2e
 
 # --- the fixture data --------------------------------------------------------------------------
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "data"
-
-A = "pat-amelia-rossi"
 LEO = "pat-leo-garcia"
 MARIA = "pat-maria-garcia"
 DANIEL = "pat-daniel-novak"
 SAMUEL = "pat-samuel-reed"
-PATIENTS = (
-    A,
-    DANIEL,
-    LEO,
-    MARIA,
-    SAMUEL,
-    "pat-chloe-bennett",
-    "pat-arjun-mehta",
-    "pat-nina-keller",
-)
-OTHERS = tuple(p for p in PATIENTS if p != A)
 
 VITAL_SIGNS = "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs"
 HIV_CONDITION = "86406008"  # SNOMED CT: HIV disease (only pat-samuel-reed has it)
 HEART_RATE = "http://loinc.org|8867-4"
 JSON = {"Content-Type": "application/fhir+json"}
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}
-PAGE_LINK = re.compile(r"/_page/[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+$")
 
 
-def _fixture_resources() -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for path in sorted(DATA_DIR.glob("*.json")):
-        bundle = json.loads(path.read_text(encoding="utf-8"))
-        out.extend(entry["resource"] for entry in bundle["entry"])
-    return out
-
-
-RESOURCES = _fixture_resources()
-A_HAS: Counter[str] = Counter(r["resourceType"] for r in RESOURCES if A in patients_of(r))
-"""How many resources of each type lie in A's compartment: no answer to A may count more."""
-
-
-def _of(patient: str, rtype: str) -> list[dict[str, Any]]:
-    return [r for r in RESOURCES if r["resourceType"] == rtype and patient in patients_of(r)]
+A_HAS: Counter[str] = counts(A)
+"""How many resources of each type A has: no answer to A may count more."""
 
 
 def _codes(resource: dict[str, Any], element: str) -> set[str]:
@@ -99,189 +67,10 @@ def _codes(resource: dict[str, Any], element: str) -> set[str]:
 
 
 A_HEART_RATES = sum(
-    1 for r in _of(A, "Observation") if "8867-4" in _codes(r, "code")
+    1 for r in of(A, "Observation") if "8867-4" in _codes(r, "code")
 )  # A's heart-rate Observations
-A_VITALS = {r["id"] for r in _of(A, "Observation") if "vital-signs" in _codes(r, "category")}
-A_LABS = {r["id"] for r in _of(A, "Observation") if "laboratory" in _codes(r, "category")}
-
-
-def markers(others: Iterable[str]) -> tuple[str, ...]:
-    """Strings that betray another patient: ``Patient/<id>``, and the name part every id of their
-    records carries (``obs-daniel-novak-3``, ``enc-daniel-novak-1``, ``relperson-maria-garcia``)."""
-    out: list[str] = []
-    for other in others:
-        out += [f"Patient/{other}", other.removeprefix("pat-")]
-    return tuple(out)
-
-
-# --- requests and the judge --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    raw: bytes
-    sent: str
-    """What the caller itself sent (decoded URL and body): an answer may echo it."""
-
-    @property
-    def body(self) -> Any:
-        return orjson.loads(self.raw) if self.raw.strip() else None
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
-
-
-async def call(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    *,
-    form: dict[str, str] | list[tuple[str, str]] | None = None,
-    body: Any = None,
-    headers: dict[str, str] | None = None,
-) -> Reply:
-    data: Any = None
-    sent = unquote(url)
-    if form is not None:
-        data = form
-        sent += " " + " ".join(
-            f"{k}={v}" for k, v in (form.items() if isinstance(form, dict) else form)
-        )
-    elif body is not None:
-        data = orjson.dumps(body)
-        sent += " " + data.decode()
-    async with session.request(method, url, data=data, headers=headers) as response:
-        raw = await response.read()
-        return Reply(response.status, tuple(response.headers.items()), raw, sent)
-
-
-def _bundles(node: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(node, dict):
-        if node.get("resourceType") == "Bundle":
-            yield node
-        for value in node.values():
-            yield from _bundles(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _bundles(item)
-
-
-def _resources(node: Any) -> Iterator[dict[str, Any]]:
-    """Every resource in an answer, at any depth (entries, nested Bundles, contained)."""
-    if isinstance(node, dict):
-        if isinstance(node.get("resourceType"), str) and node["resourceType"] not in (
-            "Bundle",
-            "OperationOutcome",
-        ):
-            yield node
-        for value in node.values():
-            yield from _resources(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _resources(item)
-
-
-def _issue_texts(outcome: dict[str, Any]) -> Iterator[str]:
-    for issue in outcome.get("issue") or []:
-        if isinstance(issue.get("diagnostics"), str):
-            yield issue["diagnostics"]
-        text = (issue.get("details") or {}).get("text")
-        if isinstance(text, str):
-            yield text
-
-
-@dataclass
-class Judge:
-    """The leak checks every answer goes through."""
-
-    fhir: str
-    upstream: str
-    others: tuple[str, ...] = OTHERS
-
-    def _markers(self) -> tuple[str, ...]:
-        return markers(self.others)
-
-    def _strip_echoes(self, node: Any, reply: Reply) -> Any:
-        """A copy of ``node`` without what may echo the request: OperationOutcome texts and
-        ``self`` links (each checked here to echo only what the caller sent)."""
-        if isinstance(node, list):
-            return [self._strip_echoes(item, reply) for item in node]
-        if not isinstance(node, dict):
-            return node
-        out = {k: self._strip_echoes(v, reply) for k, v in node.items()}
-        if node.get("resourceType") == "OperationOutcome":
-            for text in _issue_texts(node):
-                for marker in self._markers():
-                    assert marker not in text or marker in reply.sent, (
-                        f"an OperationOutcome names {marker!r}, which the request did not: {text}"
-                    )
-            for issue in out.get("issue") or []:
-                issue.pop("diagnostics", None)
-                issue.pop("details", None)
-        if node.get("resourceType") == "Bundle" and isinstance(node.get("link"), list):
-            kept = []
-            for link in node["link"]:
-                if link.get("relation") == "self":
-                    for marker in self._markers():
-                        assert marker not in link["url"] or marker in reply.sent, link
-                else:
-                    kept.append(link)
-            out["link"] = kept
-        return out
-
-    def nothing_of_others(self, reply: Reply, *, at_most: int | None = None) -> Any:
-        """Assert the leak rules on one answer; returns the parsed body."""
-        body = reply.body if reply.raw.strip() else None
-        text = reply.raw.decode(errors="replace")
-        origin = self.upstream.rsplit("/fhir", 1)[0]
-        assert origin not in text, "the upstream's address reached the caller"
-        for name, value in reply.headers:
-            assert origin not in value, (name, value)
-            for marker in self._markers():
-                assert marker not in value, f"header {name}: {value} names {marker!r}"
-        if reply.status >= 400:
-            assert isinstance(body, dict) and body.get("resourceType") == "OperationOutcome", (
-                reply.status,
-                text[:300],
-            )
-        if body is None:
-            return None
-        for resource in _resources(body):
-            leaked = patients_of(resource) & set(self.others)
-            assert not leaked, (
-                f"{resource['resourceType']}/{resource.get('id')} belongs to {sorted(leaked)}"
-            )
-        released = orjson.dumps(self._strip_echoes(body, reply)).decode()
-        for marker in self._markers():
-            assert marker not in released, f"the answer names {marker!r}: {released[:600]}"
-        for bundle in _bundles(body):
-            self._bundle_rules(bundle, reply, at_most)
-        return body
-
-    def _bundle_rules(self, bundle: dict[str, Any], reply: Reply, at_most: int | None) -> None:
-        links = bundle.get("link") or []
-        for link in links:
-            assert link["url"].startswith(self.fhir + "/") or link["url"] == self.fhir, link
-            if link.get("relation") != "self":
-                assert PAGE_LINK.search(link["url"]), f"an unsigned paging link: {link}"
-        for entry in bundle.get("entry") or []:
-            if "fullUrl" in entry:
-                assert entry["fullUrl"].startswith(self.fhir + "/"), entry["fullUrl"]
-        if "total" not in bundle:
-            return
-        total = bundle["total"]
-        matches = sum(
-            1
-            for e in bundle.get("entry") or []
-            if (e.get("search") or {}).get("mode", "match") == "match"
-        )
-        paged = any(link.get("relation") in ("next", "previous", "prev") for link in links)
-        if at_most is not None:
-            assert total <= at_most, f"total {total} counts more than the {at_most} released"
-        if not paged and "_summary=count" not in reply.sent:
-            assert total == matches, f"total {total} but {matches} released matches"
+A_VITALS = {r["id"] for r in of(A, "Observation") if "vital-signs" in _codes(r, "category")}
+A_LABS = {r["id"] for r in of(A, "Observation") if "laboratory" in _codes(r, "category")}
 
 
 # --- fixtures ----------------------------------------------------------------------------------
@@ -716,7 +505,7 @@ async def test_s26_paging_through_own_observations_never_reaches_another_patient
             assert url.startswith(f"{gateway.fhir}/_page/") and PAGE_LINK.search(url)
         pages += 1
         assert pages <= 20
-    assert sorted(seen) == sorted(r["id"] for r in _of(A, "Observation"))
+    assert sorted(seen) == sorted(r["id"] for r in of(A, "Observation"))
 
 
 async def test_s26_paging_link_of_one_patient_is_refused_to_another(
@@ -1289,7 +1078,7 @@ async def test_resource_shared_with_another_patient_is_not_released(
     judge: Judge,
 ) -> None:
     """A's Observation whose performer is patient B lies in both compartments. The rule of this
-    suite is that nothing whose ``patients_of`` holds B reaches A. (If the project decides that a
+    suite is that nothing naming B reaches A. (If the project decides that a
     resource in A's compartment is A's whatever else it names, this test is the one to change.)"""
     shared = {
         "resourceType": "Observation",
@@ -1315,8 +1104,8 @@ async def test_resource_shared_with_another_patient_is_not_released(
 async def test_p08_parent_sees_her_child_and_nobody_else(
     gateway: RunningGateway, session_for: SessionFor, local_stack_env: Stack
 ) -> None:
-    from tests.smart_auth.tokens import MARIA as MARIA_USER
-    from tests.smart_auth.tokens import ensure_user
+    from tests.support.tokens import MARIA as MARIA_USER
+    from tests.support.tokens import ensure_user
 
     maria = await session_for(
         scope="patient/*.rs",
@@ -1342,7 +1131,7 @@ async def test_p08_parent_sees_her_child_and_nobody_else(
     body = judge.nothing_of_others(reply)
     owners = {e["resource"]["subject"]["reference"] for e in body["entry"]}
     assert owners == {f"Patient/{MARIA}", f"Patient/{LEO}"}
-    assert len(body["entry"]) == len(_of(MARIA, "Observation")) + len(_of(LEO, "Observation"))
+    assert len(body["entry"]) == len(of(MARIA, "Observation")) + len(of(LEO, "Observation"))
     for path in (f"Patient/{A}", "Observation/obs-amelia-rossi-1"):
         reply = await call(maria, "GET", f"{gateway.fhir}/{path}")
         judge.nothing_of_others(reply)
@@ -1366,7 +1155,7 @@ async def test_practitioner_user_scope_sees_across_patients_control(
     )
     reply = await call(hannah, "GET", f"{gateway.fhir}/Observation?patient={_B}&_count=100")
     assert reply.status == 200
-    assert len(reply.body["entry"]) == len(_of(_B, "Observation"))
+    assert len(reply.body["entry"]) == len(of(_B, "Observation"))
     assert (await call(hannah, "GET", f"{gateway.fhir}/Patient/{_B}")).status == 200
     reply = await call(hannah, "GET", f"{gateway.fhir}/Patient?_count=100")
     assert {e["resource"]["id"] for e in reply.body["entry"]} >= set(PATIENTS)

@@ -29,16 +29,9 @@ from gateway.fhir.compartment import PUBLIC_TYPES, is_compartment_type
 from gateway.fhir.searchparams import UnknownParameter, param_names, search_param
 from tests.conftest import RunningGateway, Stack
 from tests.e2e.conftest import SessionFor
-from tests.e2e.test_leaks import (
-    A_HAS,
-    HIV_CONDITION,
-    OTHERS,
-    RESOURCES,
-    A,
-    Judge,
-    Reply,
-    call,
-)
+from tests.e2e.test_leaks import A_HAS, HIV_CONDITION
+from tests.support.fixture_data import RESOURCES
+from tests.support.leaks import OTHERS, A, Judge, Reply, call
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ from smart_auth.accounts import mfa
 from smart_auth.accounts.passwords import WeakPassword
 from smart_auth.accounts.users import Role
 from tests.conftest import RunningGateway, Stack
-from tests.smart_auth.browser import Browser, Page
-from tests.smart_auth.tokens import ADMIN, AMELIA, MARIA, ensure_user, flow_token
+from tests.support.browser import Browser, Page
+from tests.support.tokens import ADMIN, AMELIA, MARIA, ensure_user, flow_token
 
 pytestmark = pytest.mark.e2e
 

@@ -41,11 +41,11 @@ from smart_auth.key_provider import (
 from smart_auth.keys import KEYS, STATE, KeyRing, SigningKey
 from tests.conftest import SESSION_KEK, RunningGateway, Stack, StartGateway
 from tests.e2e.conftest import TRUSTED_APP, register_client
-from tests.smart_auth.browser import Browser, Page
-from tests.smart_auth.tokens import ADMIN, AMELIA, ensure_user, minted_token
+from tests.support.browser import Browser, Page
+from tests.support.tokens import ADMIN, AMELIA, ensure_user, minted_token
 
 if TYPE_CHECKING:  # a class named Test..., which pytest must not collect here
-    from tests.smart_auth.tokens import TestUser
+    from tests.support.tokens import TestUser
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,8 @@ from joserfc.jwk import KeySet
 from gateway.appkeys import AUTH
 from smart_auth.clients import ClientType, new_client
 from tests.conftest import RunningGateway
-from tests.smart_auth.browser import Browser, Page, authorize_url, callback_params, pkce_pair
-from tests.smart_auth.tokens import HANNAH, MARIA, ensure_user
+from tests.support.browser import Browser, Page, authorize_url, callback_params, pkce_pair
+from tests.support.tokens import HANNAH, MARIA, ensure_user
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from tests.conftest import RunningGateway
-from tests.smart_auth.browser import Browser, Page, authorize_url, callback_params, pkce_pair
-from tests.smart_auth.tokens import (
+from tests.support.browser import Browser, Page, authorize_url, callback_params, pkce_pair
+from tests.support.tokens import (
     MARIA,
     PUBLIC_APP,
     REDIRECT,

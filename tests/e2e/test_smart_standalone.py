@@ -19,8 +19,8 @@ from joserfc.jwk import KeySet
 from consent.store import ConsentStore
 from gateway.appkeys import MONGO
 from tests.conftest import RunningGateway
-from tests.smart_auth.browser import Browser, Page, authorize_url, callback_params, pkce_pair
-from tests.smart_auth.tokens import (
+from tests.support.browser import Browser, Page, authorize_url, callback_params, pkce_pair
+from tests.support.tokens import (
     AMELIA,
     MARIA,
     PUBLIC_APP,

@@ -13,7 +13,7 @@ from authlib.oauth2.rfc6749.grants import RefreshTokenGrant
 
 from smart_auth.server import SmartRefreshGrant
 from tests.conftest import RunningGateway
-from tests.smart_auth.tokens import PUBLIC_APP, flow_token
+from tests.support.tokens import PUBLIC_APP, flow_token
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from gateway.appkeys import MONGO
 from tests.conftest import RunningGateway, Stack, StartGateway
 from tests.e2e.conftest import register_client
-from tests.smart_auth.tokens import minted_token
+from tests.support.tokens import minted_token
 
 SYSTEM_SCOPE = "system/*.cruds"
 

@@ -10,7 +10,7 @@
 
 Usage from another test module::
 
-    from tests.smart_auth.tokens import flow_token
+    from tests.support.tokens import flow_token
     tokens = await flow_token(gateway, user=MARIA, scope="launch/patient patient/*.rs")
     headers = {"Authorization": f"Bearer {tokens['access_token']}"}
 """
@@ -36,7 +36,7 @@ from smart_auth.keys import SigningKey
 from smart_auth.services import AuthServices
 from smart_auth.tokens import issue_access_token
 from tests.conftest import RunningGateway
-from tests.smart_auth.browser import Browser, Page, authorize_url, callback_params, pkce_pair
+from tests.support.browser import Browser, Page, authorize_url, callback_params, pkce_pair
 
 PASSWORD = "correct horse battery staple"
 REDIRECT = "http://127.0.0.1:9/callback"
