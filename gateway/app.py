@@ -21,6 +21,7 @@ from pymongo import AsyncMongoClient
 from consent.store import ConsentStore
 from gateway.appkeys import (
     AUTH,
+    CLOCK,
     EPOCHS,
     KEY_PROVIDER,
     METRICS,
@@ -48,6 +49,7 @@ from gateway.web.cors import Cors
 from gateway.web.health import CHECK_TIMEOUT, Health
 from gateway.web.metrics import Metrics
 from gateway.web.middleware import add_request_id, middlewares
+from smart_auth.clock import Clock, system_clock
 from smart_auth.key_provider import KeyProvider
 
 
@@ -128,9 +130,12 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         await jwks_http.close()
 
 
-def create_app(settings: Settings, *, key_provider: KeyProvider | None = None) -> web.Application:
+def create_app(
+    settings: Settings, *, key_provider: KeyProvider | None = None, clock: Clock = system_clock
+) -> web.Application:
     """Build the gateway for these settings; ``key_provider`` replaces the one of the configured
-    key-encryption key."""
+    key-encryption key; ``clock`` the system's time for the authorization server's stores (tests
+    move it forward instead of sleeping)."""
     if settings.upstream_url is None:
         raise SettingsError("FHIR_GATEWAY_UPSTREAM_URL (TOML key 'upstream_url') is required")
     if settings.mongodb_uri is None:
@@ -144,6 +149,7 @@ def create_app(settings: Settings, *, key_provider: KeyProvider | None = None) -
     )
     app[SETTINGS] = settings
     app[KEY_PROVIDER] = key_provider or load_key_provider(settings)
+    app[CLOCK] = clock
     app[METRICS] = metrics
     app[REWRITER] = UrlRewriter(
         [settings.upstream_url, *settings.upstream_aliases], settings.fhir_base_url

@@ -19,6 +19,7 @@ from gateway.proxy.upstream import Upstream
 from gateway.settings import Settings
 from gateway.web.metrics import Metrics
 from smart_auth.accounts.sessions import Session
+from smart_auth.clock import Clock
 from smart_auth.key_provider import KeyProvider
 from smart_auth.server import SmartAuthorizationServer
 from smart_auth.services import AuthServices
@@ -34,6 +35,7 @@ AUTH_THREADS = web.AppKey("auth_threads", ThreadPoolExecutor)
 EPOCHS = web.AppKey("epochs", ChangeEpochs)
 REPRESENTATION = web.AppKey("representation", Representation)
 KEY_PROVIDER = web.AppKey[KeyProvider]("key_provider")
+CLOCK = web.AppKey[Clock]("clock")
 PIPELINE = web.AppKey("pipeline", Pipeline)
 
 AUTH_SESSION = web.RequestKey("auth_session", Session)

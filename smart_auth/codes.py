@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+
+from smart_auth.clock import Clock, system_clock
 
 COLLECTION = "authorization_codes"
 
@@ -55,7 +57,10 @@ class Redemption:
 
 
 class CodeStore:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], lifetime: timedelta) -> None:
+    def __init__(
+        self, db: AsyncDatabase[dict[str, Any]], lifetime: timedelta, clock: Clock = system_clock
+    ) -> None:
+        self._clock = clock
         self._codes = db[COLLECTION]
         self._lifetime = lifetime
 
@@ -74,7 +79,7 @@ class CodeStore:
         code_challenge: str | None,
         code_challenge_method: str | None,
     ) -> None:
-        now = datetime.now(UTC)
+        now = self._clock()
         await self._codes.insert_one(
             {
                 "_id": digest(code),
@@ -99,13 +104,13 @@ class CodeStore:
         key = digest(code)
         doc = await self._codes.find_one_and_update(
             {"_id": key, "used": False},
-            {"$set": {"used": True, "used_at": datetime.now(UTC)}},
+            {"$set": {"used": True, "used_at": self._clock()}},
             return_document=ReturnDocument.BEFORE,
         )
         if doc is None:
             used = await self._codes.find_one({"_id": key, "used": True})
             return Redemption(None, used["grant_id"] if used else None)
-        if doc["client_id"] != client_id or doc["expires_at"] <= datetime.now(UTC):
+        if doc["client_id"] != client_id or doc["expires_at"] <= self._clock():
             return Redemption(None, None)
         return Redemption(
             AuthorizationCode(

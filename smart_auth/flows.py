@@ -15,11 +15,13 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+
+from smart_auth.clock import Clock, system_clock
 
 COLLECTION = "authorization_flows"
 LIFETIME = timedelta(minutes=15)
@@ -72,7 +74,8 @@ def new_browser_cookie() -> str:
 
 
 class FlowStore:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], clock: Clock = system_clock) -> None:
+        self._clock = clock
         self._flows = db[COLLECTION]
 
     async def ensure_indexes(self) -> None:
@@ -91,7 +94,7 @@ class FlowStore:
             "csrf": secrets.token_urlsafe(32),
             "params": {str(k): str(v) for k, v in (params or {}).items()},
             "next_page": next_page,
-            "expires_at": datetime.now(UTC) + LIFETIME,
+            "expires_at": self._clock() + LIFETIME,
         }
         await self._flows.insert_one(doc)
         return _from_doc(doc)
@@ -99,7 +102,7 @@ class FlowStore:
     async def get(self, flow_id: object) -> Flow | None:
         if not isinstance(flow_id, str) or not _FLOW_ID.match(flow_id):
             return None
-        doc = await self._flows.find_one({"_id": flow_id, "expires_at": {"$gt": datetime.now(UTC)}})
+        doc = await self._flows.find_one({"_id": flow_id, "expires_at": {"$gt": self._clock()}})
         return _from_doc(doc) if doc else None
 
     async def signed_in(

@@ -15,6 +15,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from smart_auth.clock import Clock, system_clock
 from smart_auth.revocations import RevocationList
 
 COLLECTION = "grants"
@@ -94,7 +95,13 @@ def _from_doc(doc: dict[str, Any]) -> Grant:
 class GrantStore:
     """Grants in MongoDB, and their revocation (which goes to the shared revocation list)."""
 
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], revocations: RevocationList) -> None:
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        revocations: RevocationList,
+        clock: Clock = system_clock,
+    ) -> None:
+        self._clock = clock
         self._grants = db[COLLECTION]
         self._revocations = revocations
 
@@ -112,16 +119,16 @@ class GrantStore:
         if not isinstance(grant_id, str):
             return None
         doc = await self._grants.find_one(
-            {"_id": grant_id, "revoked_at": None, "expires_at": {"$gt": datetime.now(UTC)}}
+            {"_id": grant_id, "revoked_at": None, "expires_at": {"$gt": self._clock()}}
         )
         return _from_doc(doc) if doc else None
 
     async def revoke(self, grant_id: str, reason: str = "revoked") -> None:
         """Revoke the grant and every token descending from it."""
         doc = await self._grants.find_one_and_update(
-            {"_id": grant_id}, {"$set": {"revoked_at": datetime.now(UTC), "reason": reason}}
+            {"_id": grant_id}, {"$set": {"revoked_at": self._clock(), "reason": reason}}
         )
-        expires = doc["expires_at"] if doc else datetime.now(UTC)
+        expires = doc["expires_at"] if doc else self._clock()
         await self._revocations.revoke_grant(grant_id, expires, reason)
 
     async def _revoke_where(self, query: dict[str, Any], reason: str) -> list[str]:
@@ -150,7 +157,7 @@ class GrantStore:
         return await self._revoke_where({"consent_id": str(consent_id)}, "consent withdrawn")
 
     async def active_for_user(self, user_id: str) -> list[Grant]:
-        now = datetime.now(UTC)
+        now = self._clock()
         cursor = self._grants.find(
             {"user_id": str(user_id), "revoked_at": None, "expires_at": {"$gt": now}}
         ).sort("created_at", -1)

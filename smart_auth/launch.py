@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
+
+from smart_auth.clock import Clock, system_clock
 
 COLLECTION = "launch_contexts"
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -35,7 +37,10 @@ class LaunchContext:
 
 
 class LaunchStore:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], lifetime: timedelta) -> None:
+    def __init__(
+        self, db: AsyncDatabase[dict[str, Any]], lifetime: timedelta, clock: Clock = system_clock
+    ) -> None:
+        self._clock = clock
         self._contexts = db[COLLECTION]
         self._lifetime = lifetime
 
@@ -76,7 +81,7 @@ class LaunchStore:
                 "encounter": encounter,
                 "need_patient_banner": need_patient_banner,
                 "smart_style_url": smart_style_url,
-                "expires_at": datetime.now(UTC) + self._lifetime,
+                "expires_at": self._clock() + self._lifetime,
             }
         )
         return context
@@ -84,9 +89,7 @@ class LaunchStore:
     async def get(self, launch: str) -> LaunchContext | None:
         if not isinstance(launch, str) or not launch or len(launch) > 128:
             return None
-        doc = await self._contexts.find_one(
-            {"_id": launch, "expires_at": {"$gt": datetime.now(UTC)}}
-        )
+        doc = await self._contexts.find_one({"_id": launch, "expires_at": {"$gt": self._clock()}})
         if doc is None:
             return None
         return LaunchContext(

@@ -16,12 +16,14 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from authlib.oauth2.rfc6749.authenticate_client import authenticate_none
 from pymongo.asynchronous.database import AsyncDatabase
+
+from smart_auth.clock import Clock, system_clock
 
 COLLECTION = "refresh_tokens"
 
@@ -56,9 +58,8 @@ class RefreshToken:
     def get_scope(self) -> str:
         return self.scope
 
-    @property
-    def usable(self) -> bool:
-        return self.status is Status.ACTIVE and self.expires_at > datetime.now(UTC)
+    def usable(self, now: datetime) -> bool:
+        return self.status is Status.ACTIVE and self.expires_at > now
 
 
 def public_client_auth(
@@ -84,7 +85,10 @@ def public_client_auth(
 
 
 class RefreshStore:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], idle: timedelta) -> None:
+    def __init__(
+        self, db: AsyncDatabase[dict[str, Any]], idle: timedelta, clock: Clock = system_clock
+    ) -> None:
+        self._clock = clock
         self._tokens = db[COLLECTION]
         self._idle = idle
 
@@ -97,7 +101,7 @@ class RefreshStore:
         self, token: str, *, client_id: str, grant_id: str, scope: str, family_end: datetime
     ) -> datetime:
         """Store a new refresh token; returns when it expires if unused."""
-        now = datetime.now(UTC)
+        now = self._clock()
         expires = min(now + self._idle, family_end)
         await self._tokens.insert_one(
             {
@@ -133,12 +137,12 @@ class RefreshStore:
         concurrent or repeated use of the same token."""
         result = await self._tokens.update_one(
             {"_id": token_digest, "status": Status.ACTIVE.value},
-            {"$set": {"status": Status.ROTATED.value, "rotated_at": datetime.now(UTC)}},
+            {"$set": {"status": Status.ROTATED.value, "rotated_at": self._clock()}},
         )
         return result.modified_count == 1
 
     async def retire_family(self, grant_id: str) -> None:
         await self._tokens.update_many(
             {"grant_id": grant_id, "status": Status.ACTIVE.value},
-            {"$set": {"status": Status.ROTATED.value, "rotated_at": datetime.now(UTC)}},
+            {"$set": {"status": Status.ROTATED.value, "rotated_at": self._clock()}},
         )

@@ -244,7 +244,7 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         found = await self.services.refresh.find(token)
         if found is None:
             return None
-        if not found.usable:
+        if not found.usable(self.services.clock()):
             if found.status.value == "rotated":  # S-19: a retired token again is a replay
                 await self.services.revoker.revoke_grant(found.grant_id, "refresh token replayed")
             return None
@@ -356,7 +356,7 @@ class SmartAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         if found is None:
             return None
         grant = await self.services.grants.get(found.grant_id)
-        if grant is None or not found.usable:
+        if grant is None or not found.usable(self.services.clock()):
             return TokenInfo(found.client_id, False)
         claims = {
             "scope": found.scope,

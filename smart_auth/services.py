@@ -32,6 +32,7 @@ from smart_auth.accounts.users import UserStore
 from smart_auth.backend_services import JtiStore
 from smart_auth.client_keys import ClientKeyResolver
 from smart_auth.clients import ClientStore
+from smart_auth.clock import Clock, system_clock
 from smart_auth.codes import CodeStore
 from smart_auth.flows import FlowStore
 from smart_auth.grants import GrantStore
@@ -97,6 +98,7 @@ class AuthServices:
     revoker: Revoker
     events: SecurityEvents
     db: AsyncDatabase[dict[str, Any]]
+    clock: Clock = system_clock
 
     async def ensure_indexes(self) -> None:
         for store in (
@@ -141,25 +143,30 @@ def build_services(
     config: AuthConfig,
     key_provider: KeyProvider,
     fetch_jwks: JwksFetcher | None = None,
+    clock: Clock = system_clock,
 ) -> AuthServices:
+    """Every store, on one database and one clock (injected by tests that move time forward)."""
     revocations = RevocationList(db)
-    grants = GrantStore(db, revocations)
-    refresh = RefreshStore(db, timedelta(seconds=config.refresh_idle))
+    grants = GrantStore(db, revocations, clock)
+    refresh = RefreshStore(db, timedelta(seconds=config.refresh_idle), clock)
     sessions = SessionStore(
         db,
         key_provider,
         idle=timedelta(seconds=config.session_idle),
         absolute=timedelta(seconds=config.session_absolute),
+        clock=clock,
     )
     return AuthServices(
         config=config,
         clients=ClientStore(db),
         users=UserStore(db, key_provider),
         sessions=sessions,
-        throttle=LoginThrottle(db, Throttle(config.login_max_failures, config.login_lock_seconds)),
-        flows=FlowStore(db),
-        launches=LaunchStore(db, timedelta(seconds=config.launch_lifetime)),
-        codes=CodeStore(db, timedelta(seconds=config.code_lifetime)),
+        throttle=LoginThrottle(
+            db, Throttle(config.login_max_failures, config.login_lock_seconds), clock
+        ),
+        flows=FlowStore(db, clock),
+        launches=LaunchStore(db, timedelta(seconds=config.launch_lifetime), clock),
+        codes=CodeStore(db, timedelta(seconds=config.code_lifetime), clock),
         grants=grants,
         refresh=refresh,
         keys=KeyRing(
@@ -174,4 +181,5 @@ def build_services(
         revoker=Revoker(grants, refresh, revocations, sessions),
         events=SecurityEvents(db),
         db=db,
+        clock=clock,
     )

@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestServer
 from gateway.app import create_app, runner_options
 from gateway.localstack import LocalUpstream, free_port, local_stack
 from gateway.settings import Settings, load_settings
+from smart_auth.clock import Clock, system_clock
 from smart_auth.key_provider import KeyProvider
 
 SESSION_KEK = base64.b64encode(os.urandom(32)).decode()  # this test session's, never reused
@@ -89,10 +90,12 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
     ``key_provider`` replaces the one of the settings' key-encryption key."""
     servers: list[TestServer] = []
 
-    async def start(*, key_provider: KeyProvider | None = None, **overrides: Any) -> RunningGateway:
+    async def start(
+        *, key_provider: KeyProvider | None = None, clock: Clock = system_clock, **overrides: Any
+    ) -> RunningGateway:
         port = free_port()
         settings = gateway_settings(port, **overrides)
-        app = create_app(settings, key_provider=key_provider)
+        app = create_app(settings, key_provider=key_provider, clock=clock)
         server = TestServer(app, host="127.0.0.1", port=port)
         try:
             await server.start_server(**runner_options(settings))

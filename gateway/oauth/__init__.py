@@ -25,6 +25,7 @@ from gateway.appkeys import (
     AUTH,
     AUTH_SERVER,
     AUTH_THREADS,
+    CLOCK,
     EPOCHS,
     KEY_PROVIDER,
     MONGO,
@@ -38,6 +39,7 @@ from gateway.oauth import admin, authorize, endpoints, login
 from gateway.oauth.errors import auth_errors
 from gateway.proxy.jwks import http_jwks_fetcher
 from gateway.settings import Settings
+from smart_auth.clock import Clock, system_clock
 from smart_auth.jwks import JwksFetcher
 from smart_auth.key_provider import KeyProvider
 from smart_auth.requests import Bridge
@@ -76,12 +78,13 @@ async def open_services(
     settings: Settings,
     key_provider: KeyProvider,
     fetch_jwks: JwksFetcher | None = None,
+    clock: Clock = system_clock,
 ) -> AuthServices:
     """The authorization server's stores, ready to use: indexes made, secrets an earlier version
     kept in clear sealed (P-19), and the key ring opened. A key-encryption key that does not open
     what is stored raises :class:`~smart_auth.key_provider.KeyProviderError` here, before anything
     is served and before anything is sealed or made anew over the old keys."""
-    services = build_services(db, auth_config(settings), key_provider, fetch_jwks)
+    services = build_services(db, auth_config(settings), key_provider, fetch_jwks, clock)
     await services.ensure_indexes()
     log.info("secrets at rest are sealed by key-encryption key %s", key_provider.current_version)
     signing_keys = await services.keys.seal_plaintext()
@@ -101,7 +104,9 @@ async def _auth_context(app: web.Application) -> AsyncIterator[None]:
     )
     threads = ThreadPoolExecutor(AUTHLIB_THREADS, thread_name_prefix="authlib")
     try:
-        services = await open_services(db, settings, app[KEY_PROVIDER], http_jwks_fetcher(http))
+        services = await open_services(
+            db, settings, app[KEY_PROVIDER], http_jwks_fetcher(http), app[CLOCK]
+        )
         app[AUTH] = services
         app[AUTH_THREADS] = threads
         app[EPOCHS] = epochs = ChangeEpochs(db)

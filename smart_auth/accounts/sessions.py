@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from smart_auth.clock import Clock, system_clock
 from smart_auth.key_provider import KeyProvider, KeyProviderError, Sealed, seal, unseal
 
 COLLECTION = "sessions"
@@ -65,7 +66,9 @@ class SessionStore:
         *,
         idle: timedelta,
         absolute: timedelta,
+        clock: Clock = system_clock,
     ) -> None:
+        self._clock = clock
         self._sessions = db[COLLECTION]
         self._provider = provider
         self._idle = idle
@@ -80,7 +83,7 @@ class SessionStore:
     ) -> tuple[str, Session]:
         """A new session; returns (cookie token, session)."""
         token = secrets.token_urlsafe(32)
-        now = datetime.now(UTC)
+        now = self._clock()
         doc = {
             "_id": digest(token),
             "user_id": user_id,
@@ -102,7 +105,7 @@ class SessionStore:
         record deleted) once it has been idle too long or has reached its absolute end."""
         if not isinstance(token, str) or not token or len(token) > 128:
             return None
-        now = datetime.now(UTC)
+        now = self._clock()
         doc = await self._sessions.find_one_and_update(
             {"_id": digest(token), "idle_until": {"$gt": now}, "expires_at": {"$gt": now}},
             {"$set": {"last_seen": now, "idle_until": now + self._idle}},
@@ -115,7 +118,7 @@ class SessionStore:
 
     async def alive(self, session_id: str) -> bool:
         """Whether a session (by digest) is still live, without touching its idle clock."""
-        now = datetime.now(UTC)
+        now = self._clock()
         found = await self._sessions.find_one(
             {"_id": session_id, "idle_until": {"$gt": now}, "expires_at": {"$gt": now}},
             {"_id": 1},

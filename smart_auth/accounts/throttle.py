@@ -10,11 +10,13 @@ Counters expire a day after the last failure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+
+from smart_auth.clock import Clock, system_clock
 
 COLLECTION = "login_throttle"
 _MAX_LOCK = timedelta(days=1)
@@ -28,7 +30,10 @@ class Throttle:
 
 
 class LoginThrottle:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], policy: Throttle) -> None:
+    def __init__(
+        self, db: AsyncDatabase[dict[str, Any]], policy: Throttle, clock: Clock = system_clock
+    ) -> None:
+        self._clock = clock
         self._entries = db[COLLECTION]
         self._policy = policy
 
@@ -41,7 +46,7 @@ class LoginThrottle:
 
     async def locked(self, username: str, address: str) -> bool:
         """Whether sign-in is refused right now for this username or this address."""
-        now = datetime.now(UTC)
+        now = self._clock()
         cursor = self._entries.find({"_id": {"$in": list(self._keys(username, address))}})
         docs = [doc async for doc in cursor]
         return any(
@@ -49,7 +54,7 @@ class LoginThrottle:
         )
 
     async def failed(self, username: str, address: str) -> None:
-        now = datetime.now(UTC)
+        now = self._clock()
         account, place = self._keys(username, address)
         for key, allowance in (
             (account, self._policy.max_failures),

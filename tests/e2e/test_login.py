@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -16,6 +15,7 @@ from smart_auth.accounts.passwords import WeakPassword
 from smart_auth.accounts.users import Role
 from tests.conftest import RunningGateway, Stack
 from tests.support.browser import Browser, Page
+from tests.support.clock import MovableClock
 from tests.support.tokens import ADMIN, AMELIA, MARIA, ensure_user, flow_token
 
 pytestmark = pytest.mark.e2e
@@ -48,11 +48,13 @@ async def test_p05_wrong_password_and_unknown_user_answer_alike(gateway: Running
 async def test_p05_account_locks_after_repeated_failures(
     start_gateway: Any, local_stack_env: Stack
 ) -> None:
+    clock = MovableClock()
     gateway = await start_gateway(
         upstream_url=local_stack_env.upstream.base_url,
         mongodb_uri=local_stack_env.mongo_uri,
         login_max_failures=3,
         login_lock_seconds=2,
+        clock=clock,
     )
     await ensure_user(gateway, AMELIA)
     async with Browser(gateway.base) as browser:
@@ -61,7 +63,7 @@ async def test_p05_account_locks_after_repeated_failures(
             assert page.status == 401
         locked = await _sign_in(browser, gateway, AMELIA.username, AMELIA.password)
         assert locked.status == 401 and FAILURE in locked.text  # right password, still refused
-        await asyncio.sleep(2.2)
+        clock.advance(2.2)
         page = await _sign_in(browser, gateway, AMELIA.username, AMELIA.password)
         assert page.status == 200 and page.url.endswith("/auth/signed-in")
 
@@ -129,11 +131,13 @@ async def test_p04_admin_must_enrol_mfa_then_use_it(gateway: RunningGateway) -> 
 async def test_p06_session_cookie_flags_and_idle_timeout(
     start_gateway: Any, local_stack_env: Stack
 ) -> None:
+    clock = MovableClock()
     gateway = await start_gateway(
         upstream_url=local_stack_env.upstream.base_url,
         mongodb_uri=local_stack_env.mongo_uri,
         session_idle_seconds=1,
         session_cookie_secure=True,
+        clock=clock,
     )
     await ensure_user(gateway, AMELIA)
 
@@ -167,7 +171,7 @@ async def test_p06_session_cookie_flags_and_idle_timeout(
     token = cookie.split(";")[0].split("=", 1)[1]
     sessions = gateway.server.app[AUTH].sessions
     assert await sessions.resume(token) is not None
-    await asyncio.sleep(1.5)
+    clock.advance(1.5)
     assert await sessions.resume(token) is None  # idle too long: gone server-side
 
 

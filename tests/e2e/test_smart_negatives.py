@@ -3,7 +3,6 @@ S-07, S-09 … S-12, S-15, S-17, S-19, S-24, S-31 … S-33."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 
 from tests.conftest import RunningGateway
 from tests.support.browser import Browser, Page, authorize_url, callback_params, pkce_pair
+from tests.support.clock import MovableClock
 from tests.support.tokens import (
     MARIA,
     PUBLIC_APP,
@@ -206,14 +206,16 @@ async def test_s12_s31_code_is_single_use_and_reuse_revokes_its_tokens(
 async def test_s12_codes_expire_after_their_lifetime(
     start_gateway: Any, local_stack_env: Any, http: aiohttp.ClientSession
 ) -> None:
+    clock = MovableClock()
     gateway = await start_gateway(
         upstream_url=local_stack_env.upstream.base_url,
         mongodb_uri=local_stack_env.mongo_uri,
         authorization_code_lifetime_seconds=5,
+        clock=clock,
     )
     verifier, challenge = pkce_pair()
     code = await _code(gateway, (verifier, challenge))
-    await asyncio.sleep(5.5)
+    clock.advance(5.5)
     status, body = await _token(http, gateway, **_exchange(code, verifier))
     assert (status, body["error"]) == (400, "invalid_grant")
 
