@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 
-import pytest
+from tests.support.requires import require
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -30,7 +30,4 @@ def require_chromium() -> None:
             import playwright.async_api  # noqa: F401
         except ImportError:
             missing = "playwright for Python is not installed"
-    if missing is not None and os.environ.get("CI"):
-        pytest.fail(f"the browser test cannot run in CI: {missing}")
-    if missing is not None:
-        pytest.skip(missing)
+    require(missing is None, missing or "")

@@ -26,6 +26,7 @@ from gateway.fhir.searchparams import (
     search_param,
     values,
 )
+from tests.support.requires import require
 
 ROOT = Path(__file__).resolve().parents[3]
 DATA_DIR = ROOT / "fixtures" / "data"
@@ -120,8 +121,8 @@ def test_inexpressible_parameters_are_marked_partial() -> None:
     assert not search_param("Observation", "code").partial
 
 
-@pytest.mark.skipif(not DEFINITIONS.is_dir(), reason="npm ci --prefix fixtures/upstream not run")
 def test_data_file_is_what_the_script_derives() -> None:
+    require(DEFINITIONS.is_dir(), "the local FHIR server's packages (npm ci in fixtures/upstream)")
     script = ROOT / "scripts" / "derive_fhir_data.py"
     result = subprocess.run(
         [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
