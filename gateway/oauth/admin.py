@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -309,47 +310,47 @@ async def add_consent(request: web.Request) -> web.Response:
     return web.json_response(created, status=201)
 
 
-async def update_consent(request: web.Request) -> web.Response:
-    """``PUT /admin/consents/{id}`` ``{"consent": {...}, "reason": "...", "if_match": "2"}``."""
+async def _change_consent(
+    request: web.Request,
+    kind: str,
+    change_it: Callable[[ConsentStore, str, dict[str, Any], Change], Awaitable[dict[str, Any]]],
+) -> web.Response:
+    """An administrator's change of one Consent, with the documented reason: stored as a new
+    version, the apps' tokens revoked when it ends a permit (C-13), recorded (P-09)."""
     session = await _caller(request, (Role.ADMIN,))
     body = await _body(request)
     change = Change(f"user:{session.user_id}", Channel.ADMIN_API, _reason(body))
     store, consent_id = _consents(request), request.match_info["consent_id"]
     current = await _consent_call(store.read(consent_id))
-    updated = await _consent_call(
-        store.update(
-            consent_id,
-            _object(body, "consent"),
-            change=change,
-            if_match=_str(body, "if_match", required=False),
-        )
-    )
+    updated = await _consent_call(change_it(store, consent_id, body, change))
     await revoke_if_withdrawn(request.app[AUTH].revoker, current, updated)
-    await record(
-        request,
-        "admin-consent-updated",
-        actor=session.user_id,
-        detail={"consent": consent_id, "reason": change.reason},
-    )
+    detail = {"consent": consent_id, "reason": change.reason}
+    await record(request, kind, actor=session.user_id, detail=detail)
     return web.json_response(updated)
+
+
+async def update_consent(request: web.Request) -> web.Response:
+    """``PUT /admin/consents/{id}`` ``{"consent": {...}, "reason": "...", "if_match": "2"}``."""
+
+    def update(
+        store: ConsentStore, consent_id: str, body: dict[str, Any], change: Change
+    ) -> Awaitable[dict[str, Any]]:
+        if_match = _str(body, "if_match", required=False)
+        consent = _object(body, "consent")
+        return store.update(consent_id, consent, change=change, if_match=if_match)
+
+    return await _change_consent(request, "admin-consent-updated", update)
 
 
 async def withdraw_consent(request: web.Request) -> web.Response:
     """``POST /admin/consents/{id}/withdraw`` ``{"reason": "..."}``: status ``inactive``."""
-    session = await _caller(request, (Role.ADMIN,))
-    body = await _body(request)
-    change = Change(f"user:{session.user_id}", Channel.ADMIN_API, _reason(body))
-    store, consent_id = _consents(request), request.match_info["consent_id"]
-    current = await _consent_call(store.read(consent_id))
-    updated = await _consent_call(store.withdraw(consent_id, change=change))
-    await revoke_if_withdrawn(request.app[AUTH].revoker, current, updated)
-    await record(
-        request,
-        "admin-consent-withdrawn",
-        actor=session.user_id,
-        detail={"consent": consent_id, "reason": change.reason},
-    )
-    return web.json_response(updated)
+
+    def withdraw(
+        store: ConsentStore, consent_id: str, _body: dict[str, Any], change: Change
+    ) -> Awaitable[dict[str, Any]]:
+        return store.withdraw(consent_id, change=change)
+
+    return await _change_consent(request, "admin-consent-withdrawn", withdraw)
 
 
 async def create_launch(request: web.Request) -> web.Response:
