@@ -108,7 +108,7 @@ class Basis(StrEnum):
     """Permitted, but its purpose's minimisation profile cannot release it (C-28)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
     """The outcome for one resource, with its explanation (C-11) and obligations."""
 
@@ -158,7 +158,11 @@ class Evaluator:
         for root in self._roots:
             if root.is_blanket_deny():
                 return Decision(
-                    False, Basis.DENY, f"denied by {_where(root)}", root.consent_id, root.path
+                    permitted=False,
+                    basis=Basis.DENY,
+                    reason=f"denied by {_where(root)}",
+                    consent_id=root.consent_id,
+                    provision=root.path,
                 )
         if not self.request.trusted and not any(root.has_permit() for root in self._roots):
             return _no_consent()
@@ -173,7 +177,7 @@ class Evaluator:
         )
         if seen.undecidable is not None:
             reason = f"its sensitivity cannot be decided ({seen.undecidable}), so it is withheld"
-            return Decision(False, Basis.UNDECIDABLE, reason)
+            return Decision(permitted=False, basis=Basis.UNDECIDABLE, reason=reason)
         found: list[Provision] = []
         for root in self._roots:
             deepest(root, seen, found)
@@ -182,7 +186,12 @@ class Evaluator:
             if node.deny:
                 reason = f"denied by {_where(node)} (deny overrides permit)"
                 return Decision(
-                    False, Basis.DENY, reason, node.consent_id, node.path, labels=sensitive
+                    permitted=False,
+                    basis=Basis.DENY,
+                    reason=reason,
+                    consent_id=node.consent_id,
+                    provision=node.path,
+                    labels=sensitive,
                 )
         permits = found  # no deny matched
         for node in permits:
@@ -191,13 +200,13 @@ class Evaluator:
                 if node.chain_purposes is not None:
                     purposes = tuple(p for p in purposes if p in node.chain_purposes)
                 return Decision(
-                    True,
-                    Basis.PERMIT,
-                    f"permitted by {_where(node)}",
-                    node.consent_id,
-                    node.path,
-                    purposes,
-                    sensitive,
+                    permitted=True,
+                    basis=Basis.PERMIT,
+                    reason=f"permitted by {_where(node)}",
+                    consent_id=node.consent_id,
+                    provision=node.path,
+                    purposes=purposes,
+                    labels=sensitive,
                     hide_mentions=seen.mentions and not self._mentions_kept,
                 )
         if permits or (sensitive and self.request.trusted):
@@ -207,18 +216,18 @@ class Evaluator:
                 "these labels in securityLabel"
             )
             return Decision(
-                False,
-                Basis.SENSITIVE,
-                reason,
-                first.consent_id if first else None,
-                first.path if first else None,
+                permitted=False,
+                basis=Basis.SENSITIVE,
+                reason=reason,
+                consent_id=first.consent_id if first else None,
+                provision=first.path if first else None,
                 labels=sensitive,
             )
         if self.request.trusted:
             return Decision(
-                True,
-                Basis.OPT_OUT,
-                "permitted under opt-out: no deny applies",
+                permitted=True,
+                basis=Basis.OPT_OUT,
+                reason="permitted under opt-out: no deny applies",
                 purposes=self.request.purposes,
                 hide_mentions=seen.mentions and not self._mentions_kept,
             )
@@ -230,7 +239,9 @@ class Evaluator:
 
 def _no_consent() -> Decision:
     return Decision(
-        False, Basis.NO_CONSENT, "no consent: no active Consent of the patient permits this app"
+        permitted=False,
+        basis=Basis.NO_CONSENT,
+        reason="no consent: no active Consent of the patient permits this app",
     )
 
 

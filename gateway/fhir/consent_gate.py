@@ -116,7 +116,9 @@ class RequestConsent:
                 released = profile.apply(resource)
             except Unreleasable as exc:  # C-28: e.g. a modifier research may not drop
                 reason = f"not released for {', '.join(purposes)}: {exc}"
-                self.decisions.append(Decision(False, Basis.MINIMISATION, reason))
+                self.decisions.append(
+                    Decision(permitted=False, basis=Basis.MINIMISATION, reason=reason)
+                )
                 return None
         # C-26: narrative and references' displays may mention what consent withholds.
         return without_mentions(released) if hide_mentions else released
@@ -149,10 +151,10 @@ class RequestConsent:
 
 
 _UNATTRIBUTED = Decision(
-    False,
-    Basis.UNATTRIBUTED,
-    "withheld: it cannot be attributed to patients, and only data whose patients consented, or "
-    "data about no patient, is released",
+    permitted=False,
+    basis=Basis.UNATTRIBUTED,
+    reason="it cannot be attributed to patients, and only data whose patients consented, or data "
+    "about no patient, is released",
 )
 
 

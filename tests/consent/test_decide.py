@@ -116,7 +116,9 @@ def test_c08_a_consent_that_cannot_be_read_denies_everything() -> None:
 
 def test_c03_refusal_without_fetching_when_nothing_can_be_permitted() -> None:
     assert compile_consents([], _request({})).refusal() == Decision(
-        False, Basis.NO_CONSENT, "no consent: no active Consent of the patient permits this app"
+        permitted=False,
+        basis=Basis.NO_CONSENT,
+        reason="no consent: no active Consent of the patient permits this app",
     )
     assert compile_consents([_consent("grant-app-a")], _request({})).refusal() is None
     blanket = compile_consents([_consent("grant-app-a"), _consent("deny-app-a")], _request({}))

@@ -121,7 +121,7 @@ async def test_a_read_reads_consent_while_fetching_then_releases() -> None:
 
 async def test_c03_a_search_refused_by_consent_answers_why_and_releases_nothing() -> None:
     steps = Steps()
-    steps.refusal = Decision(False, Basis.NO_CONSENT, "no consent")
+    steps.refusal = Decision(permitted=False, basis=Basis.NO_CONSENT, reason="no consent")
     answer = await pipeline(steps).run(CONTEXT, call("GET", "Observation"))
     assert "release.answer" not in steps.log
     assert answer.body is not None and answer.body["total"] == 0
