@@ -159,7 +159,8 @@ def _banner(settings: Settings, env_file: Path) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fhir-gateway",
-        description="The FHIR consent gateway: SMART authorization, consent, audit.",
+        description="The FHIR consent gateway: SMART authorization and consent in front of a FHIR "
+        "server.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -165,10 +165,7 @@ class ConsentApi:
             return Answer(201, {**_headers(created), "Location": location}, created)
         if kind is Kind.UPDATE:
             assert cid is not None
-            current = await self._store.read(cid)
-            self._check_visible(decision, writer, current)
-            if decision.patient_only:
-                writes.check_current(current, context)
+            current = await self._changeable(cid, context, decision, writer)
             body = validate(body)
             if decision.patient_only:
                 writes.check_in_compartment(body, context, "this Consent")
@@ -180,10 +177,7 @@ class ConsentApi:
             return Answer(200, _headers(updated), updated)
         if kind is Kind.DELETE:
             assert cid is not None
-            current = await self._store.read(cid)
-            self._check_visible(decision, writer, current)
-            if decision.patient_only:
-                writes.check_current(current, context)
+            current = await self._changeable(cid, context, decision, writer)
             authority.check_delete(writer, current)
             await self._store.delete(cid, change=change, if_match=_if_match(headers))
             await revoke_if_withdrawn(self._revoker, current, None)
@@ -191,6 +185,21 @@ class ConsentApi:
         raise Forbidden(
             f"{kind} is not available on Consent; use read, search, create, update or delete"
         )
+
+    async def _changeable(
+        self,
+        consent_id: str,
+        context: AccessContext,
+        decision: AccessDecision,
+        writer: authority.Writer,
+    ) -> dict[str, Any]:
+        """The current version of a Consent the caller means to change: one it may see, and
+        under a patient/ scope one of its patients' (404 otherwise, like a missing one)."""
+        current = await self._store.read(consent_id)
+        self._check_visible(decision, writer, current)
+        if decision.patient_only:
+            writes.check_current(current, context)
+        return current
 
     async def _latest(self, consent_id: str) -> dict[str, Any]:
         """The newest stored version (a deleted Consent's history stays readable)."""

@@ -102,20 +102,20 @@ async def token(request: web.Request) -> web.Response:
     return to_response(answer)
 
 
-async def introspect(request: web.Request) -> web.Response:
-    request[METRIC_LABEL] = "introspect"
+async def _endpoint(request: web.Request, label: str, endpoint: str) -> web.Response:
+    request[METRIC_LABEL] = label
     server = request.app[AUTH_SERVER]
     plain = await plain_request(request)
-    answer = await call(request, server.create_endpoint_response, "introspection", plain)
+    answer = await call(request, server.create_endpoint_response, endpoint, plain)
     return to_response(answer)
+
+
+async def introspect(request: web.Request) -> web.Response:
+    return await _endpoint(request, "introspect", "introspection")
 
 
 async def revoke(request: web.Request) -> web.Response:
-    request[METRIC_LABEL] = "revoke"
-    server = request.app[AUTH_SERVER]
-    plain = await plain_request(request)
-    answer = await call(request, server.create_endpoint_response, "revocation", plain)
-    return to_response(answer)
+    return await _endpoint(request, "revoke", "revocation")
 
 
 async def no_such_document(request: web.Request) -> web.Response:
