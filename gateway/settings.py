@@ -140,6 +140,12 @@ class Settings(BaseSettings):
 
     # --- request limits (P-12)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_batch_entries: int = Field(
+        default=200, ge=1, le=10_000, description="Most entries of a batch or transaction (413)."
+    )
+    batch_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Entries of one batch sent upstream at the same time."
+    )
     max_url_bytes: int = Field(default=8192, ge=256)
     max_header_count: int = Field(default=100, ge=10)
     max_header_bytes: int = Field(default=16384, ge=1024)

@@ -1,10 +1,15 @@
 """Batch and transaction Bundles (FHIR R4 3.1.0.11 "Batch/Transaction"; SMART.md S-29).
 
 A **batch** is answered entry by entry, each entry run through the whole pipeline as if it were a
-request of its own (a failing entry answers its own OperationOutcome). A **transaction** holds
+request of its own (a failing entry answers its own OperationOutcome). At most ``max_batch_entries``
+entries (413 above it), at most ``batch_concurrency`` of them at the upstream at a time; the token's
+revocation is checked again before every entry, as consent is (a token revoked during a batch ends
+it with 401), and a batch stops when its caller has gone. A **transaction** holds
 writes only (reads in a transaction would reach the upstream un-narrowed: send them in a batch)
 and is all-or-nothing: every entry passes the write policy first, one refusal refuses the whole
-Bundle before anything is written, and the versions checked are pinned with ``ifMatch``. What the
+Bundle before anything is written, and the versions checked are pinned with ``ifMatch``. Its
+checks yield to the event loop between entries, so a large transaction does not hold up other
+requests, and revocation is checked again just before it is sent. What the
 upstream answers is released entry by entry against the entry it answers; an answer that does not
 line up with the request is not released at all (502).
 
@@ -14,6 +19,7 @@ exactly like a request's (:mod:`gateway.fhir.interaction`).
 
 from __future__ import annotations
 
+import asyncio
 import http
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,10 +37,21 @@ from gateway.fhir.release import Release
 from gateway.fhir.representation import REPRESENTATION_TYPES, Representation
 from gateway.fhir.writes import WritePolicy
 from gateway.proxy.answer import Answer
-from gateway.web.errors import FHIR_JSON, BadRequest, FhirError, UpstreamUnavailable
+from gateway.web.errors import (
+    FHIR_JSON,
+    BadRequest,
+    FhirError,
+    PayloadTooLarge,
+    Unauthorized,
+    UpstreamUnavailable,
+)
 
 Run = Callable[[AccessContext, Call], Awaitable[Answer]]
 """The pipeline's steps 3 to 6 for one call."""
+Revoked = Callable[[AccessContext], Awaitable[bool]]
+"""Whether the token has been revoked since the request arrived."""
+Alive = Callable[[], bool]
+"""Whether the caller is still connected."""
 
 _ENTRY_HEADERS = (("ifMatch", "If-Match"), ("ifNoneMatch", "If-None-Match"))
 _BODY_KINDS = frozenset({Kind.CREATE, Kind.UPDATE, Kind.PATCH, Kind.OPERATION})
@@ -105,29 +122,59 @@ class Bundles:
         fetcher: Fetcher,
         release: Release,
         representation: Representation,
+        revoked: Revoked,
+        *,
         fhir_base: str,
+        max_entries: int,
+        concurrency: int,
     ) -> None:
         self._run = run
         self._writes = writes
         self._fetcher = fetcher
         self._release = release
         self._representation = representation
+        self._revoked = revoked
         self._fhir_base = fhir_base
+        self._max_entries = max_entries
+        self._concurrency = concurrency
 
-    async def batch(self, context: AccessContext, call: Call) -> Answer:
-        entries = []
-        for entry in call.body.get("entry") or []:
-            try:
-                answer = await self._run(context, entry_call(entry, self._fhir_base))
-            except FhirError as exc:
-                answer = Answer(exc.status, {}, exc.outcome())
-            entries.append(entry_response(answer))
-        return Answer(
-            200, {}, {"resourceType": "Bundle", "type": "batch-response", "entry": entries}
-        )
+    def _entries(self, call: Call) -> list[Any]:
+        entries = call.body.get("entry") or []
+        if len(entries) > self._max_entries:
+            raise PayloadTooLarge(
+                f"a batch or transaction here holds at most {self._max_entries} entries "
+                f"(this one has {len(entries)}); send several"
+            )
+        return list(entries)
+
+    async def batch(self, context: AccessContext, call: Call, alive: Alive) -> Answer:
+        limiter = asyncio.Semaphore(self._concurrency)
+
+        async def one(entry: Any) -> dict[str, Any]:
+            async with limiter:
+                if not alive():
+                    raise asyncio.CancelledError  # the caller has gone: stop the work
+                if await self._revoked(context):
+                    raise Unauthorized("the access token has been revoked")
+                try:
+                    answer = await self._run(context, entry_call(entry, self._fhir_base))
+                except FhirError as exc:
+                    answer = Answer(exc.status, {}, exc.outcome())
+                return entry_response(answer)
+
+        tasks = [asyncio.ensure_future(one(entry)) for entry in self._entries(call)]
+        try:
+            done = await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+        bundle = {"resourceType": "Bundle", "type": "batch-response", "entry": list(done)}
+        return Answer(200, {}, bundle)
 
     async def transaction(self, context: AccessContext, call: Call) -> Answer:
-        decisions = await self._check(context, call.body.get("entry") or [])
+        decisions = await self._check(context, self._entries(call))
+        if await self._revoked(context):
+            raise Unauthorized("the access token has been revoked")
         raw = orjson.dumps(call.body)  # with the pinned versions; gateway URLs rewritten when sent
         answer = await self._fetcher.fetch(call.but(raw=raw))
         if answer.status < 300 and any(
@@ -160,6 +207,7 @@ class Bundles:
         refuses the Bundle, naming the entry."""
         decisions: list[AccessDecision] = []
         for index, entry in enumerate(entries):
+            await asyncio.sleep(0)  # the checks are CPU work: let other requests through
             try:
                 sub = entry_call(entry, self._fhir_base)
                 if sub.interaction.kind not in WRITE_KINDS:

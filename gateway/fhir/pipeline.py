@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 from limits import parse as parse_limit
@@ -86,7 +87,15 @@ class Pipeline:
         self._cors = cors
         self._endpoints = Endpoints(settings.public_base_url, settings.fhir_base_url)
         self._bundles = Bundles(
-            self.run, writes, fetcher, release, representation, settings.fhir_base_url
+            self.run,
+            writes,
+            fetcher,
+            release,
+            representation,
+            authenticator.is_revoked,
+            fhir_base=settings.fhir_base_url,
+            max_entries=settings.max_batch_entries,
+            concurrency=settings.batch_concurrency,
         )
         self._limit = parse_limit(settings.rate_limit_per_client)
         self._limiter = FixedWindowRateLimiter(MemoryStorage())
@@ -126,6 +135,8 @@ class Pipeline:
         # 2. parse
         form = await read_form(request)
         interaction = parse(request.method, path, request.query.items(), form)
+        if interaction.kind in WRITE_KINDS or interaction.kind is Kind.OPERATION:
+            authorize(context, interaction)  # a token that may not write is refused unread
         interaction, body, raw, media = await read_body(request, interaction)
         request[METRIC_LABEL] = interaction.kind.value
         call = Call(
@@ -140,7 +151,7 @@ class Pipeline:
         # while revocation is checked and released only after; anything else waits for it.
         if interaction.kind in WRITE_KINDS or interaction.kind in (Kind.BATCH, Kind.TRANSACTION):
             await self._not_revoked(context)
-            return (await self.run(context, call)).render()
+            return (await self.run(context, call, _connected(request))).render()
         revoked = asyncio.ensure_future(self._authenticator.is_revoked(context))
         try:
             answer = await self.run(context, call)
@@ -153,11 +164,14 @@ class Pipeline:
         await self._not_revoked(context, revoked)
         return answer.render()
 
-    async def run(self, context: AccessContext, call: Call) -> Answer:
-        """Steps 3 to 6 for one call: a request, or an entry of a batch."""
+    async def run(
+        self, context: AccessContext, call: Call, alive: Callable[[], bool] = lambda: True
+    ) -> Answer:
+        """Steps 3 to 6 for one call: a request, or an entry of a batch (``alive``: whether the
+        caller is still there, for the long ones)."""
         kind = call.interaction.kind
         if kind is Kind.BATCH:
-            return await self._bundles.batch(context, call)
+            return await self._bundles.batch(context, call, alive)
         if kind is Kind.TRANSACTION:
             return await self._bundles.transaction(context, call)
         if call.interaction.resource_type == "Consent":
@@ -231,3 +245,11 @@ class Pipeline:
             raise TooManyRequests(
                 f"too many requests from this app; try again in {wait} s", retry_after=wait
             )
+
+
+def _connected(request: web.Request) -> Callable[[], bool]:
+    def alive() -> bool:
+        transport = request.transport
+        return transport is not None and not transport.is_closing()
+
+    return alive

@@ -9,6 +9,7 @@ happened without naming the upstream (P-14): unreachable → 502, too slow → 5
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import ssl
 import time
@@ -144,7 +145,7 @@ class Upstream:
         started = time.perf_counter()
         try:
             async with self._session.request(
-                method, url, data=body, headers=out, allow_redirects=False
+                method, url, data=_payload(body), headers=out, allow_redirects=False
             ) as response:
                 payload = await response.read()
                 return UpstreamResponse(
@@ -164,3 +165,11 @@ class Upstream:
         except (TimeoutError, UpstreamTimeout, UpstreamUnavailable):
             return False
         return response.status == 200
+
+
+_LARGE_BODY = 1024 * 1024
+
+
+def _payload(body: bytes | None) -> bytes | io.BytesIO | None:
+    """A large body goes as a stream, which aiohttp writes without holding up the event loop."""
+    return io.BytesIO(body) if body is not None and len(body) >= _LARGE_BODY else body

@@ -39,6 +39,12 @@ class Steps:
         self.log: list[str] = []
         self.refusal: Decision | None = None
         self.refuse_write = False
+        self.revoked = False
+
+    # step 1's revocation check, which a batch repeats before every entry
+    async def is_revoked(self, context: AccessContext) -> bool:
+        self.log.append("revoked?")
+        return self.revoked
 
     # step 4, the consent gate
     async def start(self, context: AccessContext, action: str = "access") -> object:
@@ -95,7 +101,7 @@ def pipeline(steps: Steps) -> Pipeline:
     )
     return Pipeline(
         settings,
-        authenticator=_As(),  # type: ignore[arg-type]  # steps 1 and 2 are not run here
+        authenticator=_As(is_revoked=steps.is_revoked),  # type: ignore[arg-type]
         representation=_As(changed=None),  # type: ignore[arg-type]
         fetcher=_As(fetch=steps.fetch),  # type: ignore[arg-type]
         consent=_As(start=steps.start, refusal=steps.refusal_for_read),  # type: ignore[arg-type]
