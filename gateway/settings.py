@@ -140,6 +140,11 @@ class Settings(BaseSettings):
 
     # --- request limits (P-12)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_upstream_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Largest answer read from the FHIR server (502 above; a search should page).",
+    )
     max_batch_entries: int = Field(
         default=200, ge=1, le=10_000, description="Most entries of a batch or transaction (413)."
     )

@@ -84,6 +84,14 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
+class UpstreamTooLarge(UpstreamUnavailable):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the upstream FHIR server's answer is larger than {limit} bytes; page the search "
+            "(_count) or ask for less"
+        )
+
+
 class Upstream:
     """Sends FHIR requests to the configured upstream base URL."""
 
@@ -92,6 +100,7 @@ class Upstream:
             raise ValueError("upstream_url is not set")
         self._session = session
         self._base = URL(settings.upstream_url)
+        self._max_body = settings.max_upstream_body_bytes
         self._auth_header: dict[str, str] = {}
         if settings.upstream_auth == "bearer" and settings.upstream_bearer_token:
             token = settings.upstream_bearer_token.get_secret_value()
@@ -147,7 +156,7 @@ class Upstream:
             async with self._session.request(
                 method, url, data=_payload(body), headers=out, allow_redirects=False
             ) as response:
-                payload = await response.read()
+                payload = await self._read(response)
                 return UpstreamResponse(
                     response.status, response.headers, payload, time.perf_counter() - started
                 )
@@ -156,6 +165,21 @@ class Upstream:
         except (aiohttp.ClientError, OSError) as exc:
             log.warning("upstream request failed: %s", type(exc).__name__)
             raise UpstreamUnavailable("the upstream FHIR server cannot be reached") from exc
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The answer's body, at most ``max_upstream_body_bytes`` of it: a larger one is a 502,
+        read no further (a search should page instead)."""
+        declared = response.content_length
+        if declared is not None and declared > self._max_body:
+            raise UpstreamTooLarge(self._max_body)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(256 * 1024):
+            size += len(chunk)
+            if size > self._max_body:
+                raise UpstreamTooLarge(self._max_body)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def ping(self, within_seconds: float = 3.0) -> bool:
         """True when the upstream answers its CapabilityStatement."""

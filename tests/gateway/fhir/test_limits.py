@@ -195,3 +195,25 @@ def _hour_ahead() -> Any:
     from datetime import UTC, datetime, timedelta
 
     return datetime.now(UTC) + timedelta(hours=1)
+
+
+async def test_p12_an_upstream_answer_over_the_limit_is_502_and_not_read_whole(
+    start_gateway: StartGateway, upstream: ScriptedUpstream, local_stack_env: Stack
+) -> None:
+    limit = 1024 * 1024
+    gw, token = await _gateway(
+        start_gateway, upstream, local_stack_env, max_upstream_body_bytes=limit
+    )
+    entries = [{"resource": {"resourceType": "Patient", "id": f"p{n}"}} for n in range(60_000)]
+    upstream.body = orjson.dumps({"resourceType": "Bundle", "type": "searchset", "entry": entries})
+    assert len(upstream.body) > 2 * limit
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.get(f"{gw.fhir}/Patient") as response:
+            assert response.status == 502
+            outcome = await response.json(content_type=None)
+    assert "page the search" in outcome["issue"][0]["diagnostics"]
+    upstream.headers = {"Transfer-Encoding": "chunked"}  # no Content-Length to go by
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.get(f"{gw.fhir}/Patient") as response:
+            assert response.status == 502
