@@ -38,6 +38,7 @@ from gateway.fhir.consent_gate import ConsentGate
 from gateway.fhir.fetch import Fetcher
 from gateway.fhir.paging import PageSigner, load_secret
 from gateway.fhir.pipeline import Pipeline
+from gateway.fhir.ratelimit import ClusterRateLimit
 from gateway.fhir.release import Release
 from gateway.fhir.writes import WritePolicy
 from gateway.oauth import setup_authserver
@@ -109,6 +110,8 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         jwks_refresh_min_seconds=settings.jwks_refresh_min_seconds,
         jwks_max_cache_seconds=settings.client_jwks_max_cache_seconds,
     )
+    rate_limit = ClusterRateLimit(db, settings.rate_limit_per_client)
+    await rate_limit.ensure_indexes()
     fetcher = Fetcher(app[UPSTREAM], app[REWRITER], app[METRICS])
     gate = ConsentGate(consents, auth.clients, epochs)
     signer = PageSigner(secret, settings.page_link_lifetime_seconds)
@@ -123,6 +126,7 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         release=Release(fetcher, gate, signer, app[REWRITER], settings.fhir_base_url),
         writes=WritePolicy(fetcher, gate),
         cors=Cors(auth.clients),
+        rate_limit=rate_limit,
     )
     try:
         yield

@@ -195,7 +195,7 @@ class Settings(BaseSettings):
     rate_limit_per_client: str = Field(
         default="1200/minute",
         pattern=r"^\d+\s*/\s*(second|minute|hour)$",
-        description="Per-client request limit on the FHIR API, per gateway instance (429 above).",
+        description="Per-client request limit on the FHIR API, across all instances (429 above).",
     )
     jwks_refresh_min_seconds: float = Field(default=30.0, ge=0)
     representation_check_seconds: float = Field(

@@ -25,13 +25,9 @@ through steps 3 to 6; a transaction checks every entry through the write policy 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 from aiohttp import web
-from limits import parse as parse_limit
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import FixedWindowRateLimiter
 from multidict import CIMultiDict
 
 from gateway.fhir.access import AccessDecision, authorize
@@ -45,6 +41,7 @@ from gateway.fhir.fetch import Call, Fetcher
 from gateway.fhir.interaction import WRITE_KINDS, Kind, parse
 from gateway.fhir.metadata import capabilities
 from gateway.fhir.paging import PageSigner
+from gateway.fhir.ratelimit import ClusterRateLimit
 from gateway.fhir.release import Release, conditional, read_call
 from gateway.fhir.representation import REPRESENTATION_TYPES, Representation
 from gateway.fhir.writes import WritePolicy
@@ -74,6 +71,7 @@ class Pipeline:
         release: Release,
         writes: WritePolicy,
         cors: Cors,
+        rate_limit: ClusterRateLimit,
     ) -> None:
         self._settings = settings
         self._authenticator = authenticator
@@ -97,8 +95,7 @@ class Pipeline:
             max_entries=settings.max_batch_entries,
             concurrency=settings.batch_concurrency,
         )
-        self._limit = parse_limit(settings.rate_limit_per_client)
-        self._limiter = FixedWindowRateLimiter(MemoryStorage())
+        self._rate_limit = rate_limit
 
     @property
     def signer(self) -> PageSigner:
@@ -130,7 +127,7 @@ class Pipeline:
         # 1. authenticate
         context = await self._authenticator.authenticate(request.headers, request.query)
         request[CLIENT_ID] = context.client_id
-        await self._rate_limit(context)
+        await self._within_rate_limit(context)
         await self._representation.check(context)  # C-25: a parent still acts for the child
         # 2. parse
         form = await read_form(request)
@@ -238,10 +235,9 @@ class Pipeline:
         if revoked:
             raise Unauthorized("the access token has been revoked")
 
-    async def _rate_limit(self, context: AccessContext) -> None:
-        if not await self._limiter.hit(self._limit, context.client_id):
-            stats = await self._limiter.get_window_stats(self._limit, context.client_id)
-            wait = max(1, int(stats.reset_time - time.time()) + 1)
+    async def _within_rate_limit(self, context: AccessContext) -> None:
+        wait = await self._rate_limit.hit(context.client_id)
+        if wait is not None:
             raise TooManyRequests(
                 f"too many requests from this app; try again in {wait} s", retry_after=wait
             )

@@ -70,9 +70,11 @@ async def test_p12_a_batch_keeps_at_most_its_concurrency_at_the_upstream(
     gw, token = await _gateway(start_gateway, upstream, local_stack_env, batch_concurrency=3)
     upstream.delay = 0.05
     headers = {"Authorization": f"Bearer {token}", **JSON}
-    async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.post(gw.fhir, data=orjson.dumps(_batch(12))) as response:
-            assert response.status == 200
+    async with (
+        aiohttp.ClientSession(headers=headers) as http,
+        http.post(gw.fhir, data=orjson.dumps(_batch(12))) as response,
+    ):
+        assert response.status == 200
     assert upstream.most_at_once == 3
 
 
@@ -156,9 +158,7 @@ async def test_p12_the_largest_transaction_does_not_hold_up_other_requests(
     transaction = {
         "resourceType": "Bundle",
         "type": "transaction",
-        "entry": [
-            {"resource": observation, "request": {"method": "POST", "url": "Observation"}}
-        ]
+        "entry": [{"resource": observation, "request": {"method": "POST", "url": "Observation"}}]
         * limit,
     }
     # As large as the body limit allows.
@@ -208,12 +208,67 @@ async def test_p12_an_upstream_answer_over_the_limit_is_502_and_not_read_whole(
     upstream.body = orjson.dumps({"resourceType": "Bundle", "type": "searchset", "entry": entries})
     assert len(upstream.body) > 2 * limit
     headers = {"Authorization": f"Bearer {token}"}
-    async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.get(f"{gw.fhir}/Patient") as response:
-            assert response.status == 502
-            outcome = await response.json(content_type=None)
+    async with (
+        aiohttp.ClientSession(headers=headers) as http,
+        http.get(f"{gw.fhir}/Patient") as response,
+    ):
+        assert response.status == 502
+        outcome = await response.json(content_type=None)
     assert "page the search" in outcome["issue"][0]["diagnostics"]
     upstream.headers = {"Transfer-Encoding": "chunked"}  # no Content-Length to go by
-    async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.get(f"{gw.fhir}/Patient") as response:
-            assert response.status == 502
+    async with (
+        aiohttp.ClientSession(headers=headers) as http,
+        http.get(f"{gw.fhir}/Patient") as response,
+    ):
+        assert response.status == 502
+
+
+async def test_p12_the_rate_limit_holds_across_instances(
+    start_gateway: StartGateway, upstream: ScriptedUpstream, local_stack_env: Stack
+) -> None:
+    first, token = await _gateway(
+        start_gateway, upstream, local_stack_env, rate_limit_per_client="10/minute"
+    )
+    second = await start_gateway(
+        upstream_url=upstream.base,
+        mongodb_uri=local_stack_env.mongo_uri,
+        mongodb_database=first.settings.mongodb_database,  # the same cluster
+        public_base_url=first.settings.public_base_url,  # behind the same address
+        rate_limit_per_client="10/minute",
+    )
+    statuses: list[int] = []
+    ports = (first.server.port, second.server.port)
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        for n in range(30):
+            async with http.get(f"http://127.0.0.1:{ports[n % 2]}/fhir/Patient/p1") as response:
+                statuses.append(response.status)
+                if response.status == 429:
+                    assert int(response.headers["Retry-After"]) >= 1
+    assert statuses.count(200) == 10  # not 10 per instance
+    assert statuses.count(429) == 20
+
+
+async def test_p12_a_burst_at_two_instances_lets_through_about_the_limit(
+    start_gateway: StartGateway, upstream: ScriptedUpstream, local_stack_env: Stack
+) -> None:
+    settings = {"rate_limit_per_client": "40/minute"}
+    first, token = await _gateway(start_gateway, upstream, local_stack_env, **settings)
+    second = await start_gateway(
+        upstream_url=upstream.base,
+        mongodb_uri=local_stack_env.mongo_uri,
+        mongodb_database=first.settings.mongodb_database,
+        public_base_url=first.settings.public_base_url,
+        **settings,
+    )
+    ports = (first.server.port, second.server.port)
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+
+        async def one(n: int) -> int:
+            async with http.get(f"http://127.0.0.1:{ports[n % 2]}/fhir/Patient/p1") as response:
+                return response.status
+
+        statuses = await asyncio.gather(*(one(n) for n in range(120)))
+    # Each instance alone would let 40 of its 60 through; together never more than 40, and less
+    # only by what the other instance has claimed and not spent.
+    assert 40 - 40 // 8 <= statuses.count(200) <= 40
+    assert statuses.count(200) + statuses.count(429) == 120

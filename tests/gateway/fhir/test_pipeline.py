@@ -110,6 +110,7 @@ def pipeline(steps: Steps) -> Pipeline:
         release=_As(answer=steps.answer, written=steps.written),  # type: ignore[arg-type]
         writes=_As(prepare=steps.prepare, check=steps.check),  # type: ignore[arg-type]
         cors=_As(),  # type: ignore[arg-type]
+        rate_limit=_As(),  # type: ignore[arg-type]
     )
 
 
