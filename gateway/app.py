@@ -36,7 +36,8 @@ from gateway.fhir.authenticate import Authenticator
 from gateway.fhir.consent_api import ConsentApi
 from gateway.fhir.consent_gate import ConsentGate
 from gateway.fhir.fetch import Fetcher
-from gateway.fhir.paging import PageSigner, load_secret
+from gateway.fhir.interaction import path_shape
+from gateway.fhir.paging import PageSealer, load_secret
 from gateway.fhir.pipeline import Pipeline
 from gateway.fhir.ratelimit import ClusterRateLimit
 from gateway.fhir.release import Release
@@ -48,8 +49,10 @@ from gateway.proxy.upstream import Upstream, create_session
 from gateway.settings import Settings, SettingsError, load_key_provider
 from gateway.web.cors import Cors
 from gateway.web.health import CHECK_TIMEOUT, Health
+from gateway.web.logs import AccessLogger
 from gateway.web.metrics import Metrics
 from gateway.web.middleware import add_request_id, middlewares
+from gateway.web.requestkeys import LOG_PATH
 from smart_auth.clock import Clock, system_clock
 from smart_auth.key_provider import KeyProvider
 
@@ -62,6 +65,7 @@ def runner_options(settings: Settings) -> dict[str, Any]:
         "max_line_size": max(65536, settings.max_url_bytes * 4),
         "max_field_size": max(65536, settings.max_header_bytes * 4),
         "max_headers": max(1024, settings.max_header_count * 4),
+        "access_log_class": AccessLogger,
     }
 
 
@@ -114,7 +118,7 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
     await rate_limit.ensure_indexes()
     fetcher = Fetcher(app[UPSTREAM], app[REWRITER], app[METRICS])
     gate = ConsentGate(consents, auth.clients, epochs)
-    signer = PageSigner(secret, settings.page_link_lifetime_seconds)
+    pages = PageSealer(secret, settings.page_link_lifetime_seconds)
     app[PIPELINE] = Pipeline(
         settings,
         authenticator=authenticator,
@@ -122,8 +126,8 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         fetcher=fetcher,
         consent=gate,
         consents=ConsentApi(consents, auth.revoker, auth.clients, settings.fhir_base_url),
-        signer=signer,
-        release=Release(fetcher, gate, signer, app[REWRITER], settings.fhir_base_url),
+        pages=pages,
+        release=Release(fetcher, gate, pages, app[REWRITER], settings.fhir_base_url),
         writes=WritePolicy(fetcher, gate),
         cors=Cors(auth.clients),
         rate_limit=rate_limit,
@@ -180,4 +184,5 @@ def create_app(
 
 async def _handle_fhir(request: web.Request) -> web.StreamResponse:
     """Every FHIR REST interaction under ``/fhir``."""
+    request[LOG_PATH] = path_shape(request.path)
     return await request.app[PIPELINE].handle(request)

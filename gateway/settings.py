@@ -189,8 +189,8 @@ class Settings(BaseSettings):
     page_link_lifetime_seconds: int = Field(default=3600, ge=10)
     paging_secret: SecretStr | None = Field(
         default=None,
-        description="HMAC key for signed paging links (default: generated once, kept in MongoDB "
-        "sealed by the key-encryption key).",
+        description="The secret paging links are encrypted under (default: generated once, kept "
+        "in MongoDB sealed by the key-encryption key).",
     )
     rate_limit_per_client: str = Field(
         default="1200/minute",

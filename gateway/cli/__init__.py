@@ -29,7 +29,7 @@ from gateway.cli import demo_env
 from gateway.cli.admin import CommandError, add_commands, register_demo_sync
 from gateway.localstack import EmbeddedError, local_stack
 from gateway.settings import Settings, SettingsError, load_settings
-from gateway.web.logs import AccessLogger, configure_logging
+from gateway.web.logs import configure_logging
 from smart_auth.key_provider import KeyProviderError, write_key_file
 
 log = logging.getLogger("gateway")
@@ -61,7 +61,6 @@ def _run(app: web.Application, settings: Settings, banner: str | None = None) ->
         app,
         host=settings.host,
         port=settings.port,
-        access_log_class=AccessLogger,
         print=(lambda _: print(banner, flush=True)) if banner else None,
         **runner_options(settings),
     )

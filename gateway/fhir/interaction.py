@@ -38,7 +38,7 @@ class Kind(StrEnum):
     TRANSACTION = "transaction"
     OPERATION = "operation"
     PAGE = "page"
-    """A signed paging link of the gateway's own (``_page/{token}``)."""
+    """A sealed paging link of the gateway's own (``_page/{token}``)."""
 
 
 SEARCH_KINDS = frozenset({Kind.SEARCH_TYPE, Kind.SEARCH_SYSTEM, Kind.SEARCH_COMPARTMENT})
@@ -223,3 +223,31 @@ def parse(
             params=params,
         )
     raise NotFound(f"'{path}' is not a FHIR interaction this gateway supports")
+
+
+_PATH_WORDS = frozenset({"_history", "_search", "metadata", ".well-known", "smart-configuration"})
+
+
+def path_shape(path: str, base: str = "/fhir") -> str:
+    """A FHIR path with its ids taken out, for the access log (P-14): ``/fhir/Patient/{id}``,
+    ``/fhir/Patient/{id}/_history/{vid}``, ``/fhir/Patient/{id}/$everything``, ``/fhir/_page``
+    for a followed paging link (its token is the search), ``{?}`` for anything not a resource
+    type, keyword or operation."""
+    shape = [base]
+    after = ""
+    for segment in path[len(base) :].strip("/").split("/"):
+        if not segment:
+            continue
+        if after == "" and segment == "_page":
+            return f"{base}/_page"
+        if after == "_history":
+            segment = "{vid}"
+        elif after in RESOURCE_TYPES and not segment.startswith(("$", "_")):
+            segment = "{id}"
+        elif len(segment) > 64 or not (
+            segment in RESOURCE_TYPES or segment in _PATH_WORDS or segment[:1] == "$"
+        ):
+            segment = "{?}"
+        shape.append(segment)
+        after = segment
+    return "/".join(shape)

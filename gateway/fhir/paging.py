@@ -1,21 +1,23 @@
-"""Opaque, signed paging links (DESIGN.md "Rules that make the pipeline safe"; SMART.md S-26).
+"""Opaque, sealed paging links (DESIGN.md "Rules that make the pipeline safe"; SMART.md S-26).
 
 Every ``next``/``previous``/``first``/``last`` link of a Bundle is replaced by the gateway's own
 URL, ``{fhir base}/_page/{token}``. The token carries the upstream link (relative to the upstream
 base, so following it can only reach the configured upstream, P-10), the interaction it
-continues, and the identity it was issued to (issuer, subject, client, patient), with an expiry;
-it is signed with HMAC-SHA256. Following a page link re-checks all of it: a changed byte, another
-token's identity or an expired link gets 403. The secret is shared by every gateway instance (a
-setting, or a random key kept in MongoDB sealed by the key provider, P-19), so a link works on any
-instance.
+continues, and the identity it was issued to (issuer, subject, client, patient), with an expiry.
+It is encrypted with AES-256-GCM (P-14: the search it continues names patients, and links end up
+in logs and browser histories): each token under its own key, derived with HKDF-SHA256 from the
+paging secret and a random salt the token carries, so no number of links wears the key out.
+Following a page link re-checks all of it: a changed byte, another token's identity or an expired
+link gets 403. The secret is shared by every gateway instance (a setting, or a random key kept in
+MongoDB sealed by the key provider, P-19), so a link works on any instance.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import hashlib
-import hmac
 import secrets
 import time
 from collections.abc import Sequence
@@ -23,6 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -38,6 +44,10 @@ _STATE = "gateway_state"
 _SECRET_ID = "paging_secret"  # noqa: S105 - the name of a document, not a secret
 _AAD = "paging-secret"
 _PAGE_RELATIONS = frozenset({"next", "previous", "prev", "first", "last"})
+_VERSION = "p1"
+_SALT_BYTES = 16
+_NONCE_BYTES = 12
+_TOKEN_AAD = b"fhir-gateway paging link"
 
 
 def _b64(data: bytes) -> str:
@@ -77,8 +87,8 @@ def _binding(context: AccessContext) -> list[str | None]:
     return [context.issuer, context.subject, context.client_id, context.patient]
 
 
-class PageSigner:
-    """Signs and opens paging tokens."""
+class PageSealer:
+    """Seals and opens paging tokens (the module's docstring)."""
 
     def __init__(self, secret: bytes, lifetime_seconds: int) -> None:
         if len(secret) < 32:
@@ -86,10 +96,11 @@ class PageSigner:
         self._secret = secret
         self._lifetime = lifetime_seconds
 
-    def _mac(self, payload: str) -> str:
-        return _b64(hmac.new(self._secret, payload.encode(), hashlib.sha256).digest())
+    def _cipher(self, salt: bytes) -> AESGCM:
+        key = HKDF(SHA256(), 32, salt, _TOKEN_AAD).derive(self._secret)
+        return AESGCM(key)
 
-    def sign(self, link: PageLink, context: AccessContext) -> str:
+    def seal(self, link: PageLink, context: AccessContext) -> str:
         body: dict[str, Any] = {
             "u": link.upstream,
             "k": link.kind,
@@ -99,18 +110,24 @@ class PageSigner:
             "b": _binding(context),
             "e": int(time.time()) + self._lifetime,
         }
-        payload = _b64(orjson.dumps(body))
-        return f"{payload}.{self._mac(payload)}"
+        salt, nonce = secrets.token_bytes(_SALT_BYTES), secrets.token_bytes(_NONCE_BYTES)
+        sealed = self._cipher(salt).encrypt(nonce, orjson.dumps(body), _TOKEN_AAD)
+        return f"{_VERSION}.{_b64(salt + nonce + sealed)}"
 
     def open(self, token: str, context: AccessContext) -> PageLink:
         """The link inside ``token``, if it is intact, unexpired and issued to ``context``."""
-        payload, _, mac = token.partition(".")
-        if not payload or not hmac.compare_digest(mac.encode(), self._mac(payload).encode()):
-            raise Forbidden("this paging link is not valid (it was altered or not issued here)")
+        version, _, data = token.partition(".")
         try:
-            body = orjson.loads(_unb64(payload))
-        except (ValueError, orjson.JSONDecodeError):
-            raise Forbidden("this paging link is not valid") from None
+            raw = _unb64(data)
+            if version != _VERSION or len(raw) <= _SALT_BYTES + _NONCE_BYTES:
+                raise ValueError
+            salt, rest = raw[:_SALT_BYTES], raw[_SALT_BYTES:]
+            plain = self._cipher(salt).decrypt(rest[:_NONCE_BYTES], rest[_NONCE_BYTES:], _TOKEN_AAD)
+            body = orjson.loads(plain)
+        except (ValueError, binascii.Error, InvalidTag, orjson.JSONDecodeError):
+            raise Forbidden(
+                "this paging link is not valid (it was altered or not issued here)"
+            ) from None
         if body.get("b") != _binding(context):
             raise Forbidden("this paging link was issued to another token's user, app or patient")
         if not isinstance(body.get("e"), int) or body["e"] < time.time():
@@ -124,7 +141,7 @@ class PageSigner:
             shaping=shaping,
         )
 
-    def sign_links(
+    def seal_links(
         self,
         bundle: dict[str, Any],
         decision: AccessDecision,
@@ -134,7 +151,7 @@ class PageSigner:
         self_url: str,
         shaping: Sequence[tuple[str, str]],
     ) -> None:
-        """Replace a Bundle's paging links by signed gateway links bound to the token, and its
+        """Replace a Bundle's paging links by sealed gateway links bound to the token, and its
         ``self`` link by the URL the caller asked for; other links go."""
         interaction = decision.interaction
         links: list[dict[str, str]] = [{"relation": "self", "url": self_url}] if self_url else []
@@ -152,7 +169,7 @@ class PageSigner:
                 letters="".join(sorted(decision.letters)),
                 shaping=tuple(shaping),
             )
-            token = self.sign(page, decision.policy.context)
+            token = self.seal(page, decision.policy.context)
             links.append({"relation": relation, "url": f"{fhir_base}/_page/{token}"})
         if links:
             bundle["link"] = links

@@ -13,7 +13,7 @@
 5. ``fetch``         the upstream (``fetch.py``); a read runs concurrently with the revocation
                      check and the consent read, a write waits for the revocation check
 6. ``release``       every resource checked again, decided by consent, minimised, shaped; totals,
-                     contained, includes; paging links signed (``release.py``)
+                     contained, includes; paging links sealed (``release.py``)
 7. (audit)           not built yet: releases are not yet recorded
 8. respond, with the CORS headers the caller's origin is entitled to (``gateway.web.cors``)
 
@@ -40,7 +40,7 @@ from gateway.fhir.context import AccessContext
 from gateway.fhir.fetch import Call, Fetcher
 from gateway.fhir.interaction import WRITE_KINDS, Kind, parse
 from gateway.fhir.metadata import capabilities
-from gateway.fhir.paging import PageSigner
+from gateway.fhir.paging import PageSealer
 from gateway.fhir.ratelimit import ClusterRateLimit
 from gateway.fhir.release import Release, conditional, read_call
 from gateway.fhir.representation import REPRESENTATION_TYPES, Representation
@@ -67,7 +67,7 @@ class Pipeline:
         fetcher: Fetcher,
         consent: ConsentGate,
         consents: ConsentApi,
-        signer: PageSigner,
+        pages: PageSealer,
         release: Release,
         writes: WritePolicy,
         cors: Cors,
@@ -79,7 +79,7 @@ class Pipeline:
         self._fetcher = fetcher
         self._consent = consent
         self._consents = consents
-        self._signer = signer
+        self._pages = pages
         self._release = release
         self._writes = writes
         self._cors = cors
@@ -98,9 +98,9 @@ class Pipeline:
         self._rate_limit = rate_limit
 
     @property
-    def signer(self) -> PageSigner:
-        """The signer of this gateway's paging links."""
-        return self._signer
+    def pages(self) -> PageSealer:
+        """What seals and opens this gateway's paging links."""
+        return self._pages
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """A request, with the CORS headers its origin is entitled to (S-07), errors included."""
@@ -175,7 +175,7 @@ class Pipeline:
             return await self._consents.handle(context, call.interaction, call.body, call.headers)
         if kind is Kind.PAGE:  # 3: the decision its search had, bound to this token
             assert call.interaction.page is not None
-            page = self._signer.open(call.interaction.page, context)
+            page = self._pages.open(call.interaction.page, context)
             answer = await self._fetcher.follow(page.upstream)
             if answer.status < 400 and (answer.body or {}).get("resourceType") != "Bundle":
                 raise Forbidden("this paging link does not lead to a Bundle")

@@ -25,7 +25,7 @@ from gateway.fhir.context import AccessContext
 from gateway.fhir.fetch import Call, Fetcher
 from gateway.fhir.filtering import filter_bundle, release_resource
 from gateway.fhir.interaction import HISTORY_KINDS, FhirInteraction, Kind, parse
-from gateway.fhir.paging import PageSigner
+from gateway.fhir.paging import PageSealer
 from gateway.proxy.answer import Answer
 from gateway.proxy.rewrite import UrlRewriter
 from gateway.web.errors import FhirError, Forbidden, NotFound
@@ -83,13 +83,13 @@ class Release:
         self,
         fetcher: Fetcher,
         consent: ConsentGate,
-        signer: PageSigner,
+        pages: PageSealer,
         rewriter: UrlRewriter,
         fhir_base: str,
     ) -> None:
         self._fetcher = fetcher
         self._consent = consent
-        self._signer = signer
+        self._pages = pages
         self._rewriter = rewriter
         self._fhir_base = fhir_base
 
@@ -147,7 +147,7 @@ class Release:
         kind = decision.interaction.kind
         if kind is Kind.HISTORY_INSTANCE and decision.patient_only and not bundle.get("entry"):
             raise NotFound(_HIDDEN)
-        self._signer.sign_links(
+        self._pages.seal_links(
             bundle,
             decision,
             rewriter=self._rewriter,

@@ -1,7 +1,9 @@
 """Application logging: every line carries the request id (also returned as ``X-Request-Id``).
 
-Logs never contain tokens, passwords or resource content (P-14); the access log therefore writes
-the path without its query string, which may hold patient identifiers.
+Logs never contain tokens, passwords, resource content or patient identifiers (P-14). The access
+log therefore writes a request's shape, not its path: no query string, a FHIR path by interaction
+and type with ids as ``{id}`` (``/fhir/Patient/{id}/_history/{vid}``), a followed paging link as
+``/fhir/_page``, and any other path as the route it matched (``/admin/consents/{consent_id}``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import logging
 from contextvars import ContextVar
 
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
+from aiohttp.web import BaseRequest, Request, StreamResponse
+
+from gateway.web.requestkeys import LOG_PATH
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
@@ -34,15 +38,29 @@ def configure_logging(level: str) -> None:
     root.setLevel(level)
 
 
+def loggable_path(request: BaseRequest) -> str:
+    """What the access log writes for ``request``'s path (the module's docstring): the shape its
+    handler recorded, else the route it matched."""
+    shape = request.get(LOG_PATH)
+    if isinstance(shape, str):
+        return shape
+    if isinstance(request, Request):
+        resource = request.match_info.route.resource
+        if resource is not None:
+            return resource.canonical
+    return "{unmatched}"
+
+
 class AccessLogger(AbstractAccessLogger):
-    """One line per request: method, path without query, status, duration, request id."""
+    """One line per request: method, path shape (:func:`loggable_path`), status, duration,
+    request id."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         self.logger.info(
             '%s "%s %s" %s %.1fms rid=%s',
             request.remote,
             request.method,
-            request.path,
+            loggable_path(request),
             response.status,
             time * 1000,
             response.headers.get("X-Request-Id", "-"),

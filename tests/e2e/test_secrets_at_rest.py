@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import hmac
 import os
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -28,6 +28,9 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from gateway.appkeys import AUTH, MONGO, PIPELINE
+from gateway.fhir.context import AccessContext
+from gateway.fhir.paging import PageSealer
+from gateway.web.errors import Forbidden
 from smart_auth.accounts import mfa
 from smart_auth.accounts.users import Role, UserStore
 from smart_auth.key_provider import (
@@ -39,6 +42,7 @@ from smart_auth.key_provider import (
     version_of,
 )
 from smart_auth.keys import KEYS, STATE, KeyRing, SigningKey
+from smart_auth.scopes import ScopeSet
 from tests.conftest import SESSION_KEK, RunningGateway, Stack, StartGateway
 from tests.e2e.conftest import TRUSTED_APP, register_client
 from tests.support.browser import Browser, Page
@@ -90,9 +94,23 @@ def _unb64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _mac(secret: bytes, payload: str) -> str:
-    """How a paging link is signed (HMAC-SHA-256 over its payload)."""
-    return _b64url(hmac.new(secret, payload.encode(), hashlib.sha256).digest())
+def _link(secret: bytes) -> PageSealer:
+    """How a paging link is sealed, with ``secret`` as the paging secret."""
+    return PageSealer(secret, 3600)
+
+
+def _context(token: str) -> AccessContext:
+    """The identity ``token`` carries (what a paging link is bound to), read from its claims."""
+    claims = orjson.loads(_unb64url(token.split(".")[1]))
+    return AccessContext(
+        issuer=claims["iss"],
+        subject=claims.get("sub"),
+        client_id=claims["client_id"],
+        scopes=ScopeSet.parse(claims["scope"]),
+        jti=claims["jti"],
+        expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        patient=claims.get("patient"),
+    )
 
 
 async def _status(gateway: RunningGateway, token: str, path: str = READ) -> int:
@@ -185,7 +203,7 @@ async def test_p19_no_private_key_paging_secret_or_totp_secret_in_clear(
     )
 
     private = (await auth.keys.signing_key()).key.as_dict(private=True)
-    paging = gateway.server.app[PIPELINE].signer._secret  # never leaves the process
+    paging = gateway.server.app[PIPELINE].pages._secret  # never leaves the process
     needles = [
         paging,
         _b64url(paging).encode(),
@@ -228,26 +246,34 @@ async def test_p19_database_alone_cannot_mint_a_token(gateway: RunningGateway) -
     # The same forging with the key the gateway holds in memory is what ``legit`` was (200).
 
 
-async def test_p19_database_alone_cannot_forge_a_paging_link(gateway: RunningGateway) -> None:
+async def test_p19_database_alone_cannot_read_or_forge_a_paging_link(
+    gateway: RunningGateway,
+) -> None:
     token = await _app_token(gateway)
-    payload, _, mac = (await _page_token(gateway, token)).partition(".")
-    body = orjson.loads(_unb64url(payload))
-    body["u"] = body["u"].replace("pat-amelia-rossi", "pat-maria-garcia")
-    forged = _b64url(orjson.dumps(body))
+    sealed = await _page_token(gateway, token)
+    link = _link(gateway.server.app[PIPELINE].pages._secret).open(sealed, _context(token))
+    assert "pat-amelia-rossi" in link.upstream  # what an attacker would read, or change
+    forged = replace(link, upstream=link.upstream.replace("pat-amelia-rossi", "pat-maria-garcia"))
 
     # Every value in the database, taken as the secret (raw, or hashed as a configured one is).
     values = [v for doc in await _documents(_db(gateway)) for _, v in _walk(doc)]
     candidates = [v for v in values if isinstance(v, bytes)]
     candidates += [v.encode() for v in values if isinstance(v, str)]
     candidates += [hashlib.sha256(v).digest() for v in list(candidates)]
+    candidates = [c for c in candidates if len(c) >= 32]
     assert len(candidates) > 20  # the sealed blobs, the keys, ids, names...
-    # Offline, as an attacker would test a guess against a link they hold: no candidate fits.
-    assert [c for c in candidates if _mac(c, payload) == mac] == []
-    # Sent anyway: refused.
-    for candidate in {c for c in candidates if len(c) >= 16}:
-        assert await _status(gateway, token, f"/_page/{forged}.{_mac(candidate, forged)}") == 403
-    # Control: the secret the gateway holds in memory (never in the database) does fit.
-    assert _mac(gateway.server.app[PIPELINE].signer._secret, payload) == mac
+    # Offline, as an attacker would try to open a link they hold: no candidate opens it.
+    for candidate in candidates:
+        with pytest.raises(Forbidden):
+            _link(candidate).open(sealed, _context(token))
+    # A link sealed with any of them for another patient: refused.
+    for candidate in set(candidates):
+        ours = _link(candidate).seal(forged, _context(token))
+        assert await _status(gateway, token, f"/_page/{ours}") == 403
+    # Control: the secret the gateway holds in memory (never in the database) does seal a link
+    # the gateway follows.
+    ours = _link(gateway.server.app[PIPELINE].pages._secret).seal(link, _context(token))
+    assert await _status(gateway, token, f"/_page/{ours}") == 200
 
 
 async def test_p19_a_signing_key_planted_in_the_database_is_not_trusted(
@@ -442,8 +468,8 @@ async def test_p19_secrets_stored_in_clear_are_sealed_at_start_up_by_two_instanc
                 assert await _status(gateway, old) == 200
             assert (await gateway.server.app[AUTH].keys.signing_key()).kid == "legacy-current"
             # The paging secret is the one from before, on both instances.
-            payload, _, mac = (await _page_token(gateway, await _app_token(gateway))).partition(".")
-            assert _mac(paging, payload) == mac
+            token = await _app_token(gateway)
+            _link(paging).open(await _page_token(gateway, token), _context(token))
         # The second factor works, sealed (P-04 with P-19).
         await _sign_in_with_totp(two, "legacy-admin", password, totp, time.time())
         # An account written in clear after the start-up sealing is sealed when it is read.

@@ -180,7 +180,7 @@ class Judge:
         for link in links:
             assert link["url"].startswith(self.fhir + "/") or link["url"] == self.fhir, link
             if link.get("relation") != "self":
-                assert PAGE_LINK.search(link["url"]), f"an unsigned paging link: {link}"
+                assert PAGE_LINK.search(link["url"]), f"not a sealed paging link: {link}"
         for entry in bundle.get("entry") or []:
             if "fullUrl" in entry:
                 assert entry["fullUrl"].startswith(self.fhir + "/"), entry["fullUrl"]

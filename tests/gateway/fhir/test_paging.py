@@ -1,7 +1,9 @@
-"""Signed paging links: tampering, another token, expiry."""
+"""Sealed paging links (S-26, P-14): tampering, another token, expiry, and nothing of the search
+readable in the token."""
 
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -9,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway.fhir.context import AccessContext
-from gateway.fhir.paging import PageLink, PageSigner
+from gateway.fhir.paging import PageLink, PageSealer
 from gateway.web.errors import Forbidden
 from smart_auth.scopes import ScopeSet
 
@@ -32,16 +34,16 @@ ALICE = AccessContext(
 
 
 def test_a_link_opens_for_the_token_it_was_issued_to() -> None:
-    signer = PageSigner(SECRET, 60)
-    assert signer.open(signer.sign(LINK, ALICE), ALICE) == LINK
+    pages = PageSealer(SECRET, 60)
+    assert pages.open(pages.seal(LINK, ALICE), ALICE) == LINK
     # A refreshed token of the same user, app and patient continues the same search.
-    assert signer.open(signer.sign(LINK, ALICE), replace(ALICE, jti="j2")) == LINK
+    assert pages.open(pages.seal(LINK, ALICE), replace(ALICE, jti="j2")) == LINK
 
 
 @pytest.mark.parametrize("position", [0, 5, 20, -10, -1])
 def test_changing_one_byte_is_refused(position: int) -> None:
-    signer = PageSigner(SECRET, 60)
-    token = signer.sign(LINK, ALICE)
+    pages = PageSealer(SECRET, 60)
+    token = pages.seal(LINK, ALICE)
     swapped = "A" if token[position] != "A" else "B"
     tampered = (
         token[:position] + swapped + token[position + 1 :]
@@ -49,7 +51,7 @@ def test_changing_one_byte_is_refused(position: int) -> None:
         else (token[: len(token) + position] + swapped + token[len(token) + position + 1 :])
     )
     with pytest.raises(Forbidden):
-        signer.open(tampered, ALICE)
+        pages.open(tampered, ALICE)
 
 
 @pytest.mark.parametrize(
@@ -62,21 +64,51 @@ def test_changing_one_byte_is_refused(position: int) -> None:
     ],
 )
 def test_another_tokens_identity_is_refused(other: AccessContext) -> None:
-    signer = PageSigner(SECRET, 60)
+    pages = PageSealer(SECRET, 60)
     with pytest.raises(Forbidden, match="another token"):
-        signer.open(signer.sign(LINK, ALICE), other)
+        pages.open(pages.seal(LINK, ALICE), other)
 
 
 def test_an_expired_link_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    signer = PageSigner(SECRET, 10)
-    token = signer.sign(LINK, ALICE)
+    pages = PageSealer(SECRET, 10)
+    token = pages.seal(LINK, ALICE)
     later = time.time() + 11
     monkeypatch.setattr(time, "time", lambda: later)
     with pytest.raises(Forbidden, match="expired"):
-        signer.open(token, ALICE)
+        pages.open(token, ALICE)
 
 
-def test_a_link_signed_with_another_secret_is_refused() -> None:
-    token = PageSigner(b"x" * 32, 60).sign(LINK, ALICE)
+def test_a_link_sealed_with_another_secret_is_refused() -> None:
+    token = PageSealer(b"x" * 32, 60).seal(LINK, ALICE)
     with pytest.raises(Forbidden):
-        PageSigner(SECRET, 60).open(token, ALICE)
+        PageSealer(SECRET, 60).open(token, ALICE)
+
+
+def test_p14_the_token_shows_nothing_of_the_search_or_who_made_it() -> None:
+    pages = PageSealer(SECRET, 60)
+    token = pages.seal(LINK, ALICE)
+    data = token.partition(".")[2]
+    raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+    for plain in ("Observation", "patient=Patient/a", "user-a", "app-1", "gw.example", "_offset"):
+        assert plain.encode() not in raw
+        assert plain not in token
+    # Every token is sealed afresh: the same link twice gives two unrelated tokens.
+    assert pages.seal(LINK, ALICE) != token
+    assert pages.open(pages.seal(LINK, ALICE), ALICE) == pages.open(token, ALICE) == LINK
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "p1.",
+        "p1.!!!",
+        "p1.AAAA",
+        "p2." + "A" * 80,
+        # A link as an earlier version signed it (readable payload, HMAC): no longer accepted.
+        "eyJ1IjoiL09ic2VydmF0aW9uIn0.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJlc2ln",
+    ],
+)
+def test_a_malformed_token_is_refused_not_an_error(token: str) -> None:
+    with pytest.raises(Forbidden, match="not valid"):
+        PageSealer(SECRET, 60).open(token, ALICE)

@@ -106,7 +106,7 @@ def pipeline(steps: Steps) -> Pipeline:
         fetcher=_As(fetch=steps.fetch),  # type: ignore[arg-type]
         consent=_As(start=steps.start, refusal=steps.refusal_for_read),  # type: ignore[arg-type]
         consents=_As(handle=steps.handle),  # type: ignore[arg-type]
-        signer=_As(),  # type: ignore[arg-type]
+        pages=_As(),  # type: ignore[arg-type]
         release=_As(answer=steps.answer, written=steps.written),  # type: ignore[arg-type]
         writes=_As(prepare=steps.prepare, check=steps.check),  # type: ignore[arg-type]
         cors=_As(),  # type: ignore[arg-type]
