@@ -120,3 +120,29 @@ def test_the_lock_files_satisfy_the_declared_ranges() -> None:
                 f"requirements/{lock}.lock pins {name}=={pins[name]}, outside {requirement}"
             )
     assert "multidict" in {r.name for r in runtime}  # imported by the gateway, so declared
+
+
+def test_every_file_the_packages_read_is_shipped() -> None:
+    """The container image installs the packages (not the checkout): every non-Python file in
+    them must match ``package-data``, or a page would lose its template or its translation."""
+    import fnmatch
+    import tomllib
+
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]
+    listed = subprocess.run(
+        ["git", "ls-files", "gateway", "smart_auth", "consent"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    missing = []
+    for name in listed:
+        package, _, inside = name.partition("/")
+        if name.endswith(".py") or inside.endswith("README.md"):
+            continue
+        if not any(fnmatch.fnmatch(inside, pattern) for pattern in package_data[package]):
+            missing.append(name)
+    assert not missing, missing

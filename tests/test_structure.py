@@ -24,6 +24,8 @@ LAYERS: dict[str, int] = {
     "gateway.audit": 50,
     # plumbing: the proxy to the FHIR server, the web layer, settings, the local stack
     "gateway.proxy": 40,
+    # the frame and the message catalogue of every server-rendered page
+    "gateway.pages": 35,
     "gateway.web": 30,
     "gateway.settings": 20,
     "gateway.localstack": 20,

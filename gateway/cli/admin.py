@@ -104,6 +104,8 @@ def _clients_add(args: argparse.Namespace) -> int:
                 manages_consent=args.manages_consent,
                 introspect_all_tokens=args.introspect_all_tokens,
                 url=args.url,
+                publisher=args.publisher,
+                privacy_policy_url=args.privacy_policy,
                 secret=_read(args.secret_file) if args.secret_file else None,
                 jwks=json.loads(_read(args.jwks_file)) if args.jwks_file else None,
                 jwks_uri=args.jwks_uri,
@@ -294,6 +296,8 @@ async def register_demo(services: AuthServices, fixtures: Path = FIXTURES) -> li
             manages_consent=bool(spec.get("manages_consent", False)),
             introspect_all_tokens=bool(spec.get("introspect_all_tokens", False)),
             url=spec.get("url"),
+            publisher=spec.get("publisher"),
+            privacy_policy_url=spec.get("privacy_policy_url"),
             secret=secret,
             jwks=jwks,
             jwks_uri=spec.get("jwks_uri"),
@@ -357,6 +361,14 @@ def add_commands(commands: Any, config_help: str) -> None:
     )
     add.add_argument("--origin", action="append", help="a CORS origin of the app; repeatable")
     add.add_argument("--url", help="the app's web address, shown on the consent screen")
+    add.add_argument(
+        "--publisher", help="who makes the app (a company, a hospital), shown to patients"
+    )
+    add.add_argument(
+        "--privacy-policy",
+        help="the https address of the app's privacy policy, linked from the consent screen "
+        "and the patient's connected apps",
+    )
     add.add_argument("--trusted", action="store_true", help="the hospital's own app (C-04)")
     add.add_argument(
         "--manages-consent",
