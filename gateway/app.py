@@ -19,6 +19,7 @@ from aiohttp import web
 from pymongo import AsyncMongoClient
 
 from consent.store import ConsentStore
+from gateway.account import setup_account
 from gateway.appkeys import (
     AUTH,
     CLOCK,
@@ -176,6 +177,7 @@ def create_app(
     checks = {"mongodb": mongo_answers, "upstream": upstream_answers}
     Health(checks, metrics, settings.metrics_token).add_routes(app)
     setup_authserver(app)  # before the catch-all /fhir route: it serves /fhir/.well-known/...
+    setup_account(app)
     app.cleanup_ctx.append(_pipeline_context)  # after the authorization server's (key ring)
     app.router.add_route("*", "/fhir", _handle_fhir)
     app.router.add_route("*", "/fhir/{path:.*}", _handle_fhir)

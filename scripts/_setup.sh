@@ -53,6 +53,7 @@ npm_ci() {
 npm_ci "$ROOT/fixtures/upstream" "the local FHIR server"
 if [ "$EXTRAS" = test ]; then
   npm_ci "$ROOT/fixtures/smart-js-app" "SMART's JavaScript client for the browser tests"
+  npm_ci "$ROOT/fixtures/axe" "axe-core for the accessibility checks of the browser tests"
 fi
 
 # The consent-screen browser tests drive Debian's Chromium with Playwright (never `playwright

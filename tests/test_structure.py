@@ -15,6 +15,8 @@ LAYERS: dict[str, int] = {
     # the application: the factory and the command line
     "gateway.cli": 90,
     "gateway.app": 80,
+    # the patient's own pages, on the authorization server's sign-in and pages
+    "gateway.account": 75,
     # the authorization server's web face, the typed app state it reads, the audit log
     "gateway.oauth": 70,
     "gateway.appkeys": 60,

@@ -213,7 +213,13 @@ async def mfa_setup_submit(request: web.Request) -> web.Response:
     next_url = f"/auth/continue?flow={flow_id}" if flow_id else "/auth/signed-in"
     if not flow_id:
         next_url = local_next(form.get("next")) or next_url
-    return render(request, "recovery_codes.html", codes=codes, next_url=next_url)
+    return render(
+        request,
+        "recovery_codes.html",
+        title=N_("Two-step verification is on"),
+        codes=codes,
+        next_url=next_url,
+    )
 
 
 async def continue_flow(request: web.Request) -> web.Response:

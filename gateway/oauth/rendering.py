@@ -86,7 +86,9 @@ _LOCAL_NEXT = re.compile(r"^/account(/[A-Za-z0-9/_.-]*)?(\?[A-Za-z0-9_.=&%-]*)?$
 def local_next(value: object) -> str | None:
     """A page to go to after signing in: one of the patient's own pages, or ``None`` (never
     another site: an open redirect would lend the gateway's name to a phishing page)."""
-    if isinstance(value, str) and len(value) <= 512 and _LOCAL_NEXT.match(value):
+    if not isinstance(value, str) or len(value) > 512 or ".." in value or "//" in value:
+        return None
+    if _LOCAL_NEXT.match(value):
         return value
     return None
 

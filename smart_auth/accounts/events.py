@@ -11,6 +11,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 COLLECTION = "security_events"
+SIGN_IN_KINDS = frozenset({"login", "mfa-failed"})
 RETENTION = timedelta(days=400)
 
 
@@ -21,6 +22,7 @@ class SecurityEvents:
     async def ensure_indexes(self) -> None:
         await self._events.create_index("expires_at", expireAfterSeconds=0)
         await self._events.create_index([("actor", 1), ("at", -1)])
+        await self._events.create_index([("kind", 1), ("detail.username", 1), ("at", -1)])
 
     async def record(
         self,
@@ -43,6 +45,19 @@ class SecurityEvents:
                 "expires_at": now + RETENTION,
             }
         )
+
+    async def sign_ins(self, user_id: str, username: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The account's recent sign-ins and failed attempts, newest first (P-18): its own
+        sign-ins and second-factor failures, and failed passwords typed for its username (a
+        failure has no actor: the answer never says whether the account exists, P-05)."""
+        query = {
+            "$or": [
+                {"actor": str(user_id), "kind": {"$in": list(SIGN_IN_KINDS)}},
+                {"kind": "login-failed", "detail.username": str(username)[:64]},
+            ]
+        }
+        cursor = self._events.find(query, {"_id": 0}).sort("at", -1).limit(limit)
+        return [doc async for doc in cursor]
 
     async def recent(self, actor: str, limit: int = 50) -> list[dict[str, Any]]:
         cursor = self._events.find({"actor": str(actor)}, {"_id": 0}).sort("at", -1).limit(limit)

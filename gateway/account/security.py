@@ -1,0 +1,193 @@
+"""The account's "Security" page (CONSENT.md C-21; SECURITY.md P-04, P-06, P-18): recent sign-ins
+and failed attempts (time, address, device), the sessions signed in now and the apps holding
+access, "sign out everywhere" (every session and every app's tokens), signing one device out,
+changing the password, turning two-step verification on or off and making new recovery codes;
+and, first, what to do when you suspect someone else used your account, linking to each of these.
+
+Changing the password, turning the second factor off and new recovery codes ask for the current
+password (a session left open on a shared computer must not be enough); wrong passwords count
+towards the sign-in lock (P-05). Every step is recorded as a security event (P-18).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from gateway.account.viewer import Form, Viewer, done, page, viewer
+from gateway.appkeys import AUTH, SETTINGS, UPSTREAM
+from gateway.oauth.actsfor import patient_names
+from gateway.oauth.rendering import SESSION_COOKIE, clear_cookie, client_address, record, render
+from gateway.pages.i18n import N_
+from smart_auth.accounts import mfa
+from smart_auth.accounts.passwords import WeakPassword, verify_password
+from smart_auth.accounts.users import Role, User
+
+WRONG_PASSWORD = N_("That is not your current password. Nothing was changed.")
+_MESSAGES = {
+    "password": N_("Your password is changed. Your other devices were signed out."),
+    "mfa-on": N_("Two-step verification is on."),
+    "mfa-off": N_("Two-step verification is off."),
+    "session-ended": N_("That device was signed out."),
+}
+
+
+def _mfa_optional(request: web.Request, user: User) -> bool:
+    """Whether this account may turn its second factor off (P-04)."""
+    if user.role is Role.ADMIN:
+        return False
+    return not (user.role is Role.PATIENT and request.app[SETTINGS].mfa_required_for_patients)
+
+
+async def _view(request: web.Request, who: Viewer, status: int = 200, **extra: Any) -> web.Response:
+    auth = request.app[AUTH]
+    user = who.user
+    grants = await auth.grants.active_for_user(user.user_id)
+    clients = {g.client_id: await auth.clients.get(g.client_id) for g in grants}
+    patients = {g.patient for g in grants if g.patient}
+    names = await patient_names(request.app[UPSTREAM], tuple(sorted(patients)))
+    apps = [
+        {
+            "name": client.name if (client := clients[g.client_id]) else g.client_id,
+            "patient": names.get(g.patient or "", ""),
+            "patient_id": g.patient,
+            "since": g.created_at,
+            "until": g.expires_at,
+        }
+        for g in grants
+    ]
+    message = _MESSAGES.get(str(request.query.get("done", "")))
+    return page(
+        request,
+        who,
+        "security.html",
+        status,
+        section="security",
+        sign_ins=await auth.events.sign_ins(user.user_id, user.username),
+        sessions=await auth.sessions.of_user(user.user_id),
+        apps=apps,
+        mfa_optional=_mfa_optional(request, user),
+        message=message if status == 200 else None,
+        errors=extra.get("errors", {}),
+        error_params=extra.get("error_params", {}),
+    )
+
+
+async def security_page(request: web.Request) -> web.Response:
+    return await _view(request, await viewer(request, about_data=False))
+
+
+def _signed_out(request: web.Request) -> web.Response:
+    response = render(request, "logout.html", csrf="", signed_in=False)
+    clear_cookie(response, SESSION_COOKIE)
+    return response
+
+
+async def sign_out_everywhere(request: web.Request) -> web.Response:
+    """P-06, P-18: every session of the account and every app's tokens end."""
+    who = await viewer(request, await request.post(), about_data=False)
+    sessions, grants = await request.app[AUTH].revoker.sign_out_everywhere(who.user.user_id)
+    await record(
+        request,
+        "sign-out-everywhere",
+        actor=who.user.user_id,
+        detail={"sessions": sessions, "grants": grants, "from": "account-pages"},
+    )
+    return _signed_out(request)
+
+
+async def end_session(request: web.Request) -> web.Response:
+    """Sign one device out (its session ends; the apps it approved keep their access)."""
+    form = await request.post()
+    who = await viewer(request, form, about_data=False)
+    target = str(form.get("session", ""))
+    if not await request.app[AUTH].sessions.end_session(who.user.user_id, target):
+        return await _view(
+            request, who, 400, errors={"sessions": N_("That device is signed out already.")}
+        )
+    await record(request, "session-ended", actor=who.user.user_id, detail={"from": "account-pages"})
+    if target == who.session.session_id:
+        return _signed_out(request)
+    raise done(who, "/account/security", done="session-ended")
+
+
+async def _password_checked(request: web.Request, who: Viewer, form: Form) -> bool:
+    """The current password typed in ``form`` is right (failures count towards the lock)."""
+    auth = request.app[AUTH]
+    user, address = who.user, client_address(request)
+    typed = str(form.get("current", ""))[:1024]
+    if await auth.throttle.locked(user.username, address):
+        return False
+    if await asyncio.to_thread(verify_password, typed, user.password_hash):
+        return True
+    await auth.throttle.failed(user.username, address)
+    await record(request, "password-check-failed", actor=user.user_id, detail={})
+    return False
+
+
+async def change_password(request: web.Request) -> web.Response:
+    form = await request.post()
+    who = await viewer(request, form, about_data=False)
+    if not await _password_checked(request, who, form):
+        return await _view(request, who, 400, errors={"password": WRONG_PASSWORD})
+    new, again = str(form.get("new", ""))[:1024], str(form.get("again", ""))[:1024]
+    if new != again:
+        error = N_("The two new passwords are not the same. Nothing was changed.")
+        return await _view(request, who, 400, errors={"password": error})
+    auth = request.app[AUTH]
+    try:
+        await auth.users.set_password(who.user.user_id, new, who.user.username)
+    except WeakPassword as exc:
+        return await _view(
+            request, who, 400, errors={"password": exc.message}, error_params=exc.params
+        )
+    ended = await auth.sessions.end_others(who.user.user_id, who.session.session_id)
+    await record(
+        request, "password-changed", actor=who.user.user_id, detail={"other_sessions": ended}
+    )
+    raise done(who, "/account/security", done="password")
+
+
+async def mfa_off(request: web.Request) -> web.Response:
+    form = await request.post()
+    who = await viewer(request, form, about_data=False)
+    if not _mfa_optional(request, who.user):
+        error = N_("Your account must keep two-step verification.")
+        return await _view(request, who, 403, errors={"mfa": error})
+    if not await _password_checked(request, who, form):
+        return await _view(request, who, 400, errors={"mfa": WRONG_PASSWORD})
+    await request.app[AUTH].users.disable_mfa(who.user.user_id)
+    await record(request, "mfa-disabled", actor=who.user.user_id, detail={})
+    raise done(who, "/account/security", done="mfa-off")
+
+
+async def new_recovery_codes(request: web.Request) -> web.Response:
+    form = await request.post()
+    who = await viewer(request, form, about_data=False)
+    if not who.user.mfa_enrolled:
+        error = N_("Turn two-step verification on first.")
+        return await _view(request, who, 400, errors={"mfa": error})
+    if not await _password_checked(request, who, form):
+        return await _view(request, who, 400, errors={"mfa": WRONG_PASSWORD})
+    codes = mfa.new_recovery_codes()
+    digests = [mfa.recovery_digest(who.user.user_id, code) for code in codes]
+    await request.app[AUTH].users.replace_recovery_codes(who.user.user_id, digests)
+    await record(request, "recovery-codes-renewed", actor=who.user.user_id, detail={})
+    return render(
+        request,
+        "recovery_codes.html",
+        title=N_("New recovery codes"),
+        codes=codes,
+        next_url="/account/security",
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/account/security", security_page)
+    app.router.add_post("/account/security/sign-out-everywhere", sign_out_everywhere)
+    app.router.add_post("/account/security/sessions/end", end_session)
+    app.router.add_post("/account/security/password", change_password)
+    app.router.add_post("/account/security/mfa/off", mfa_off)
+    app.router.add_post("/account/security/recovery-codes", new_recovery_codes)
