@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway.admin_cli import CommandError, add_commands, register_demo_sync
 from gateway.app import create_app, runner_options
+from gateway.audit.cli import add_commands as add_audit_commands
 from gateway.embedded import EmbeddedError, local_stack
 from gateway.logs import AccessLogger, configure_logging
 from gateway.settings import Settings, SettingsError, load_settings
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_demo)
     add_commands(commands, "a TOML settings file (environment wins over it)")
+    add_audit_commands(commands, "a TOML settings file (environment wins over it)")
     return parser
 
 
