@@ -36,7 +36,8 @@ from consent.decide import Basis, Decision
 from gateway.audit.chain import EMPTY, Chain, link
 from gateway.audit.events import request_events
 from gateway.audit.facts import Observer, PatientRelease, RequestFacts
-from gateway.audit.log import AuditLog, write_concern
+from gateway.audit.log import AuditLog
+from gateway.audit.records import write_concern
 from gateway.audit.store import EVENTS, ensure_indexes
 from gateway.embedded import EmbeddedMongo
 

@@ -4,9 +4,8 @@ when they cannot be (then nothing may be released: the FHIR error middleware ans
 
 - **Group commit** (A-09). Callers queue their events; one writer task takes everything queued
   (up to ``max_batch`` events), links it to the chain in queue order and writes it with one
-  ordered ``insert_many``; meanwhile the next callers queue up. Write concern: journaled
-  (``j``), and ``w: majority`` when MongoDB is a replica set or sharded (``hello`` says so at
-  start-up). Every write is bounded by ``write_timeout`` (PyMongo's ``timeout()``).
+  ordered, journaled, time-bounded ``insert_many`` (:mod:`gateway.audit.records`); meanwhile the
+  next callers queue up.
 - **Spool** (A-08). When MongoDB fails (any ``PyMongoError``, the timeout included) the batch is
   appended to the local spool and fsynced instead, and so is everything after it, so a chain's
   order holds. A replay task writes the spool into MongoDB in order (idempotently: the event id
@@ -28,10 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
@@ -40,8 +38,7 @@ from typing import Any
 
 import pymongo
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, PyMongoError
-from pymongo.write_concern import WriteConcern
+from pymongo.errors import PyMongoError
 
 from gateway.audit import retention
 from gateway.audit.chain import EMPTY, Chain, Head, head_of
@@ -49,9 +46,8 @@ from gateway.audit.checkpoints import CheckpointStore, Signer, public_jwk, sign
 from gateway.audit.errors import AuditError, AuditUnavailable, ChainInUse, SpoolCorrupt
 from gateway.audit.events import request_events
 from gateway.audit.facts import Observer, RequestFacts
+from gateway.audit.records import PositionTaken, RecordStore
 from gateway.audit.spool import Spool
-from gateway.audit.store import EVENTS, ensure_indexes
-from gateway.settings import Settings
 
 log = logging.getLogger("gateway.audit")
 
@@ -59,7 +55,6 @@ _REPLAY_BATCH = 500
 _RETRY_MIN = 0.2
 _RETRY_MAX = 5.0
 _RETENTION_EVERY = 3600.0
-_DUPLICATE_KEY = 11000
 
 
 class Mode(StrEnum):
@@ -87,24 +82,9 @@ class _Waiter:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
-class _SeqTaken(Exception):
-    """The chain position a record was linked to is already taken in MongoDB."""
-
-    def __init__(self, index: int) -> None:
-        super().__init__(f"the chain position of batch record {index} is taken")
-        self.index = index
-
-
-async def write_concern(db: AsyncDatabase[dict[str, Any]]) -> WriteConcern:
-    """Journaled, and acknowledged by a majority where there is one to ask."""
-    hello = await db.client.admin.command("hello")
-    replicated = "setName" in hello or hello.get("msg") == "isdbgrid"
-    return WriteConcern(w="majority" if replicated else 1, j=True)
-
-
 class AuditLog:
     """One gateway instance's audit chain: ``await start()``, ``await record(...)``, ``await
-    close()`` (or :func:`open_audit`)."""
+    close()`` (or :func:`gateway.audit.runtime.open_audit`)."""
 
     def __init__(
         self,
@@ -145,7 +125,7 @@ class AuditLog:
         self._reverted: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
-        self._events = db[EVENTS]
+        self._records = RecordStore(db, write_timeout)
         self._checkpoints = CheckpointStore(db)
 
     @property
@@ -160,9 +140,7 @@ class AuditLog:
     # --- life cycle
 
     async def start(self) -> None:
-        await ensure_indexes(self._db)
-        concern = await write_concern(self._db)
-        self._events = self._db.get_collection(EVENTS, write_concern=concern)
+        concern = await self._records.open()
         self._checkpoints = CheckpointStore(self._db, concern)
         try:
             state = await asyncio.to_thread(self._spool.open, self._lock_timeout)
@@ -172,7 +150,7 @@ class AuditLog:
                 f"{exc.strerror or exc} (setting audit_spool_dir)"
             ) from None
         try:
-            stored = await self._stored_head()
+            stored = await self._records.head(self.chain)
             latest = await self._checkpoints.latest(self.chain)
         except BaseException:
             self._spool.close()
@@ -303,10 +281,10 @@ class AuditLog:
         if self._mode is Mode.MONGODB:
             try:
                 try:
-                    await self._insert(records)
-                except _SeqTaken as taken:
+                    await self._records.insert(records)
+                except PositionTaken as taken:
                     records = await self._adopt_landed(taken, events)
-                    await self._insert(records)
+                    await self._records.insert(records)
             except PyMongoError as exc:
                 log.warning(
                     "audit chain %s: MongoDB did not take %d event(s) (%s); spooling",
@@ -332,43 +310,15 @@ class AuditLog:
             raise AuditUnavailable() from None
         self._spooled.set()
 
-    async def _insert(self, records: list[dict[str, Any]]) -> None:
-        """An ordered ``insert_many`` within the write timeout; records whose ``_id`` is already
-        stored (written before, by a replay or a write that timed out yet landed) are skipped."""
-        remaining = records
-        with pymongo.timeout(self._write_timeout):
-            while remaining:
-                try:
-                    await self._events.insert_many(remaining, ordered=True)
-                    return
-                except BulkWriteError as exc:
-                    errors = exc.details.get("writeErrors") or []
-                    if not errors or errors[0].get("code") != _DUPLICATE_KEY:
-                        raise
-                    index = int(errors[0]["index"])
-                    if set(errors[0].get("keyPattern") or {"_id": 1}) != {"_id"}:
-                        raise _SeqTaken(index) from None
-                    await self._same_as_stored(remaining[index])
-                    remaining = remaining[index + 1 :]
-
-    async def _same_as_stored(self, record: Mapping[str, Any]) -> None:
-        """An ``_id`` already stored must be this very record (written before); anything else
-        would leave a hole in the chain."""
-        stored = await self._events.find_one({"_id": record["_id"]}, {"hash": 1})
-        if stored is None or stored.get("hash") != record["hash"]:
-            raise AuditError(f"audit chain {self.chain}: an event id was recorded twice")
-
     async def _adopt_landed(
-        self, taken: _SeqTaken, events: list[dict[str, Any]]
+        self, taken: PositionTaken, events: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
         """The chain position is taken. If what holds it is a batch of ours that was refused
         (its write timed out, the spool failed too) and landed after all, it is part of the
         chain now: link after it. Otherwise another process writes this chain: refuse."""
         first = self._chain.head.seq - len(events) + 1
         try:
-            with pymongo.timeout(self._write_timeout):
-                cursor = self._events.find({"chain": self.chain, "seq": {"$gte": first}})
-                landed = [doc async for doc in cursor.sort("seq", 1)]
+            landed = await self._records.from_seq(self.chain, first)
         except PyMongoError:
             raise AuditUnavailable() from None
         ours = bool(landed) and all(str(doc["_id"]) in self._reverted for doc in landed)
@@ -404,7 +354,7 @@ class AuditLog:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
-            except (_SeqTaken, SpoolCorrupt, OSError) as exc:
+            except (PositionTaken, SpoolCorrupt, OSError) as exc:
                 log.error("audit chain %s: the spool cannot be replayed: %s", self.chain, exc)
                 await asyncio.sleep(_RETRY_MAX)
             except Exception:  # the replay must outlive any surprise
@@ -422,7 +372,7 @@ class AuditLog:
                 )
                 if not records:
                     raise SpoolCorrupt(f"{self._spool.path}: spooled records are missing")
-                await self._insert(records)
+                await self._records.insert(records)
                 self._replayed = position
                 self._wrote(records)
                 continue
@@ -477,10 +427,6 @@ class AuditLog:
                     type(exc).__name__,
                 )
 
-    async def _stored_head(self) -> Head | None:
-        doc = await self._events.find_one({"chain": self.chain}, sort=[("seq", -1)])
-        return None if doc is None else head_of(doc)
-
 
 def _settle(waiters: list[_Waiter], *, failed: bool) -> None:
     for waiter in waiters:
@@ -496,51 +442,3 @@ def _retrieve(future: asyncio.Future[None]) -> None:
     """Mark a failure as seen even when its caller has gone (a cancelled request)."""
     if not future.cancelled():
         future.exception()
-
-
-def default_chain_name(port: int) -> str:
-    """The host's name and the port: stable across restarts, distinct between instances."""
-    return f"{socket.gethostname()}:{port}"
-
-
-def from_settings(
-    settings: Settings,
-    db: AsyncDatabase[dict[str, Any]],
-    signer: Signer | None,
-    *,
-    chain: str | None = None,
-    lock_timeout: float = 0.0,
-) -> AuditLog:
-    """The audit log these settings describe (``chain`` overrides ``audit_chain_name``)."""
-    name = chain or settings.audit_chain_name or default_chain_name(settings.port)
-    return AuditLog(
-        db,
-        settings.audit_spool_dir,
-        Observer(name, settings.fhir_base_url),
-        signer,
-        write_timeout=settings.audit_write_timeout_seconds,
-        checkpoint_events=settings.audit_checkpoint_events,
-        checkpoint_seconds=settings.audit_checkpoint_seconds,
-        retention_period=timedelta(days=settings.audit_retention_days),
-        lock_timeout=lock_timeout,
-    )
-
-
-@contextlib.asynccontextmanager
-async def open_audit(
-    settings: Settings,
-    db: AsyncDatabase[dict[str, Any]],
-    signer: Signer | None,
-    *,
-    chain: str | None = None,
-    lock_timeout: float = 0.0,
-) -> AsyncIterator[AuditLog]:
-    """The audit log of these settings, started; written out and closed on exit. For the
-    application's cleanup context, and for commands (pass them their own ``chain``, e.g.
-    ``f"{host}:cli"``, and a ``lock_timeout`` to wait for another command)."""
-    audit = from_settings(settings, db, signer, chain=chain, lock_timeout=lock_timeout)
-    await audit.start()
-    try:
-        yield audit
-    finally:
-        await audit.close()

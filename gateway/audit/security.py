@@ -254,12 +254,14 @@ def app_authorization(
         entities.append(patient_entity(patient))
     if consent_id:
         entities.append(data_entity(f"Consent/{consent_id}"))
-    entities.append(_object_entity(c.BALP_AUTHZ, "scope", [detail("scope", scope[:2000])]))
+    entities.append(_object_entity(CLIENT_SYSTEM, client_id, [detail("scope", scope[:2000])]))
     return _event(
         observer,
         replace(actor, client_id=client_id),
         type_=c.dicom(c.SECURITY_ALERT),
-        subtype=c.coding(c.BALP_AUTHZ, "AuthZ-Consent", "Authorization Decision using Consent"),
+        subtype=c.coding(
+            c.BALP_AUTHZ, "AuthZ-Consent", "Authorization Decision using Roles and Consent"
+        ),
         action=c.EXECUTE,
         entities=entities,
         succeeded=permitted,
@@ -293,7 +295,7 @@ def token_issued(
     details = [detail("grant_type", grant_type), detail("scope", scope[:2000])]
     entities.append(_token_entity(jti, details))
     subtype = (
-        c.coding(c.BALP_AUTHZ, "AuthZ-Consent", "Authorization Decision using Consent")
+        c.coding(c.BALP_AUTHZ, "AuthZ-Consent", "Authorization Decision using Roles and Consent")
         if patient
         else c.coding(c.BALP_AUTHZ, "AuthZ-Role", "Authorization Decision using only Roles")
     )
@@ -335,7 +337,7 @@ def token_revoked(
     if jti:
         entities.append(_token_entity(jti, details))
     else:
-        entities.append(_object_entity(c.BALP_AUTHZ, f"grant:{grant_id or 'all'}", details))
+        entities.append(_object_entity(c.GRANT_SYSTEM, grant_id or "all", details))
     return _event(
         observer,
         actor,
@@ -404,7 +406,7 @@ def key_rotated(
         type_=c.dicom(c.SECURITY_ALERT),
         subtype=c.dicom(c.SECURITY_CONFIGURATION),
         action=c.UPDATE,
-        entities=[_object_entity("urn:fhir-gateway:signing-key", new_kid, details)],
+        entities=[_object_entity(c.SIGNING_KEY_SYSTEM, new_kid, details)],
         at=at,
         ids=ids,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -19,8 +20,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from gateway.audit.errors import AuditUnavailable
 from gateway.audit.log import AuditLog, Mode
+from gateway.audit.runtime import from_settings, open_audit
 from gateway.audit.store import CHECKPOINTS, EVENTS, KEYS
 from gateway.audit.verify import verify_all
+from gateway.settings import load_settings
 from smart_auth.keys import KeyRing
 from tests.audit.conftest import OpenLog, audit_client
 from tests.audit.samples import event
@@ -215,3 +218,23 @@ async def test_a07_the_same_event_recorded_twice_is_refused_and_leaves_no_hole(
     await log.record([event()])
     assert [r["seq"] for r in await stored(db)] == [1, 2]
     assert (await verify_all(db)).ok
+
+
+async def test_a08_the_audit_log_of_the_settings(
+    local_stack_env: Stack, db: AsyncDatabase[dict[str, Any]], spool_dir: Path
+) -> None:
+    settings = load_settings(
+        mongodb_uri=local_stack_env.mongo_uri,
+        mongodb_database=db.name,
+        port=8765,
+        audit_spool_dir=spool_dir,
+        audit_checkpoint_events=2,
+    )
+    async with open_audit(settings, db, KeyRing(db)) as audit:
+        assert audit.chain == f"{socket.gethostname()}:8765"
+        assert audit.observer.fhir_base == "http://127.0.0.1:8080/fhir"
+        await audit.record([event(), event()])
+    named = load_settings(mongodb_uri=local_stack_env.mongo_uri, audit_chain_name="gw-1")
+    assert from_settings(named, db, None).chain == "gw-1"
+    report = await verify_all(db)
+    assert report.ok and report.records == 2 and report.checkpoints == 1
