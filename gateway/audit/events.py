@@ -215,7 +215,7 @@ def _query_entity(facts: RequestFacts) -> dict[str, Any]:
     return {
         "type": c.coding(c.ENTITY_TYPE, *c.SYSTEM_OBJECT),
         "role": c.coding(c.OBJECT_ROLE, *c.ROLE_QUERY),
-        "query": base64.b64encode(raw.encode()).decode("ascii"),
+        "query": base64.b64encode(raw.encode("utf-8", "surrogateescape")).decode("ascii"),
     }
 
 

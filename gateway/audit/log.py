@@ -55,6 +55,7 @@ _REPLAY_BATCH = 500
 _RETRY_MIN = 0.2
 _RETRY_MAX = 5.0
 _RETENTION_EVERY = 3600.0
+_REVERTED_MAX = 10_000
 
 
 class Mode(StrEnum):
@@ -252,6 +253,8 @@ class AuditLog:
                 await self._write(records, [event for w in linked for event in w.events])
             except Exception as exc:
                 self._chain.head = before
+                if len(self._reverted) > _REVERTED_MAX:  # a long outage: keep the latest only
+                    self._reverted.clear()
                 self._reverted.update(str(record["_id"]) for record in records)
                 if not isinstance(exc, AuditUnavailable):
                     log.error(
@@ -343,12 +346,13 @@ class AuditLog:
 
     async def _replay_loop(self) -> None:
         delay = _RETRY_MIN
-        while True:
+        while self._running:
             await self._spooled.wait()
             try:
                 await self._replay()
                 delay = _RETRY_MIN
             except PyMongoError as exc:
+                _reraise_cancellation()
                 log.info(
                     "audit chain %s: replay waits for MongoDB (%s)", self.chain, type(exc).__name__
                 )
@@ -358,6 +362,7 @@ class AuditLog:
                 log.error("audit chain %s: the spool cannot be replayed: %s", self.chain, exc)
                 await asyncio.sleep(_RETRY_MAX)
             except Exception:  # the replay must outlive any surprise
+                _reraise_cancellation()
                 log.exception("audit chain %s: replay failed", self.chain)
                 await asyncio.sleep(_RETRY_MAX)
 
@@ -411,9 +416,10 @@ class AuditLog:
 
     async def _maintain_loop(self) -> None:
         next_expiry = time.monotonic()
-        while True:
+        while self._running:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._checkpoint_due.wait(), self._checkpoint_seconds)
+                async with asyncio.timeout(self._checkpoint_seconds):
+                    await self._checkpoint_due.wait()
             self._checkpoint_due.clear()
             try:
                 await self.checkpoint()
@@ -421,6 +427,7 @@ class AuditLog:
                     await self.expire()
                     next_expiry = time.monotonic() + _RETENTION_EVERY
             except Exception as exc:  # (PyMongoError, a key that cannot be read...): next time
+                _reraise_cancellation()
                 log.warning(
                     "audit chain %s: checkpoint or expiry failed (%s)",
                     self.chain,
@@ -436,6 +443,15 @@ def _settle(waiters: list[_Waiter], *, failed: bool) -> None:
             waiter.done.set_exception(AuditUnavailable())
         else:
             waiter.done.set_result(None)
+
+
+def _reraise_cancellation() -> None:
+    """Called where a loop catches ``Exception``: when this task is being cancelled (close()),
+    stop. PyMongo can turn a cancellation that reaches it mid-operation into one of its own
+    errors, and a loop that carried on would keep close() waiting for ever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

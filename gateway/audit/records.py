@@ -6,10 +6,10 @@
   ``w: 1``. SecantusDB reports itself as a one-member replica set and accepts ``majority``.
 - Every insert is ordered and bounded by the write timeout (PyMongo's ``timeout()``, which covers
   server selection too), so a slow or absent database becomes an error in bounded time.
-- Inserts are idempotent: a record whose ``_id`` (its event's id) is already stored is skipped —
-  after checking that the stored one is this very record — so a replay, or a write that timed
-  out and landed after all, never stores anything twice. A chain position (``chain``, ``seq``,
-  unique) held by another record raises :class:`PositionTaken`.
+- Inserts are idempotent: a record already stored (the same ``_id`` — its event's id —,
+  position and hash) is skipped, so a replay, or a write that failed or timed out yet landed,
+  never stores anything twice. A chain position (``chain``, ``seq``, unique) held by another
+  record raises :class:`PositionTaken`; an event id already used elsewhere, an ``AuditError``.
 """
 
 from __future__ import annotations
@@ -71,17 +71,20 @@ class RecordStore:
                     if not errors or errors[0].get("code") != _DUPLICATE_KEY:
                         raise
                     index = int(errors[0]["index"])
-                    if set(errors[0].get("keyPattern") or {"_id": 1}) != {"_id"}:
-                        raise PositionTaken(index) from None
-                    await self._same_as_stored(remaining[index])
+                    by_id = set(errors[0].get("keyPattern") or {"_id": 1}) == {"_id"}
+                    await self._stored_already(remaining[index], index, by_id)
                     remaining = remaining[index + 1 :]
 
-    async def _same_as_stored(self, record: Mapping[str, Any]) -> None:
-        """An ``_id`` already stored must be this very record; anything else would leave a hole
-        in the chain."""
-        stored = await self._events.find_one({"_id": record["_id"]}, {"hash": 1})
-        if stored is None or stored.get("hash") != record["hash"]:
+    async def _stored_already(self, record: Mapping[str, Any], index: int, by_id: bool) -> None:
+        """A duplicate key: fine if this very record is stored (same id, position and hash: a
+        write that failed or timed out had landed). Which unique index a server names first
+        when both are duplicated varies, so both cases are looked at the same way."""
+        same = {key: record[key] for key in ("_id", "chain", "seq", "hash")}
+        if await self._events.find_one(same, {"_id": 1}) is not None:
+            return
+        if by_id:
             raise AuditError(f"audit chain {record['chain']}: an event id was recorded twice")
+        raise PositionTaken(index)
 
     async def head(self, chain: str) -> Head | None:
         """The chain's last stored record."""
