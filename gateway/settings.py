@@ -209,6 +209,22 @@ class Settings(BaseSettings):
         description="Bearer token that /metrics requires; without one /metrics is not served.",
     )
 
+    # --- the audit log (AUDIT.md A-07 … A-13)
+    audit_chain_name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._:@-]{1,100}$",
+        description="This instance's audit chain; unique per running instance, stable across its "
+        "restarts (default: host name and port).",
+    )
+    audit_spool_dir: Path = Field(
+        default=Path("audit-spool"),
+        description="Local directory where audit events wait, fsynced, while MongoDB is down.",
+    )
+    audit_write_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    audit_checkpoint_events: int = Field(default=1000, ge=1)
+    audit_checkpoint_seconds: float = Field(default=300.0, gt=0)
+    audit_retention_days: int = Field(default=2192, ge=1)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("upstream_aliases", mode="before")

@@ -21,7 +21,8 @@ LAYERS: dict[str, int] = {
     # the FHIR API and what it shares with the administration side
     "gateway.fhir": 50,
     "gateway.erasure": 50,
-    "gateway.audit": 50,
+    # the audit trail, which the FHIR API and the authorization server write to
+    "gateway.audit": 45,
     # plumbing: the proxy to the FHIR server, the web layer, settings, the local stack
     "gateway.proxy": 40,
     "gateway.web": 30,

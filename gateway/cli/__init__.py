@@ -25,6 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.app import create_app, runner_options
+from gateway.audit.cli import add_commands as add_audit_commands
 from gateway.cli import demo_env
 from gateway.cli.admin import CommandError, add_commands, register_demo_sync
 from gateway.localstack import EmbeddedError, local_stack
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_demo)
     add_commands(commands, "a TOML settings file (environment wins over it)")
+    add_audit_commands(commands, "a TOML settings file (environment wins over it)")
     return parser
 
 
