@@ -20,6 +20,7 @@ from pymongo import AsyncMongoClient
 
 from consent.store import ConsentStore
 from gateway.appkeys import (
+    AUDIT,
     AUTH,
     CLOCK,
     EPOCHS,
@@ -32,6 +33,7 @@ from gateway.appkeys import (
     SETTINGS,
     UPSTREAM,
 )
+from gateway.audit.runtime import open_audit
 from gateway.fhir.authenticate import Authenticator
 from gateway.fhir.consent_api import ConsentApi
 from gateway.fhir.consent_gate import ConsentGate
@@ -91,6 +93,16 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
+async def _audit_context(app: web.Application) -> AsyncIterator[None]:
+    """The audit log (AUDIT.md): this instance's chain, its spool, checkpoints signed with the
+    key ring's signing key."""
+    settings = app[SETTINGS]
+    db = app[MONGO][settings.mongodb_database]
+    async with open_audit(settings, db, app[AUTH].keys) as audit:
+        app[AUDIT] = audit
+        yield
+
+
 async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
     """The FHIR pipeline: token validation against the key ring and any external issuers (with
     their own small HTTP session for fetching JWKS), and the shared paging secret."""
@@ -131,6 +143,7 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         writes=WritePolicy(fetcher, gate),
         cors=Cors(auth.clients),
         rate_limit=rate_limit,
+        audit=app[AUDIT],
     )
     try:
         yield
@@ -176,7 +189,8 @@ def create_app(
     checks = {"mongodb": mongo_answers, "upstream": upstream_answers}
     Health(checks, metrics, settings.metrics_token).add_routes(app)
     setup_authserver(app)  # before the catch-all /fhir route: it serves /fhir/.well-known/...
-    app.cleanup_ctx.append(_pipeline_context)  # after the authorization server's (key ring)
+    app.cleanup_ctx.append(_audit_context)  # after the authorization server's (key ring)
+    app.cleanup_ctx.append(_pipeline_context)
     app.router.add_route("*", "/fhir", _handle_fhir)
     app.router.add_route("*", "/fhir/{path:.*}", _handle_fhir)
     return app

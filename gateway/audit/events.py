@@ -268,7 +268,7 @@ def _entities(facts: RequestFacts, release: PatientRelease | None) -> list[dict[
     entities: list[dict[str, Any]] = []
     if release is not None:
         details = [detail("released", str(release.released))]
-        types = sorted({ref.split("/", 1)[0] for ref in release.resources})
+        types = sorted(set(release.types) | {ref.split("/", 1)[0] for ref in release.resources})
         if types:
             details.append(detail("resource-types", ",".join(types)))
         entities.append(patient_entity(release.patient, details))

@@ -65,6 +65,8 @@ class PatientRelease:
     Listed in the event for reads, writes and batch entries; never for searches (A-04)."""
     count: int | None = None
     """How many of their resources the response held (defaults to ``len(resources)``)."""
+    types: tuple[str, ...] = ()
+    """The types of their resources released (defaults to those of ``resources``)."""
 
     @property
     def released(self) -> int:

@@ -108,6 +108,7 @@ def _demo(args: argparse.Namespace) -> int:
             upstream_url=upstream.base_url,
             mongodb_uri=mongo_uri,
             **({} if _env_sets("metrics_token") else {"metrics_token": DEMO_METRICS_TOKEN}),
+            **({} if _env_sets("audit_spool_dir") else {"audit_spool_dir": workdir / "audit"}),
         )
         settings = _demo_key(settings, workdir)
         configure_logging(settings.log_level)

@@ -36,7 +36,7 @@ from consent.errors import (
 from consent.model import patient_id_of, validate
 from consent.references import patient_id
 from consent.store import Change, Channel, ConsentStore, HistoryEntry
-from gateway.fhir import writes
+from gateway.fhir import auditing, writes
 from gateway.fhir.access import AccessDecision, authorize
 from gateway.fhir.context import AccessContext
 from gateway.fhir.interaction import FhirInteraction, Kind
@@ -56,6 +56,21 @@ from smart_auth.revocation import Revoker
 from smart_auth.scopes import Letter
 
 _SEARCH_PARAMS = frozenset({"patient", "status", "_count", "_id"})
+
+
+def _served(answer: Answer) -> None:
+    """The Consents an answer releases, for the request's audit record (A-04)."""
+    audit = auditing.current()
+    body = answer.body
+    if audit is None or body is None:
+        return
+    if body.get("resourceType") == "Consent":
+        audit.served(body)
+    elif body.get("resourceType") == "Bundle":
+        for entry in body.get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict) and resource.get("resourceType") == "Consent":
+                audit.served(resource)
 
 
 def _headers(resource: Mapping[str, Any]) -> dict[str, str]:
@@ -103,9 +118,11 @@ class ConsentApi:
     ) -> Answer:
         decision = authorize(context, _as_consent_search(interaction))
         try:
-            return await self._handle(context, decision, body, headers)
+            answer = await self._handle(context, decision, body, headers)
         except ConsentError as exc:
             raise fhir_error(exc, if_match=_if_match(headers) is not None) from None
+        _served(answer)
+        return answer
 
     @staticmethod
     def _visible(
