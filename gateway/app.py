@@ -141,7 +141,7 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
     rate_limit = ClusterRateLimit(db, settings.rate_limit_per_client)
     await rate_limit.ensure_indexes()
     fetcher = (
-        CachingFetcher(app[UPSTREAM], app[REWRITER], app[METRICS], app[CACHE])
+        CachingFetcher(app[UPSTREAM], app[REWRITER], app[METRICS], app[CACHE], epochs)
         if settings.cache_enabled
         else Fetcher(app[UPSTREAM], app[REWRITER], app[METRICS])
     )

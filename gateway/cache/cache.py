@@ -1,11 +1,15 @@
 """The encrypted cache as the FHIR API uses it (DESIGN.md "Encrypted cache"; SECURITY.md P-15;
 CONSENT.md C-10, C-13, C-22).
 
-- :meth:`ResourceCache.lookup_many` finds and decrypts entries. An entry that does not decrypt (a
-  changed byte, or a ciphertext moved from another resource or patient: the AAD differs) is a
-  miss, counted in ``fhir_gateway_cache_decrypt_failures`` and logged as a warning; it is replaced
-  by what the upstream answers. An entry whose data key is gone (shredded, or retired and expired)
-  is a miss too, and is deleted: the lazy half of crypto-shredding.
+- :meth:`ResourceCache.observe` takes the change counters a request read (``cache``: entries
+  changed by a write, a purge or a shred; ``cache_keys``: data keys shredded), and
+  :meth:`ResourceCache.recent` answers from this instance's copy of recent entries while the
+  counter has not moved (:mod:`gateway.cache.recent`).
+- :meth:`ResourceCache.lookup_many` finds and decrypts entries in MongoDB. An entry that does not
+  decrypt (a changed byte, or a ciphertext moved from another resource or patient: the AAD
+  differs) is a miss, counted in ``fhir_gateway_cache_decrypt_failures`` and logged as a warning;
+  it is replaced by what the upstream answers. An entry whose data key is gone (shredded, or
+  retired and expired) is a miss too, and is deleted: the lazy half of crypto-shredding.
 - :meth:`ResourceCache.store` encrypts what the upstream answered under the owner's data key and
   stores it with a compare-and-set on the generation the lookup saw (see
   :mod:`gateway.cache.entries`), :meth:`ResourceCache.revalidated` keeps an entry the upstream
@@ -14,6 +18,8 @@ CONSENT.md C-10, C-13, C-22).
 - :meth:`ResourceCache.purge_patient` (C-13: a withdrawn permit) deletes the patient's entries;
   :meth:`ResourceCache.shred_patient` (C-22: erasure) deletes the patient's data keys first — at
   that moment none of the patient's entries can be decrypted any more — and then the entries.
+  Each of the three moves the counters once done, so every instance drops what it holds in memory
+  before its next cached read.
 
 What is cached never decides what is released: the caller releases a hit exactly like an upstream
 answer (C-10). The bounds are kept by a sweep (:meth:`EntryStore.sweep`) that runs in the
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Iterable, Mapping
@@ -38,14 +45,22 @@ from pymongo.errors import PyMongoError
 from gateway.cache.crypto import DecryptError, Record, decrypt, encrypt
 from gateway.cache.datakeys import MAX_ENCRYPTIONS, DataKeys, patient_owner
 from gateway.cache.entries import EntryStore, NewEntry, Slot
+from gateway.cache.recent import RecentEntries
 from gateway.settings import Settings
 from gateway.web.metrics import Metrics
 from smart_auth.clock import Clock, system_clock
 from smart_auth.key_provider import KeyProvider, KeyProviderError
+from smart_auth.revocations import EPOCHS
 
 SWEEP_EVERY = 200
 SWEEP_MIN_SECONDS = 10.0
+ENTRIES_CHANGED = "cache"
+"""The change counter moved after a write's invalidation, a purge or a shred."""
+KEYS_SHREDDED = "cache_keys"
+"""The change counter moved after data keys were shredded."""
 _MAX_ENTRY_BYTES = 1024 * 1024
+_RECENT_ENTRIES = 10_000
+_RECENT_BYTES = 64 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +90,15 @@ class CacheLimits:
     def max_entry_bytes(self) -> int:
         """A larger answer is not cached (one entry may not take much of the cache)."""
         return min(_MAX_ENTRY_BYTES, self.max_bytes // 16)
+
+    @property
+    def recent_entries(self) -> int:
+        """How many entries an instance keeps in memory (:mod:`gateway.cache.recent`)."""
+        return min(_RECENT_ENTRIES, self.max_entries)
+
+    @property
+    def recent_bytes(self) -> int:
+        return min(_RECENT_BYTES, self.max_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +136,17 @@ class Hit:
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
-    """What a lookup found: the generation seen (for :meth:`ResourceCache.store`) and the hit."""
+    """What a lookup found: the slot seen (its generation, for :meth:`ResourceCache.store`), the
+    change counter it was made under, and the hit."""
 
     read: CachedRead
-    gen: int | None
+    slot: Slot
+    epoch: int
     hit: Hit | None = None
+
+    @property
+    def gen(self) -> int | None:
+        return self.slot.gen
 
 
 class ResourceCache:
@@ -152,6 +182,9 @@ class ResourceCache:
             max_encryptions=limits.max_encryptions,
             clock=clock,
         )
+        self._recent = RecentEntries(limits.recent_entries, limits.recent_bytes)
+        self._keys_epoch = -1
+        self._changes = db[EPOCHS]
         self._stored_since_sweep = 0
         self._last_sweep = 0.0
         self._sweeping: asyncio.Task[None] | None = None
@@ -167,40 +200,68 @@ class ResourceCache:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeping
 
+    def observe(self, entries_changed: int, keys_shredded: int) -> None:
+        """The change counters as a request read them (after it arrived): what this instance
+        holds in memory is dropped when they moved."""
+        self._recent.observe(entries_changed)
+        if keys_shredded > self._keys_epoch:
+            self._keys_epoch = keys_shredded
+            self.keys.forget()
+
+    async def recent(self, read: CachedRead) -> Lookup | None:
+        """A fresh hit from this instance's copy, or ``None`` (then ask :meth:`lookup_many`)."""
+        slot = self._recent.get(read.entry_id)
+        if slot is None:
+            return None
+        try:
+            lookup = await self._open(read, slot, self._recent.epoch)
+        except PyMongoError:
+            return None
+        return lookup if lookup.hit is not None and lookup.hit.fresh else None
+
     async def lookup_many(self, reads: list[CachedRead]) -> dict[CachedRead, Lookup]:
-        """What the cache holds for each read, decrypted (one query for all of them)."""
+        """What MongoDB holds for each read, decrypted (one query for all of them)."""
+        epoch = self._recent.epoch
         try:
             slots = await self.entries.get_many([read.entry_id for read in reads])
+            found = {
+                read: await self._open(read, slots.get(read.entry_id, Slot()), epoch)
+                for read in reads
+            }
         except PyMongoError as exc:
             log.warning("the cache cannot be read (%s): reading from the upstream", exc)
-            return {read: Lookup(read, None) for read in reads}
-        return {read: await self._open(read, slots.get(read.entry_id, Slot())) for read in reads}
+            return {read: Lookup(read, Slot(), epoch) for read in reads}
+        for read, lookup in found.items():
+            if lookup.hit is not None:
+                self._recent.put(read.entry_id, lookup.slot, epoch)
+        return found
 
-    async def _open(self, read: CachedRead, slot: Slot) -> Lookup:
+    async def _open(self, read: CachedRead, slot: Slot, epoch: int) -> Lookup:
         entry = slot.entry
         if entry is None or slot.gen is None:
-            return Lookup(read, slot.gen)
+            return Lookup(read, slot, epoch)
         if read.version is not None and entry.version != read.version:
-            return self._undecryptable(read, slot.gen, "its version is not the one named")
+            return self._undecryptable(read, slot, epoch, "its version is not the one named")
         try:
             key = await self.keys.for_decryption(entry.key_id)
         except KeyProviderError as exc:
             log.warning("cache entry %s: its data key does not open (%s)", read.entry_id, exc)
-            return Lookup(read, slot.gen)
+            return Lookup(read, slot, epoch)
         if key is None:  # shredded (or retired and expired): purge it lazily
             await self._quietly(self.entries.discard(read.entry_id, slot.gen))
-            return Lookup(read, None)
+            self._recent.drop(read.entry_id)
+            return Lookup(read, Slot(), epoch)
         if key.owner != entry.owner:
-            return self._undecryptable(read, slot.gen, "it names another owner's key")
+            return self._undecryptable(read, slot, epoch, "it names another owner's key")
         record = Record(read.resource_type, read.resource_id, entry.version, entry.owner)
         try:
             body = decrypt(key.cipher, entry.ciphertext, record)
         except DecryptError as exc:
-            return self._undecryptable(read, slot.gen, str(exc))
+            return self._undecryptable(read, slot, epoch, str(exc))
         fresh = self._clock() < entry.fresh_until
-        return Lookup(read, slot.gen, Hit(body, entry.headers, fresh, entry.version))
+        return Lookup(read, slot, epoch, Hit(body, entry.headers, fresh, entry.version))
 
-    def _undecryptable(self, read: CachedRead, gen: int, why: str) -> Lookup:
+    def _undecryptable(self, read: CachedRead, slot: Slot, epoch: int, why: str) -> Lookup:
         """An entry that was tampered with: alert, and treat it as a miss (it is overwritten by
         what the upstream answers)."""
         self._metrics.cache_decrypt_failures.inc()
@@ -210,7 +271,8 @@ class ResourceCache:
             read.entry_id,
             why,
         )
-        return Lookup(read, gen)
+        self._recent.drop(read.entry_id)
+        return Lookup(read, slot, epoch)
 
     async def store(
         self,
@@ -244,38 +306,60 @@ class ResourceCache:
         except (PyMongoError, KeyProviderError) as exc:
             log.warning("cache entry %s not stored: %s", read.entry_id, exc)
             return False
-        if stored:
-            self._stored()
-        return stored
+        if stored is None:
+            return False
+        self._recent.put(read.entry_id, stored, lookup.epoch)
+        self._stored()
+        return True
 
     async def revalidated(self, lookup: Lookup) -> None:
         """The upstream answered 304 to the entry's ETag: it is fresh again."""
-        if lookup.hit is not None and lookup.gen is not None:
-            await self._quietly(
-                self.entries.refresh(lookup.read.entry_id, lookup.gen, lookup.hit.version)
+        entry = lookup.slot.entry
+        if lookup.hit is None or lookup.gen is None or entry is None:
+            return
+        try:
+            fresh_until = await self.entries.refresh(
+                lookup.read.entry_id, lookup.gen, lookup.hit.version
             )
+        except PyMongoError as exc:
+            log.warning("cache not updated: %s", exc)
+            return
+        if fresh_until is not None:
+            slot = Slot(lookup.gen, dataclasses.replace(entry, fresh_until=fresh_until))
+            self._recent.put(lookup.read.entry_id, slot, lookup.epoch)
 
     async def discard(self, lookup: Lookup) -> None:
         """The upstream no longer has what the entry holds (404, 410)."""
         if lookup.gen is not None:
-            await self._quietly(self.entries.invalidate([lookup.read.reference]))
+            await self._quietly(self.invalidate([lookup.read.reference]))
 
     async def invalidate(self, references: Iterable[str]) -> None:
         """After a write through the gateway (``Type/id`` of each resource written): every
         instance's next read of them goes to the upstream. Raises :class:`PyMongoError`."""
         await self.entries.invalidate(references)
+        await self._moved(ENTRIES_CHANGED)
 
     async def purge_patient(self, patient_id: str) -> int:
         """C-13: delete the patient's entries; returns how many."""
-        return await self.entries.purge_owner(patient_owner(patient_id))
+        purged = await self.entries.purge_owner(patient_owner(patient_id))
+        await self._moved(ENTRIES_CHANGED)
+        return purged
 
     async def shred_patient(self, patient_id: str) -> int:
         """C-22: delete the patient's data keys — from then on none of their entries can be
         decrypted — and then the entries; returns how many keys were deleted."""
         owner = patient_owner(patient_id)
         shredded = await self.keys.shred(owner)
+        await self._moved(KEYS_SHREDDED)
         await self.entries.purge_owner(owner)
+        await self._moved(ENTRIES_CHANGED)
         return shredded
+
+    async def _moved(self, counter: str) -> None:
+        """Move a change counter, after the change it announces (see the module docstring)."""
+        if counter == ENTRIES_CHANGED:
+            self._recent.clear()
+        await self._changes.update_one({"_id": counter}, {"$inc": {"n": 1}}, upsert=True)
 
     def _stored(self) -> None:
         self._stored_since_sweep += 1

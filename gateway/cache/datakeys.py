@@ -22,9 +22,9 @@ and so every entry, stay as they are.
 
 Crypto-shredding (C-22): :meth:`DataKeys.shred` deletes every key of a patient. From then on no
 entry written under them can be decrypted by anyone reading the database, whatever key-encryption
-key they hold. An instance that unwrapped one of them keeps it in memory for at most
-``memory_seconds``; the cache deletes the patient's entries right after shredding, and meets any
-it missed without a key (see :mod:`gateway.cache.cache`).
+key they hold. The other instances drop the keys they hold in memory (:meth:`DataKeys.forget`)
+before their next cached read: the cache moves a change counter when it shreds (see
+:mod:`gateway.cache.cache`).
 """
 
 from __future__ import annotations
@@ -148,6 +148,10 @@ class DataKeys:
             del self._memory[key_id]
         result = await self._keys.delete_many({"owner": owner})
         return int(result.deleted_count)
+
+    def forget(self) -> None:
+        """Drop every key held in memory (another instance shredded some)."""
+        self._memory.clear()
 
     async def encryptions(self, owner: str) -> dict[int, int]:
         """Encryptions done by each generation of ``owner``'s keys."""

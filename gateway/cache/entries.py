@@ -146,23 +146,24 @@ class EntryStore:
             async for doc in self._entries.find({"_id": {"$in": entry_ids}})
         }
 
-    async def put(self, entry_id: str, seen: int | None, entry: NewEntry) -> bool:
+    async def put(self, entry_id: str, seen: int | None, entry: NewEntry) -> Slot | None:
         """Store ``entry`` unless the generation moved since ``seen`` (``None``: there was no
-        document); whether it was stored."""
+        document); the slot it now fills, or ``None`` when it was not stored."""
         fields = entry.fields(self._clock(), self._fresh, self._keep)
         if seen is None:
             try:
                 await self._entries.insert_one({"_id": entry_id, "gen": 0, **fields})
             except DuplicateKeyError:
-                return False
-            return True
+                return None
+            return Slot(0, _entry(fields))
         result = await self._entries.update_one({"_id": entry_id, "gen": seen}, {"$set": fields})
-        return result.matched_count == 1
+        return Slot(seen, _entry(fields)) if result.matched_count == 1 else None
 
-    async def refresh(self, entry_id: str, seen: int, version: str) -> None:
-        """The upstream confirmed the entry (304): fresh again, kept longer."""
+    async def refresh(self, entry_id: str, seen: int, version: str) -> datetime | None:
+        """The upstream confirmed the entry (304): fresh again, kept longer. Returns until when
+        it is fresh (``None`` when it changed meanwhile)."""
         now = self._clock()
-        await self._entries.update_one(
+        result = await self._entries.update_one(
             {"_id": entry_id, "gen": seen, "version": version},
             {
                 "$set": {
@@ -172,6 +173,7 @@ class EntryStore:
                 }
             },
         )
+        return now + self._fresh if result.matched_count == 1 else None
 
     async def discard(self, entry_id: str, seen: int) -> None:
         """Delete an entry that cannot be used (its key is gone), unless it changed meanwhile."""

@@ -2,10 +2,13 @@
 SECURITY.md P-15; CONSENT.md C-10): a :class:`~gateway.fhir.fetch.Fetcher` that answers reads by
 id and vreads from :mod:`gateway.cache`.
 
-- A plain read or vread (no parameters, no header but ``Accept-Language``) is looked up first; the
-  lookups of concurrent requests share one query (:mod:`gateway.fhir.coalesce`). A fresh entry is
-  answered without the upstream; a stale one is revalidated with its ETag (``If-None-Match``): 304
-  keeps it, anything else replaces or removes it. What the upstream answers to a miss is stored.
+- A plain read or vread (no parameters, no header but ``Accept-Language``) is looked up first: in
+  this instance's copy of recent entries, valid while the cache's change counters have not moved
+  (read afresh for the request, in the same query as the revocation check:
+  :mod:`gateway.fhir.freshness`), then in MongoDB, where the lookups of concurrent requests share
+  one query (:mod:`gateway.fhir.coalesce`). A fresh entry is answered without the upstream; a
+  stale one is revalidated with its ETag (``If-None-Match``): 304 keeps it, anything else replaces
+  or removes it. What the upstream answers to a miss is stored.
   A hit is decoded exactly like the upstream's answer and returned to the pipeline, which releases
   it through the same step as any other (scopes, compartment, consent, minimisation: C-10).
 - A write (create, update, patch, delete, a transaction) invalidates every resource it names or
@@ -35,6 +38,7 @@ from gateway.cache.datakeys import SYSTEM, patient_owner
 from gateway.fhir import compartment
 from gateway.fhir.coalesce import Coalescer
 from gateway.fhir.fetch import Call, Fetcher
+from gateway.fhir.freshness import ChangeEpochs
 from gateway.fhir.interaction import WRITE_KINDS, Kind, parse
 from gateway.proxy.answer import Answer
 from gateway.proxy.headers import response_headers
@@ -132,10 +136,16 @@ class CachingFetcher(Fetcher):
     """The fetcher of the pipeline when the cache is on (the module's docstring)."""
 
     def __init__(
-        self, upstream: Upstream, rewriter: UrlRewriter, metrics: Metrics, cache: ResourceCache
+        self,
+        upstream: Upstream,
+        rewriter: UrlRewriter,
+        metrics: Metrics,
+        cache: ResourceCache,
+        epochs: ChangeEpochs,
     ) -> None:
         super().__init__(upstream, rewriter, metrics)
         self._cache = cache
+        self._epochs = epochs
         self._lookups = Coalescer(cache.lookup_many)
 
     async def fetch(self, call: Call) -> Answer:
@@ -151,7 +161,12 @@ class CachingFetcher(Fetcher):
         rtype, rid = interaction.resource_type, interaction.resource_id
         assert rtype is not None and rid is not None
         read = CachedRead(rtype, rid, interaction.version_id)
-        lookup = (await self._lookups.get_many([read]))[read]
+        try:
+            epochs = await self._epochs.current()
+        except PyMongoError:
+            return await super().fetch(call)  # the cache cannot be trusted without its counters
+        self._cache.observe(epochs.cache, epochs.cache_keys)
+        lookup = await self._cache.recent(read) or (await self._lookups.get_many([read]))[read]
         hit, label = lookup.hit, interaction.kind.value
         if hit is not None and hit.fresh:
             self._metrics.cache_hits.labels(label).inc()

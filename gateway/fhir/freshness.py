@@ -19,10 +19,11 @@ from typing import Any, Generic, TypeVar
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from gateway.cache.cache import ENTRIES_CHANGED, KEYS_SHREDDED
 from gateway.fhir.coalesce import Coalescer
 from smart_auth.revocations import EPOCHS
 
-_KINDS = ["revocations", "consents", "representation"]
+_KINDS = ["revocations", "consents", "representation", ENTRIES_CHANGED, KEYS_SHREDDED]
 _CACHE_LIMIT = 50_000
 
 K = TypeVar("K", bound=Hashable)
@@ -34,6 +35,10 @@ class Epochs:
     revocations: int
     consents: int
     representation: int = 0
+    cache: int = 0
+    """The encrypted cache's entries changed (a write, a purge, a shred: :mod:`gateway.cache`)."""
+    cache_keys: int = 0
+    """The encrypted cache's data keys were shredded."""
 
 
 class ChangeEpochs:
@@ -53,6 +58,8 @@ class ChangeEpochs:
                 found.get("revocations", 0),
                 found.get("consents", 0),
                 found.get("representation", 0),
+                found.get(ENTRIES_CHANGED, 0),
+                found.get(KEYS_SHREDDED, 0),
             )
         }
 

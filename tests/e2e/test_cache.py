@@ -163,29 +163,31 @@ async def test_p15_no_plaintext_at_rest_after_caching_every_fixture_resource(
 
 
 async def test_p15_a_ciphertext_copied_onto_another_patients_entry_is_a_logged_miss_and_refetched(
-    gateway: RunningGateway, system_http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+    start_gateway: StartGateway, local_stack_env: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
+    writer, reader = await _start_pair(start_gateway, local_stack_env)
     amelias, daniels = of(AMELIA, "Observation")[0], of(DANIEL, "Observation")[0]
-    for resource in (amelias, daniels):
-        assert (await _read(system_http, f"{gateway.fhir}/{_path(resource)}"))[0] == 200
-    entries = _db(gateway)[ENTRIES]
-    copied = await entries.find_one({"_id": _path(amelias)})
-    assert copied is not None
-    await entries.update_one(
-        {"_id": _path(daniels)},
-        {"$set": {k: copied[k] for k in ("nonce", "data", "key", "owner", "version")}},
-    )
-    misses = _metric(gateway, "fhir_gateway_cache_misses_total", interaction="read")
-    with caplog.at_level(logging.WARNING, logger="gateway.cache"):
-        status, body = await _read(system_http, f"{gateway.fhir}/{_path(daniels)}")
-    assert status == 200 and body["id"] == daniels["id"]
-    assert body["subject"]["reference"] == f"Patient/{DANIEL}"  # Daniel's, from the upstream
-    assert f"cache entry {_path(daniels)} does not decrypt" in caplog.text
-    assert _metric(gateway, "fhir_gateway_cache_decrypt_failures_total") == 1
-    assert _metric(gateway, "fhir_gateway_cache_misses_total", interaction="read") == misses + 1
-    hits = _hits(gateway)
-    status, again = await _read(system_http, f"{gateway.fhir}/{_path(daniels)}")
-    assert status == 200 and again["id"] == daniels["id"] and _hits(gateway) == hits + 1
+    async with await _system_session(writer) as http:
+        for resource in (amelias, daniels):
+            assert (await _read(http, f"{writer.fhir}/{_path(resource)}"))[0] == 200
+        entries = _db(writer)[ENTRIES]
+        copied = await entries.find_one({"_id": _path(amelias)})
+        assert copied is not None
+        await entries.update_one(
+            {"_id": _path(daniels)},
+            {"$set": {k: copied[k] for k in ("nonce", "data", "key", "owner", "version")}},
+        )
+        # Read by an instance that holds no copy in memory: it meets the entry in MongoDB.
+        url = f"{reader.server.make_url('/fhir')}/{_path(daniels)}"
+        with caplog.at_level(logging.WARNING, logger="gateway.cache"):
+            status, body = await _read(http, url)
+        assert status == 200 and body["id"] == daniels["id"]
+        assert body["subject"]["reference"] == f"Patient/{DANIEL}"  # Daniel's, from the upstream
+        assert f"cache entry {_path(daniels)} does not decrypt" in caplog.text
+        assert _metric(reader, "fhir_gateway_cache_decrypt_failures_total") == 1
+        assert _metric(reader, "fhir_gateway_cache_misses_total", interaction="read") == 1
+        status, again = await _read(http, url)  # the refetched answer replaced it
+    assert status == 200 and again["id"] == daniels["id"] and _hits(reader) == 1
 
 
 def _consent(patient: str, *, deny: bool = False) -> dict[str, Any]:

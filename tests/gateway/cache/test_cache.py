@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
-from gateway.cache.cache import CachedRead, CacheLimits, Lookup, ResourceCache
+from gateway.cache.cache import (
+    ENTRIES_CHANGED,
+    KEYS_SHREDDED,
+    CachedRead,
+    CacheLimits,
+    Lookup,
+    ResourceCache,
+)
 from gateway.cache.datakeys import SYSTEM, patient_owner
 from gateway.cache.entries import COLLECTION
 from gateway.web.metrics import Metrics
@@ -194,3 +201,44 @@ async def test_an_answer_too_large_for_the_cache_is_not_stored(
     assert not await cache.store(
         lookup, owner=patient_owner(A), version="1", body=large, headers=HEADERS
     )
+
+
+async def _counters(db: AsyncDatabase[dict[str, Any]]) -> tuple[int, int]:
+    found = {doc["_id"]: doc["n"] async for doc in db["change_epochs"].find({})}
+    return found.get(ENTRIES_CHANGED, 0), found.get(KEYS_SHREDDED, 0)
+
+
+async def test_an_instance_answers_from_memory_until_the_change_counter_moves(
+    db: AsyncDatabase[dict[str, Any]],
+) -> None:
+    one, two = await _cache(db), await _cache(db)
+    one.observe(*await _counters(db))
+    await _store(one, OBS, A)
+    assert (await one.recent(OBS)) is not None  # no query: this instance's copy
+    two.observe(*await _counters(db))
+    assert (await two.recent(OBS)) is None  # another instance has none yet...
+    assert (await _lookup(two, OBS)).hit is not None  # ... and reads MongoDB
+    assert (await two.recent(OBS)) is not None
+
+    await two.invalidate(["Observation/obs-1"])  # a write through the second instance
+    assert (await one.recent(OBS)) is not None  # (until it reads the counters again)
+    one.observe(*await _counters(db))
+    assert (await one.recent(OBS)) is None
+    assert (await _lookup(one, OBS)).hit is None
+
+
+async def test_c22_a_shred_on_one_instance_drops_the_keys_another_holds_in_memory(
+    db: AsyncDatabase[dict[str, Any]],
+) -> None:
+    one, two = await _cache(db), await _cache(db)
+    one.observe(*await _counters(db))
+    await _store(one, OBS, A)
+    key_id = (await db[COLLECTION].find_one({"_id": "Observation/obs-1"}) or {})["key"]
+    copy = await db[COLLECTION].find_one({"_id": "Observation/obs-1"})
+    assert await two.shred_patient(A) == 1
+    assert copy is not None
+    await db[COLLECTION].insert_one(copy)  # an entry the purge missed
+    one.observe(*await _counters(db))
+    assert await one.keys.for_decryption(key_id) is None  # not from memory either
+    assert (await _lookup(one, OBS)).hit is None
+    assert await db[COLLECTION].count_documents({"_id": "Observation/obs-1"}) == 0  # lazily
