@@ -6,6 +6,8 @@ SECURITY.md P-15, P-16; CONSENT.md C-10, C-13, C-22).
   no patient data, wrapped by the key provider's KEK, counted, rotated, shredded
 - :mod:`gateway.cache.entries` — the entries in MongoDB: TTL index, size bounds, invalidation that
   every instance sees
+- :mod:`gateway.cache.recent` — an instance's copy of the entries it met lately, still encrypted,
+  valid while the cache's change counter has not moved
 - :mod:`gateway.cache.cache` — the cache as the FHIR API uses it: look up, store, revalidate,
   invalidate, purge a patient, shred a patient
 

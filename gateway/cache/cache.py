@@ -194,7 +194,7 @@ class ResourceCache:
         await self.keys.ensure_indexes()
 
     async def close(self) -> None:
-        """Wait for a sweep in progress (stops nothing else: the cache holds no connection)."""
+        """Stop a sweep in progress (nothing else to stop: the cache holds no connection)."""
         if self._sweeping is not None:
             self._sweeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):

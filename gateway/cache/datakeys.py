@@ -13,7 +13,8 @@ Encryptions are counted in MongoDB, one ``$inc`` per entry written, so the count
 instances. Random 96-bit nonces allow 2^32 encryptions under one key (NIST SP 800-38D 8.3); at
 :data:`MAX_ENCRYPTIONS` (2^30, a quarter of that) the owner gets a new key of the next generation
 and the old one is retired: it still decrypts the entries written under it until they have
-expired, and then the TTL index removes it too.
+expired, and then the TTL index removes it too (an entry revalidated beyond that is a miss, and
+is fetched and encrypted again under the new key).
 
 An instance keeps the keys it unwrapped in memory for ``memory_seconds`` (bounded in number too),
 so a cache hit costs no call to the key provider, which may be a KMS. Re-wrapping under a new KEK

@@ -125,6 +125,14 @@ def _reference(url: str) -> set[str]:
     return set()
 
 
+def _is(body: dict[str, Any] | None, resource_type: str, resource_id: str) -> bool:
+    """Whether an answer is the resource that was read (only that is cached under its name)."""
+    return body is not None and (body.get("resourceType"), body.get("id")) == (
+        resource_type,
+        resource_id,
+    )
+
+
 def _kept(upstream: UpstreamResponse) -> dict[str, str]:
     """The upstream's headers a hit is answered with: what the caller may see, and the type."""
     headers = response_headers(upstream.headers)
@@ -187,7 +195,8 @@ class CachingFetcher(Fetcher):
         answer = self.decode(upstream)
         if answer.status in (404, 410):
             await self._cache.discard(lookup)
-        elif answer.status == 200 and answer.body is not None:
+        elif _is(answer.body, rtype, rid) and answer.status == 200:
+            assert answer.body is not None
             owner = owner_of(answer.body, upstream.body)
             version = (answer.body.get("meta") or {}).get("versionId")
             if owner is not None and isinstance(version, str):

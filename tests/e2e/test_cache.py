@@ -86,6 +86,24 @@ async def _system_session(gateway: RunningGateway) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
 
 
+async def _start_pair(
+    start_gateway: StartGateway, stack: Stack, **settings: Any
+) -> tuple[RunningGateway, RunningGateway]:
+    """Two instances on one database (the second under the first's public address, as behind a
+    load balancer)."""
+    first = await start_gateway(
+        upstream_url=stack.upstream.base_url, mongodb_uri=stack.mongo_uri, **settings
+    )
+    second = await start_gateway(
+        upstream_url=stack.upstream.base_url,
+        mongodb_uri=stack.mongo_uri,
+        mongodb_database=first.settings.mongodb_database,
+        public_base_url=first.base,
+        **settings,
+    )
+    return first, second
+
+
 def _needles(resources: list[dict[str, Any]]) -> set[bytes]:
     """Every name, identifier and code string of the fixtures, and their phone numbers, e-mail
     addresses and street lines (5 bytes or longer: a shorter one could turn up by chance in the
@@ -322,23 +340,16 @@ async def test_c22_after_erasure_no_cached_entry_of_the_patient_decrypts_and_the
     assert all(found[CachedRead(r["resourceType"], r["id"])].hit is None for r in amelias)
     assert all(found[CachedRead(r["resourceType"], r["id"])].hit is not None for r in daniels)
 
-
-async def _start_pair(
-    start_gateway: StartGateway, stack: Stack, **settings: Any
-) -> tuple[RunningGateway, RunningGateway]:
-    """Two instances on one database (the second under the first's public address, as behind a
-    load balancer)."""
-    first = await start_gateway(
-        upstream_url=stack.upstream.base_url, mongodb_uri=stack.mongo_uri, **settings
-    )
-    second = await start_gateway(
-        upstream_url=stack.upstream.base_url,
-        mongodb_uri=stack.mongo_uri,
-        mongodb_database=first.settings.mongodb_database,
-        public_base_url=first.base,
-        **settings,
-    )
-    return first, second
+    # The running instance held Amelia's key and entries in memory; the command moved the
+    # cache's counters, so it let go of both: her read is a miss, Daniel's still a hit.
+    await entries.delete_many({})
+    await entries.insert_many(copies)
+    hits = _hits(gateway)
+    misses = _metric(gateway, "fhir_gateway_cache_misses_total", interaction="read")
+    for resource in (amelias[1], daniels[1]):
+        assert (await _read(system_http, f"{gateway.fhir}/{_path(resource)}"))[0] == 200
+    assert _hits(gateway) == hits + 1
+    assert _metric(gateway, "fhir_gateway_cache_misses_total", interaction="read") == misses + 1
 
 
 async def test_a_write_through_one_instance_invalidates_the_next_read_of_another(
