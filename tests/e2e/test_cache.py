@@ -479,6 +479,7 @@ async def test_p16_p17_keys_rotate_while_500_reads_run_and_the_old_kek_is_then_u
         key_encryption_key=_b64(new),
         previous_key_encryption_keys=_b64(old),
         public_base_url=before.base,
+        cache_key_memory_seconds=0,  # every hit unwraps its data key: old and new wrappings alike
         **stack,
     )
     base = str(during.server.make_url("/fhir"))
