@@ -22,9 +22,10 @@ CONSENT.md C-10, C-13, C-22).
   before its next cached read.
 
 What is cached never decides what is released: the caller releases a hit exactly like an upstream
-answer (C-10). The bounds are kept by a sweep (:meth:`EntryStore.sweep`) that runs in the
-background after every :data:`SWEEP_EVERY` entries stored, at most every
-:data:`SWEEP_MIN_SECONDS`, so they may be exceeded by what is written in between.
+answer (C-10). Log lines name resource types, never ids (P-14). The bounds are kept by a sweep
+(:meth:`EntryStore.sweep`) that runs in the background after every :data:`SWEEP_EVERY` entries
+stored, at most every :data:`SWEEP_MIN_SECONDS`, so they may be exceeded by what is written in
+between.
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ _RECENT_ENTRIES = 10_000
 _RECENT_BYTES = 64 * 1024 * 1024
 
 log = logging.getLogger(__name__)
+
+
+def _name(exc: Exception) -> str:
+    """What a log line says of a failure: its kind, never its message (a database error can
+    quote a document's id; logs carry no ids, P-14)."""
+    return type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +236,7 @@ class ResourceCache:
                 for read in reads
             }
         except PyMongoError as exc:
-            log.warning("the cache cannot be read (%s): reading from the upstream", exc)
+            log.warning("the cache cannot be read (%s): reading from the upstream", _name(exc))
             return {read: Lookup(read, Slot(), epoch) for read in reads}
         for read, lookup in found.items():
             if lookup.hit is not None:
@@ -245,7 +252,7 @@ class ResourceCache:
         try:
             key = await self.keys.for_decryption(entry.key_id)
         except KeyProviderError as exc:
-            log.warning("cache entry %s: its data key does not open (%s)", read.entry_id, exc)
+            log.warning("a cached %s: its data key does not open (%s)", read.resource_type, exc)
             return Lookup(read, slot, epoch)
         if key is None:  # shredded (or retired and expired): purge it lazily
             await self._quietly(self.entries.discard(read.entry_id, slot.gen))
@@ -266,10 +273,11 @@ class ResourceCache:
         what the upstream answers)."""
         self._metrics.cache_decrypt_failures.inc()
         log.warning(
-            "cache entry %s does not decrypt (%s): altered, or moved from another record; "
-            "treated as a miss",
-            read.entry_id,
+            "a cached %s does not decrypt (%s): altered, or moved from another record; treated "
+            "as a miss (data key %s)",
+            read.resource_type,
             why,
+            slot.entry.key_id if slot.entry else "-",
         )
         self._recent.drop(read.entry_id)
         return Lookup(read, slot, epoch)
@@ -304,7 +312,7 @@ class ResourceCache:
             )
             stored = await self.entries.put(read.entry_id, lookup.gen, entry)
         except (PyMongoError, KeyProviderError) as exc:
-            log.warning("cache entry %s not stored: %s", read.entry_id, exc)
+            log.warning("a %s was not cached (%s)", read.resource_type, _name(exc))
             return False
         if stored is None:
             return False
@@ -322,7 +330,7 @@ class ResourceCache:
                 lookup.read.entry_id, lookup.gen, lookup.hit.version
             )
         except PyMongoError as exc:
-            log.warning("cache not updated: %s", exc)
+            log.warning("cache not updated (%s)", _name(exc))
             return
         if fresh_until is not None:
             slot = Slot(lookup.gen, dataclasses.replace(entry, fresh_until=fresh_until))
@@ -373,7 +381,7 @@ class ResourceCache:
         try:
             evicted = await self.entries.sweep()
         except PyMongoError as exc:
-            log.warning("cache sweep failed: %s", exc)
+            log.warning("cache sweep failed (%s)", _name(exc))
             evicted = 0
         finally:
             self._sweeping = None
@@ -384,4 +392,4 @@ class ResourceCache:
         try:
             await work
         except PyMongoError as exc:
-            log.warning("cache not updated: %s", exc)
+            log.warning("cache not updated (%s)", _name(exc))

@@ -236,4 +236,4 @@ class CachingFetcher(Fetcher):
         try:
             await self._cache.invalidate(wanted)
         except PyMongoError as exc:
-            log.error("a write's cache entries could not be invalidated: %s", exc)
+            log.error("a write's cache entries could not be invalidated (%s)", type(exc).__name__)

@@ -102,7 +102,8 @@ async def test_p15_a_ciphertext_moved_onto_another_patients_entry_is_a_logged_mi
     with caplog.at_level(logging.WARNING, logger="gateway.cache.cache"):
         lookup = await _lookup(cache, OTHER)
     assert lookup.hit is None and lookup.gen is not None
-    assert "Observation/obs-2 does not decrypt" in caplog.text
+    assert "a cached Observation does not decrypt" in caplog.text
+    assert "obs-" not in caplog.text and "pat-" not in caplog.text  # logs carry no ids (P-14)
     assert _failures(cache) == 1
     assert await _store(cache, OTHER, B)  # the refetched answer replaces it
     assert (await _lookup(cache, OTHER)).hit is not None
