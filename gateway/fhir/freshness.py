@@ -1,7 +1,9 @@
 """Fresh answers without a query per answer: the change counters.
 
 Every write to the revocation list and to the consents moves a counter in ``change_epochs``
-(``{"_id": "revocations", "n": ...}``, ``{"_id": "consents", "n": ...}``) after the write is done.
+(``{"_id": "revocations", "n": ...}``, ``{"_id": "consents", "n": ...}``) after the write is done;
+so do a write through the gateway, a purge and a shred of the encrypted cache (``cache``,
+``cache_keys``: :mod:`gateway.cache.cache`), and a change of representation.
 For every request the gateway reads those counters afresh — one small ``_id`` query, shared by
 the requests that arrive together (:mod:`gateway.fhir.coalesce`) and always made after the request
 arrived. An answer cached under the counter it was read at is reused only while the counter has
