@@ -6,7 +6,7 @@
 2. The key-encryption key (P-16): everything the configured current KEK did not wrap — the sealed
    secrets (signing keys, TOTP secrets, the paging secret) and the cache's data keys, all of
    :data:`WRAPPED_FIELDS` — is re-wrapped under it while the gateways go on serving
-   (:mod:`smart_auth.rewrap`), with a progress bar.
+   (:mod:`smart_auth.rewrap`), with a progress bar on a terminal.
 
 A new KEK comes from the settings, not from this command: ``key_encryption_key_file`` (or
 ``key_encryption_key``) names the new key and ``previous_key_encryption_key_files`` (or
@@ -65,7 +65,7 @@ async def rotate_keys(
     current = provider.current_version
     total = await pending(services.db, WRAPPED_FIELDS, current)
     print(f"re-wrapping {total} key(s) under key-encryption key {current}", file=out, flush=True)
-    with tqdm(total=total, unit="key", desc="re-wrapping", file=sys.stderr, mininterval=0.2) as bar:
+    with tqdm(total=total, unit="key", desc="re-wrapping", file=sys.stderr, disable=None) as bar:
         report = await rewrap(services.db, provider, WRAPPED_FIELDS, progress=bar.update)
     versions = await versions_in_use(services.db, WRAPPED_FIELDS)
     remaining = {version: n for version, n in sorted(versions.items()) if version != current}

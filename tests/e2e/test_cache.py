@@ -516,7 +516,7 @@ async def test_p16_p17_keys_rotate_while_500_reads_run_and_the_old_kek_is_then_u
     assert _hits(after) == len(resources)  # every entry still opens: only wrappings changed
 
 
-async def test_p16_keys_rotate_from_the_command_line_reports_progress(
+async def test_p16_keys_rotate_from_the_command_line_reports_what_it_did(
     gateway: RunningGateway, system_http: aiohttp.ClientSession
 ) -> None:
     for resource in of(AMELIA, "Observation")[:2]:
@@ -530,6 +530,5 @@ async def test_p16_keys_rotate_from_the_command_line_reports_progress(
     assert status == 0, out + err
     current = version_of(parse_key(new.encode()))
     assert re.search(rf"re-wrapping [1-9]\d* key\(s\) under key-encryption key {current}", out)
-    assert "re-wrapping: 100%" in err  # the progress bar
     assert f"every key is wrapped by {current}" in out
     assert "new signing key" in out
