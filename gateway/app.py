@@ -2,8 +2,10 @@
 ``fhir-gateway serve``, ``fhir-gateway demo`` and every test.
 
 Each long-lived resource lives in its own cleanup context and cleans up only what it started: the
-MongoDB client, the upstream ``ClientSession``, the authorization server's stores, and the FHIR
-pipeline (with its own small session for external issuers' JWKS).
+MongoDB client, the upstream ``ClientSession``, the authorization server's stores, the encrypted
+cache, and the FHIR pipeline (with its own small session for external issuers' JWKS). With
+``cache_enabled`` the pipeline's fetcher is the caching one; the cache itself is opened either
+way, so that a withdrawal or an erasure still purges and shreds what an earlier run cached.
 
 The secrets kept in MongoDB are sealed by a key provider (P-19): the one of the configured
 key-encryption key, or one passed in (a KMS, say). Without either the application is not built.
@@ -21,7 +23,9 @@ from pymongo import AsyncMongoClient
 from consent.store import ConsentStore
 from gateway.account import setup_account
 from gateway.appkeys import (
+    AUDIT,
     AUTH,
+    CACHE,
     CLOCK,
     EPOCHS,
     KEY_PROVIDER,
@@ -33,7 +37,10 @@ from gateway.appkeys import (
     SETTINGS,
     UPSTREAM,
 )
+from gateway.audit.runtime import open_audit
+from gateway.cache.cache import CacheLimits, ResourceCache
 from gateway.fhir.authenticate import Authenticator
+from gateway.fhir.cached import CachingFetcher
 from gateway.fhir.consent_api import ConsentApi
 from gateway.fhir.consent_gate import ConsentGate
 from gateway.fhir.fetch import Fetcher
@@ -92,6 +99,35 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
+async def _audit_context(app: web.Application) -> AsyncIterator[None]:
+    """The audit log (AUDIT.md): this instance's chain, its spool, checkpoints signed with the
+    key ring's signing key."""
+    settings = app[SETTINGS]
+    db = app[MONGO][settings.mongodb_database]
+    async with open_audit(settings, db, app[AUTH].keys) as audit:
+        app[AUDIT] = audit
+        yield
+
+
+async def _cache_context(app: web.Application) -> AsyncIterator[None]:
+    """The encrypted cache (P-15): its data keys sealed by the key provider, its entries in
+    MongoDB; a sweep in progress is awaited on the way out."""
+    settings = app[SETTINGS]
+    cache = ResourceCache(
+        app[MONGO][settings.mongodb_database],
+        app[KEY_PROVIDER],
+        app[METRICS],
+        CacheLimits.from_settings(settings),
+        clock=app[CLOCK],
+    )
+    await cache.ensure_indexes()
+    app[CACHE] = cache
+    try:
+        yield
+    finally:
+        await cache.close()
+
+
 async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
     """The FHIR pipeline: token validation against the key ring and any external issuers (with
     their own small HTTP session for fetching JWKS), and the shared paging secret."""
@@ -117,7 +153,11 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
     )
     rate_limit = ClusterRateLimit(db, settings.rate_limit_per_client)
     await rate_limit.ensure_indexes()
-    fetcher = Fetcher(app[UPSTREAM], app[REWRITER], app[METRICS])
+    fetcher = (
+        CachingFetcher(app[UPSTREAM], app[REWRITER], app[METRICS], app[CACHE], epochs)
+        if settings.cache_enabled
+        else Fetcher(app[UPSTREAM], app[REWRITER], app[METRICS])
+    )
     gate = ConsentGate(consents, auth.clients, epochs)
     pages = PageSealer(secret, settings.page_link_lifetime_seconds)
     app[PIPELINE] = Pipeline(
@@ -126,12 +166,15 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         representation=app[REPRESENTATION],
         fetcher=fetcher,
         consent=gate,
-        consents=ConsentApi(consents, auth.revoker, auth.clients, settings.fhir_base_url),
+        consents=ConsentApi(
+            consents, auth.revoker, auth.clients, app[CACHE], settings.fhir_base_url
+        ),
         pages=pages,
         release=Release(fetcher, gate, pages, app[REWRITER], settings.fhir_base_url),
         writes=WritePolicy(fetcher, gate),
         cors=Cors(auth.clients),
         rate_limit=rate_limit,
+        audit=app[AUDIT],
     )
     try:
         yield
@@ -165,6 +208,7 @@ def create_app(
     )
     app.cleanup_ctx.append(_mongo_context)
     app.cleanup_ctx.append(_upstream_context)
+    app.cleanup_ctx.append(_cache_context)
     app.on_response_prepare.append(add_request_id)
 
     async def mongo_answers() -> bool:
@@ -178,7 +222,8 @@ def create_app(
     Health(checks, metrics, settings.metrics_token).add_routes(app)
     setup_authserver(app)  # before the catch-all /fhir route: it serves /fhir/.well-known/...
     setup_account(app)
-    app.cleanup_ctx.append(_pipeline_context)  # after the authorization server's (key ring)
+    app.cleanup_ctx.append(_audit_context)  # after the authorization server's (key ring)
+    app.cleanup_ctx.append(_pipeline_context)
     app.router.add_route("*", "/fhir", _handle_fhir)
     app.router.add_route("*", "/fhir/{path:.*}", _handle_fhir)
     return app

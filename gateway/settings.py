@@ -137,6 +137,39 @@ class Settings(BaseSettings):
     key_encryption_key: SecretStr | None = Field(
         default=None, description="The key-encryption key itself: 32 random bytes in base64."
     )
+    previous_key_encryption_key_files: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Earlier key-encryption keys, still opened but never used to wrap (P-16).",
+    )
+    previous_key_encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Earlier key-encryption keys themselves, in base64 (comma-separated).",
+    )
+
+    # --- the encrypted cache of upstream reads (P-15, C-10, C-13, C-22)
+    cache_enabled: bool = Field(
+        default=True, description="Serve reads by id and vreads from the encrypted cache."
+    )
+    cache_ttl_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=86400,
+        description="A cached resource is served without asking the upstream this long after it "
+        "was fetched or revalidated.",
+    )
+    cache_revalidate_seconds: int = Field(
+        default=3600,
+        ge=0,
+        description="After its TTL, an entry is kept this long to be revalidated with its ETag.",
+    )
+    cache_max_entries: int = Field(default=100_000, ge=1)
+    cache_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    cache_key_memory_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="How long an instance keeps an unwrapped data key in memory.",
+    )
 
     # --- request limits (P-12)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
@@ -209,11 +242,32 @@ class Settings(BaseSettings):
         description="Bearer token that /metrics requires; without one /metrics is not served.",
     )
 
+    # --- the audit log (AUDIT.md A-07 … A-13)
+    audit_chain_name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._:@-]{1,100}$",
+        description="This instance's audit chain; unique per running instance, stable across its "
+        "restarts (default: host name and port).",
+    )
+    audit_spool_dir: Path = Field(
+        default=Path("audit-spool"),
+        description="Local directory where audit events wait, fsynced, while MongoDB is down.",
+    )
+    audit_write_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    audit_checkpoint_events: int = Field(default=1000, ge=1)
+    audit_checkpoint_seconds: float = Field(default=300.0, gt=0)
+    audit_retention_days: int = Field(default=2192, ge=1)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("upstream_aliases", mode="before")
+    @field_validator(
+        "upstream_aliases",
+        "previous_key_encryption_key_files",
+        "previous_key_encryption_keys",
+        mode="before",
+    )
     @classmethod
-    def _aliases_list(cls, value: object) -> object:
+    def _lists(cls, value: object) -> object:
         return _split_list(value)
 
     @field_validator("public_base_url")
@@ -236,6 +290,13 @@ class Settings(BaseSettings):
     def _key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             parse_key(value.get_secret_value().encode())  # raises ValueError, never echoing it
+        return value
+
+    @field_validator("previous_key_encryption_keys")
+    @classmethod
+    def _previous_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            parse_key(key.get_secret_value().encode())  # raises ValueError, never echoing it
         return value
 
     @model_validator(mode="after")
@@ -323,10 +384,26 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 def load_key_provider(settings: Settings) -> LocalKeyProvider:
-    """The key provider of the configured key-encryption key; :class:`SettingsError` naming the
-    settings when there is none or it cannot be read."""
+    """The key provider of the configured key-encryption key, which wraps, and of the previous
+    ones, which only unwrap (P-16: they stay readable while ``fhir-gateway keys rotate`` re-wraps
+    what they wrapped); :class:`SettingsError` naming the settings when there is no current key
+    or one cannot be read."""
+    previous = [
+        parse_key(key.get_secret_value().encode()) for key in settings.previous_key_encryption_keys
+    ]
+    for file in settings.previous_key_encryption_key_files:
+        try:
+            previous.append(read_key_file(file))
+        except ValueError as exc:
+            raise SettingsError(
+                f"{_describe(('previous_key_encryption_key_files',))}: {exc}"
+            ) from None
+    return LocalKeyProvider(_current_key(settings), previous)
+
+
+def _current_key(settings: Settings) -> bytes:
     if settings.key_encryption_key is not None:
-        return LocalKeyProvider(parse_key(settings.key_encryption_key.get_secret_value().encode()))
+        return parse_key(settings.key_encryption_key.get_secret_value().encode())
     path = settings.key_encryption_key_file
     if path is None:
         raise SettingsError(
@@ -337,6 +414,6 @@ def load_key_provider(settings: Settings) -> LocalKeyProvider:
             "them in clear; 'fhir-gateway demo' makes a throwaway key for trying it out"
         )
     try:
-        return LocalKeyProvider(read_key_file(path))
+        return read_key_file(path)
     except ValueError as exc:
         raise SettingsError(f"{_describe(('key_encryption_key_file',))}: {exc}") from None

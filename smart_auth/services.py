@@ -26,8 +26,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from smart_auth.accounts.events import SecurityEvents
+from smart_auth.accounts.sessions import SEALED as SEALED_PENDING_TOTP
 from smart_auth.accounts.sessions import SessionStore
 from smart_auth.accounts.throttle import LoginThrottle, Throttle
+from smart_auth.accounts.users import SEALED as SEALED_TOTP
 from smart_auth.accounts.users import UserStore
 from smart_auth.backend_services import JtiStore
 from smart_auth.client_keys import ClientKeyResolver
@@ -37,13 +39,17 @@ from smart_auth.codes import CodeStore
 from smart_auth.flows import FlowStore
 from smart_auth.grants import GrantStore
 from smart_auth.jwks import JwksFetcher
-from smart_auth.key_provider import KeyProvider
+from smart_auth.key_provider import KeyProvider, WrappedField
+from smart_auth.keys import SEALED as SEALED_SIGNING_KEYS
 from smart_auth.keys import KeyRing
 from smart_auth.launch import LaunchStore
 from smart_auth.refresh import RefreshStore
 from smart_auth.revocation import Revoker
 from smart_auth.revocations import RevocationList
 from smart_auth.tokens import TokenPolicy
+
+SEALED_FIELDS: tuple[WrappedField, ...] = (SEALED_SIGNING_KEYS, SEALED_TOTP, SEALED_PENDING_TOTP)
+"""Every place where the authorization server keeps secrets sealed by the key provider."""
 
 MIGRATIONS = "migrations"  # one document per start-up migration that ran to its end
 _SEALED = "secrets-sealed"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ def gateway_settings(port: int, **overrides: Any) -> Settings:
         "public_base_url": f"http://127.0.0.1:{port}",
         "mongodb_database": f"test_{uuid.uuid4().hex[:12]}",
         "key_encryption_key": SESSION_KEK,
+        "audit_spool_dir": Path(tempfile.mkdtemp(prefix="audit-spool-")),
         **overrides,
     }
     return load_settings(**values)

@@ -29,7 +29,7 @@ from consent.minimise import PROFILES
 from consent.model import grant_terms
 from consent.store import Change, Channel, ConsentStore, client_id_value
 from gateway.account.viewer import done, page, viewer
-from gateway.appkeys import AUTH
+from gateway.appkeys import AUTH, CACHE
 from gateway.fhir.consent_api import revoke_if_withdrawn
 from gateway.oauth.errors import BadPage
 from gateway.oauth.rendering import record
@@ -131,7 +131,7 @@ async def disconnect(request: web.Request) -> web.Response:
     change = Change(who.user.fhir_user or f"user:{who.user.user_id}", Channel.ACCOUNT_PAGES)
     for consent in permits:
         withdrawn = await store.withdraw(str(consent["id"]), change=change)
-        await revoke_if_withdrawn(auth.revoker, consent, withdrawn)
+        await revoke_if_withdrawn(auth.revoker, request.app[CACHE], consent, withdrawn)
     await record(
         request,
         "app-disconnected",

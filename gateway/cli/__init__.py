@@ -25,6 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.app import create_app, runner_options
+from gateway.audit.cli import add_commands as add_audit_commands
 from gateway.cli import demo_env
 from gateway.cli.admin import CommandError, add_commands, register_demo_sync
 from gateway.localstack import EmbeddedError, local_stack
@@ -107,6 +108,7 @@ def _demo(args: argparse.Namespace) -> int:
             upstream_url=upstream.base_url,
             mongodb_uri=mongo_uri,
             **({} if _env_sets("metrics_token") else {"metrics_token": DEMO_METRICS_TOKEN}),
+            **({} if _env_sets("audit_spool_dir") else {"audit_spool_dir": workdir / "audit"}),
         )
         settings = _demo_key(settings, workdir)
         configure_logging(settings.log_level)
@@ -197,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_demo)
     add_commands(commands, "a TOML settings file (environment wins over it)")
+    add_audit_commands(commands, "a TOML settings file (environment wins over it)")
     return parser
 
 

@@ -1,7 +1,7 @@
 """The administration commands of ``fhir-gateway`` (SECURITY.md P-09): ``clients add|list|remove``,
-``users add``, ``keys rotate``, ``patients erase``, ``consent list|history|add|withdraw`` (an
-administrator acting on a documented request, C-23), and ``register-demo`` (the demo's apps and
-users from ``fixtures/``).
+``users add``, ``keys rotate`` (:mod:`gateway.cli.keys`), ``patients erase``,
+``consent list|history|add|withdraw`` (an administrator acting on a documented request, C-23), and
+``register-demo`` (the demo's apps and users from ``fixtures/``).
 
 Each command reads the same settings as ``serve`` (environment and ``--config``, the key-encryption
 key included: the stores it opens seal their secrets, P-19), plus an env file (``--env-file``;
@@ -25,12 +25,15 @@ from pymongo.errors import PyMongoError
 
 from consent.errors import ConsentError, InvalidParameter
 from consent.store import Change, Channel, ConsentStore
+from gateway.cache.cache import CacheLimits, ResourceCache
 from gateway.cli import demo_env
+from gateway.cli.keys import rotate_keys
 from gateway.erasure import erase_patient
 from gateway.fhir.consent_api import revoke_if_withdrawn
 from gateway.localstack import FIXTURES
 from gateway.oauth import open_services
 from gateway.settings import Settings, SettingsError, load_key_provider, load_settings
+from gateway.web.metrics import Metrics
 from smart_auth.accounts.passwords import WeakPassword
 from smart_auth.accounts.users import Role, UserError
 from smart_auth.clients import ClientError, ClientType, new_client
@@ -72,6 +75,25 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _run(args: argparse.Namespace, work: Callable[[AuthServices], Awaitable[int]]) -> int:
     return asyncio.run(_with_services(_settings(args), work))
+
+
+def _run_cached(
+    args: argparse.Namespace, work: Callable[[AuthServices, ResourceCache], Awaitable[int]]
+) -> int:
+    """``_run`` for a command that purges or shreds cached resources too (C-13, C-22)."""
+    settings = _settings(args)
+
+    async def with_cache(services: AuthServices) -> int:
+        cache = ResourceCache(
+            services.db,
+            load_key_provider(settings),
+            Metrics(),
+            CacheLimits.from_settings(settings),
+        )
+        await cache.ensure_indexes()
+        return await work(services, cache)
+
+    return asyncio.run(_with_services(settings, with_cache))
 
 
 def _read(path: Path) -> str:
@@ -172,34 +194,36 @@ def _users_add(args: argparse.Namespace) -> int:
 
 
 def _patients_erase(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices) -> int:
+    async def work(services: AuthServices, cache: ResourceCache) -> int:
         try:
             erasure = await erase_patient(
-                services, ConsentStore(services.db), args.patient, actor="cli"
+                services, ConsentStore(services.db), cache, args.patient, actor="cli"
             )
         except InvalidParameter as exc:
             raise CommandError(str(exc)) from None
         print(
             f"Patient/{erasure.patient}: {erasure.grants_revoked} app grant(s) revoked, "
+            f"{erasure.cache_keys_destroyed} cache key(s) destroyed, "
             f"{len(erasure.consents_withdrawn)} consent(s) withdrawn, "
             f"{len(erasure.consents_deleted)} draft(s) deleted, "
             f"{len(erasure.consents_kept)} kept as evidence"
         )
         return 0
 
-    return _run(args, work)
+    return _run_cached(args, work)
 
 
-def _consent_work(
-    args: argparse.Namespace, work: Callable[[AuthServices, ConsentStore], Awaitable[int]]
-) -> int:
-    async def run(services: AuthServices) -> int:
+ConsentWork = Callable[[AuthServices, ConsentStore, ResourceCache], Awaitable[int]]
+
+
+def _consent_work(args: argparse.Namespace, work: ConsentWork) -> int:
+    async def run(services: AuthServices, cache: ResourceCache) -> int:
         try:
-            return await work(services, ConsentStore(services.db))
+            return await work(services, ConsentStore(services.db), cache)
         except ConsentError as exc:
             raise CommandError(str(exc)) from None
 
-    return _run(args, run)
+    return _run_cached(args, run)
 
 
 def _cli_change(args: argparse.Namespace) -> Change:
@@ -210,7 +234,7 @@ def _cli_change(args: argparse.Namespace) -> Change:
 
 
 def _consent_list(args: argparse.Namespace) -> int:
-    async def work(_services: AuthServices, store: ConsentStore) -> int:
+    async def work(_services: AuthServices, store: ConsentStore, _cache: ResourceCache) -> int:
         for consent in await store.search(patient_id=args.patient, limit=1000):
             provision = consent.get("provision") or {}
             print(
@@ -223,7 +247,7 @@ def _consent_list(args: argparse.Namespace) -> int:
 
 
 def _consent_history(args: argparse.Namespace) -> int:
-    async def work(_services: AuthServices, store: ConsentStore) -> int:
+    async def work(_services: AuthServices, store: ConsentStore, _cache: ResourceCache) -> int:
         for entry in await store.history(args.id):
             change = entry.change
             who = f"{change.by} ({change.channel.value})" if change else "(not recorded)"
@@ -236,7 +260,7 @@ def _consent_history(args: argparse.Namespace) -> int:
 
 
 def _consent_add(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices, store: ConsentStore) -> int:
+    async def work(services: AuthServices, store: ConsentStore, cache: ResourceCache) -> int:
         try:
             consent = json.loads(_read(args.file))
         except json.JSONDecodeError as exc:
@@ -252,10 +276,10 @@ def _consent_add(args: argparse.Namespace) -> int:
 
 
 def _consent_withdraw(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices, store: ConsentStore) -> int:
+    async def work(services: AuthServices, store: ConsentStore, cache: ResourceCache) -> int:
         current = await store.read(args.id)
         updated = await store.withdraw(args.id, change=_cli_change(args))
-        await revoke_if_withdrawn(services.revoker, current, updated)
+        await revoke_if_withdrawn(services.revoker, cache, current, updated)
         await services.events.record(
             "cli-consent-withdrawn", actor="cli", detail={"consent": args.id}
         )
@@ -266,15 +290,13 @@ def _consent_withdraw(args: argparse.Namespace) -> int:
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices) -> int:
-        old = await services.keys.signing_key()
-        print(f"rotating the token signing key (current {old.kid})...", flush=True)
-        new = await services.keys.rotate()
-        await services.events.record("cli-keys-rotated", actor="cli", detail={"kid": new.kid})
-        print(f"new signing key {new.kid}; {old.kid} stays in the JWKS until its tokens expire")
-        return 0
+    settings = _settings(args)
 
-    return _run(args, work)
+    async def work(services: AuthServices) -> int:
+        rotation = await rotate_keys(services, load_key_provider(settings))
+        return 0 if rotation.complete else 1
+
+    return asyncio.run(_with_services(settings, work))
 
 
 async def register_demo(services: AuthServices, fixtures: Path = FIXTURES) -> list[str]:
@@ -412,12 +434,20 @@ def add_commands(commands: Any, config_help: str) -> None:
 
     keys = commands.add_parser("keys", help="rotate keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
-    rotate = ksub.add_parser("rotate", help="rotate the token signing key (P-17)")
+    rotate = ksub.add_parser(
+        "rotate",
+        help="rotate the token signing key (P-17) and re-wrap every sealed secret and cache data "
+        "key under the current key-encryption key (P-16)",
+    )
     rotate.set_defaults(func=_keys_rotate)
 
     patients = commands.add_parser("patients", help="act on what the gateway holds of a patient")
     psub = patients.add_subparsers(dest="patients_command", required=True)
-    erase = psub.add_parser("erase", help="erase a patient's consents and revoke every app (C-22)")
+    erase = psub.add_parser(
+        "erase",
+        help="erase a patient: revoke every app, destroy their cache keys, withdraw their "
+        "consents (C-22)",
+    )
     erase.add_argument("--patient", required=True, help="the Patient id")
     erase.set_defaults(func=_patients_erase)
 

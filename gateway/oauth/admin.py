@@ -33,7 +33,7 @@ from consent.errors import (
     InvalidParameter,
 )
 from consent.store import Change, Channel, ConsentStore, HistoryEntry
-from gateway.appkeys import AUTH
+from gateway.appkeys import AUTH, CACHE
 from gateway.erasure import erase_patient
 from gateway.fhir.consent_api import revoke_if_withdrawn
 from gateway.oauth.errors import ApiError
@@ -236,6 +236,7 @@ async def erase_patient_data(request: web.Request) -> web.Response:
         erasure = await erase_patient(
             request.app[AUTH],
             ConsentStore(request.app[AUTH].db),
+            request.app[CACHE],
             request.match_info["patient_id"],
             actor=session.user_id,
         )
@@ -327,7 +328,7 @@ async def _change_consent(
     store, consent_id = _consents(request), request.match_info["consent_id"]
     current = await _consent_call(store.read(consent_id))
     updated = await _consent_call(change_it(store, consent_id, body, change))
-    await revoke_if_withdrawn(request.app[AUTH].revoker, current, updated)
+    await revoke_if_withdrawn(request.app[AUTH].revoker, request.app[CACHE], current, updated)
     detail = {"consent": consent_id, "reason": change.reason}
     await record(request, kind, actor=session.user_id, detail=detail)
     return web.json_response(updated)

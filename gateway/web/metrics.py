@@ -37,6 +37,38 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.cache_hits = Counter(
+            "fhir_gateway_cache_hits",
+            "Reads by id answered from the encrypted cache without the upstream, by interaction.",
+            ["interaction"],
+            registry=self.registry,
+        )
+        self.cache_misses = Counter(
+            "fhir_gateway_cache_misses",
+            "Cacheable reads the cache could not answer (fetched from the upstream), by "
+            "interaction.",
+            ["interaction"],
+            registry=self.registry,
+        )
+        self.cache_revalidations = Counter(
+            "fhir_gateway_cache_revalidations",
+            "Stale entries revalidated with the upstream (If-None-Match), by outcome: unchanged "
+            "(304, the entry is kept) or changed.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.cache_decrypt_failures = Counter(
+            "fhir_gateway_cache_decrypt_failures",
+            "Cache entries that did not decrypt (altered, or moved from another record); each is "
+            "treated as a miss and logged.",
+            registry=self.registry,
+        )
+        self.cache_evictions = Counter(
+            "fhir_gateway_cache_evictions",
+            "Entries removed to keep the cache within its bounds (entries, bytes).",
+            registry=self.registry,
+        )
+
     def observe_request(self, interaction: str, status: int, seconds: float) -> None:
         code = str(status)
         self.requests.labels(interaction, code).inc()

@@ -20,9 +20,18 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from smart_auth.clock import Clock, system_clock
-from smart_auth.key_provider import KeyProvider, KeyProviderError, Sealed, seal, unseal
+from smart_auth.key_provider import (
+    KeyProvider,
+    KeyProviderError,
+    Sealed,
+    WrappedField,
+    seal,
+    unseal,
+)
 
 COLLECTION = "sessions"
+SEALED = WrappedField(COLLECTION, "pending_totp")
+"""Where TOTP secrets being enrolled are sealed (re-wrapped on KEK rotation, P-16)."""
 
 
 def digest(token: str) -> str:

@@ -29,9 +29,18 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from smart_auth.accounts.passwords import check_policy, hash_password
-from smart_auth.key_provider import KeyProvider, KeyProviderError, Sealed, seal, unseal
+from smart_auth.key_provider import (
+    KeyProvider,
+    KeyProviderError,
+    Sealed,
+    WrappedField,
+    seal,
+    unseal,
+)
 
 COLLECTION = "users"
+SEALED = WrappedField(COLLECTION, "mfa.sealed_secret")
+"""Where the TOTP secrets are sealed (re-wrapped on KEK rotation, P-16)."""
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{2,63}$")
 _REFERENCE = re.compile(r"^(Patient|Practitioner|RelatedPerson|Person)/[A-Za-z0-9\-.]{1,64}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")

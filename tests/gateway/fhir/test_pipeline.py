@@ -80,6 +80,10 @@ class Steps:
             raise Forbidden("refused by the write policy")
         return CIMultiDict()
 
+    # step 7, the audit record
+    async def record(self, facts: Any) -> None:
+        self.log.append(f"audit {facts.status}")
+
     # the Consent API
     async def handle(self, context: Any, interaction: Any, body: Any, headers: Any) -> Answer:
         self.log.append("consents.handle")
@@ -111,6 +115,7 @@ def pipeline(steps: Steps) -> Pipeline:
         writes=_As(prepare=steps.prepare, check=steps.check),  # type: ignore[arg-type]
         cors=_As(),  # type: ignore[arg-type]
         rate_limit=_As(),  # type: ignore[arg-type]
+        audit=_As(record_request=steps.record),  # type: ignore[arg-type]
     )
 
 
