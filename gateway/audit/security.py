@@ -18,6 +18,7 @@ consent changed           rest                       create / update / delete (B
 signing key rotated       alert                      110129 Security Configuration         U
 app registered / removed  alert                      110131 Software Configuration         C/D
 account added             alert                      110136 Security Roles Changed         C
+EHR launch context made   alert                      110135 Object Security Attributes     C
 patient erased (C-22)     110110 Patient Record      delete                                D
 ========================  =========================  ====================================  ======
 
@@ -421,6 +422,7 @@ def patient_erased(
     consents_withdrawn: int,
     consents_deleted: int,
     consents_kept: int,
+    cache_keys_destroyed: int = 0,
     at: datetime | None = None,
     ids: IdFactory = new_id,
 ) -> dict[str, Any]:
@@ -430,6 +432,7 @@ def patient_erased(
         detail("consents-withdrawn", str(consents_withdrawn)),
         detail("consents-deleted", str(consents_deleted)),
         detail("consents-kept", str(consents_kept)),
+        detail("cache-keys-destroyed", str(cache_keys_destroyed)),
     ]
     return _event(
         observer,
@@ -476,6 +479,30 @@ def admin_action(
         type_=c.dicom(c.SECURITY_ALERT),
         subtype=c.dicom(subtype),
         action=action,
+        entities=entities,
+        at=at,
+        ids=ids,
+    )
+
+
+def launch_created(
+    observer: Observer,
+    actor: Actor,
+    *,
+    patient: str | None,
+    at: datetime | None = None,
+    ids: IdFactory = new_id,
+) -> dict[str, Any]:
+    """An EHR launch context made by a signed-in user (SMART EHR launch): an app launched with it
+    gets that patient in context."""
+    entities = [patient_entity(patient)] if patient else []
+    entities.append(_object_entity(c.LAUNCH_SYSTEM, "launch", []))
+    return _event(
+        observer,
+        actor,
+        type_=c.dicom(c.SECURITY_ALERT),
+        subtype=c.dicom(c.OBJECT_SECURITY_CHANGED),
+        action=c.CREATE,
         entities=entities,
         at=at,
         ids=ids,
