@@ -27,6 +27,7 @@ from gateway.appkeys import (
     AUTH,
     CACHE,
     CLOCK,
+    CONSENTS,
     EPOCHS,
     KEY_PROVIDER,
     METRICS,
@@ -37,6 +38,7 @@ from gateway.appkeys import (
     SETTINGS,
     UPSTREAM,
 )
+from gateway.audit.acts import consent_written, grants_revoked
 from gateway.audit.runtime import open_audit
 from gateway.cache.cache import CacheLimits, ResourceCache
 from gateway.fhir.authenticate import Authenticator
@@ -101,12 +103,20 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
 
 async def _audit_context(app: web.Application) -> AsyncIterator[None]:
     """The audit log (AUDIT.md): this instance's chain, its spool, checkpoints signed with the
-    key ring's signing key."""
+    key ring's signing key; and the stores that tell it what they change, so that nothing
+    changes a Consent or revokes a grant unrecorded (:mod:`gateway.audit.acts`)."""
     settings = app[SETTINGS]
     db = app[MONGO][settings.mongodb_database]
     async with open_audit(settings, db, app[AUTH].keys) as audit:
         app[AUDIT] = audit
-        yield
+        consents = ConsentStore(db, on_change=consent_written(audit))
+        await consents.ensure_indexes()
+        app[CONSENTS] = consents
+        app[AUTH].revoker.on_revoke = grants_revoked(audit)
+        try:
+            yield
+        finally:
+            app[AUTH].revoker.on_revoke = None
 
 
 async def _cache_context(app: web.Application) -> AsyncIterator[None]:
@@ -137,8 +147,7 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
     epochs = app[EPOCHS]
     configured = settings.paging_secret.get_secret_value() if settings.paging_secret else None
     secret = await load_secret(db, configured, app[KEY_PROVIDER])
-    consents = ConsentStore(db)
-    await consents.ensure_indexes()
+    consents = app[CONSENTS]
     jwks_http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
     authenticator = Authenticator(
         issuer=settings.public_base_url,

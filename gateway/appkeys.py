@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
+from consent.store import ConsentStore
 from gateway.audit.log import AuditLog
 from gateway.cache.cache import ResourceCache
 from gateway.fhir.freshness import ChangeEpochs
@@ -40,6 +41,7 @@ KEY_PROVIDER = web.AppKey[KeyProvider]("key_provider")
 CLOCK = web.AppKey[Clock]("clock")
 PIPELINE = web.AppKey("pipeline", Pipeline)
 AUDIT = web.AppKey("audit", AuditLog)
+CONSENTS = web.AppKey("consents", ConsentStore)
 CACHE = web.AppKey("cache", ResourceCache)
 
 AUTH_SESSION = web.RequestKey("auth_session", Session)

@@ -11,8 +11,8 @@ What the collections hold, and how their secrets are protected:
   recovery codes (SHA-256);
 - no secret: clients' public keys, grants, consents, flows and launch contexts (each bound to a
   browser cookie or a signed-in user that the database does not hold), sessions' CSRF tokens
-  (worthless without the session cookie), revocations, throttling counters, security events,
-  migrations.
+  (worthless without the session cookie), revocations, throttling counters, migrations.
+  (Security events are AuditEvents, in the gateway's audit trail.)
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from smart_auth.accounts.events import SecurityEvents
 from smart_auth.accounts.sessions import SEALED as SEALED_PENDING_TOTP
 from smart_auth.accounts.sessions import SessionStore
 from smart_auth.accounts.throttle import LoginThrottle, Throttle
@@ -102,7 +101,6 @@ class AuthServices:
     jtis: JtiStore
     client_keys: ClientKeyResolver
     revoker: Revoker
-    events: SecurityEvents
     db: AsyncDatabase[dict[str, Any]]
     clock: Clock = system_clock
 
@@ -120,7 +118,6 @@ class AuthServices:
             self.keys,
             self.revocations,
             self.jtis,
-            self.events,
         ):
             await store.ensure_indexes()
 
@@ -185,7 +182,6 @@ def build_services(
         jtis=JtiStore(db),
         client_keys=ClientKeyResolver(fetch_jwks, config.client_jwks_max_cache),
         revoker=Revoker(grants, refresh, revocations, sessions),
-        events=SecurityEvents(db),
         db=db,
         clock=clock,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.account import apps, security
+from gateway.account import apps, history, security
 
 
 async def _home(request: web.Request) -> web.StreamResponse:
@@ -26,4 +26,5 @@ def setup_account(app: web.Application) -> None:
     app.router.add_get("/account", _home)
     app.router.add_get("/account/", _home)
     apps.add_routes(app)
+    history.add_routes(app)
     security.add_routes(app)

@@ -12,7 +12,7 @@ permits for the patient is withdrawn through :meth:`ConsentStore.withdraw` with 
 :func:`gateway.fhir.consent_api.revoke_if_withdrawn` revokes what that withdrawal ends (the
 grants written with the Consent and every token the app holds for the patient, C-13), as for a
 withdrawal through the FHIR API or by an administrator. The next request of the app gets nothing
-(C-12). It is recorded as a security event.
+(C-12). The store and the revoker record each step in the audit trail (:mod:`gateway.audit.acts`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from consent import authority, fhirtime
 from consent.errors import InvalidParameter
 from consent.minimise import PROFILES
 from consent.model import grant_terms
-from consent.store import Change, Channel, ConsentStore, client_id_value
+from consent.store import Change, Channel, client_id_value
 from gateway.account.viewer import done, page, viewer
-from gateway.appkeys import AUTH, CACHE
+from gateway.appkeys import AUTH, CACHE, CONSENTS
+from gateway.audit.store import AuditQuery, AuditReader
 from gateway.fhir.consent_api import revoke_if_withdrawn
 from gateway.oauth.errors import BadPage
-from gateway.oauth.rendering import record
 from smart_auth.clients import Client, purpose_codes
 from smart_auth.consent_screen import Kind, SensitiveCategory, kinds_of, sensitive_of
 
@@ -67,13 +67,42 @@ def _active_permits(consents: list[dict[str, Any]], now: datetime) -> list[dict[
     ]
 
 
+_LAST_LOOKED_AT = 50
+
+
+def _released(event: dict[str, Any], patient: str) -> bool:
+    """A FHIR request of the app that sent some of the patient's data."""
+    if (event.get("type") or {}).get("code") != "rest" or event.get("outcome") != "0":
+        return False
+    return any(
+        (entity.get("what") or {}).get("reference") == f"Patient/{patient}"
+        and detail.get("type") == "released"
+        and detail.get("valueString") not in (None, "0")
+        for entity in event.get("entity", ())
+        for detail in entity.get("detail", ())
+    )
+
+
+async def last_access(reader: AuditReader, patient: str, client_id: str) -> datetime | None:
+    """When the app last got data of the patient, from the audit trail (among its latest
+    events for the patient: its tokens and approvals are events too)."""
+    found = await reader.search(
+        AuditQuery(patient=patient, agent=AuditQuery.client(client_id), count=_LAST_LOOKED_AT)
+    )
+    for event in found.events:
+        if _released(event, patient):
+            return datetime.fromisoformat(str(event["recorded"]).replace("Z", "+00:00"))
+    return None
+
+
 async def connected_apps(request: web.Request, patient: str) -> list[ConnectedApp]:
     """The apps the patient's active permits name, newest grant first."""
     auth = request.app[AUTH]
-    store = ConsentStore(auth.db)
+    store = request.app[CONSENTS]
     now = datetime.now(UTC)
     found = _active_permits(await store.search(patient_id=patient, status="active"), now)
     known = purpose_codes()
+    reader = AuditReader(auth.db)
     apps: dict[str, ConnectedApp] = {}
     for consent in found:
         terms = grant_terms(consent)
@@ -91,7 +120,7 @@ async def connected_apps(request: web.Request, patient: str) -> list[ConnectedAp
                 minimisation=tuple(PROFILES[p].plain for p in terms.purposes if p in PROFILES),
                 since=_instant(terms.start),
                 until=_instant(terms.end, end=True),
-                last_access=None,
+                last_access=await last_access(reader, patient, client_id),
             )
     return list(apps.values())
 
@@ -117,8 +146,7 @@ async def disconnect(request: web.Request) -> web.Response:
         client_id = client_id_value(form.get("client_id"))
     except InvalidParameter:
         raise BadPage("Choose an app from the list.") from None
-    auth = request.app[AUTH]
-    store = ConsentStore(auth.db)
+    store = request.app[CONSENTS]
     permits = [
         consent
         for consent in await store.search(patient_id=patient, status="active", client_id=client_id)
@@ -128,20 +156,16 @@ async def disconnect(request: web.Request) -> web.Response:
         raise BadPage(
             "This app is not connected to this record, so there is nothing to disconnect."
         )
+    # The app's tokens for this patient end first, so that the audit trail ties their end to
+    # the patient and the app (a grant revoked through its Consent is recorded by grant only);
+    # then each permit is withdrawn as every withdrawal is, which revokes anything left and
+    # purges the patient's cached resources.
+    auth = request.app[AUTH]
+    await auth.revoker.revoke_app_for_patient(client_id, patient)
     change = Change(who.user.fhir_user or f"user:{who.user.user_id}", Channel.ACCOUNT_PAGES)
     for consent in permits:
         withdrawn = await store.withdraw(str(consent["id"]), change=change)
         await revoke_if_withdrawn(auth.revoker, request.app[CACHE], consent, withdrawn)
-    await record(
-        request,
-        "app-disconnected",
-        actor=who.user.user_id,
-        detail={
-            "client": client_id,
-            "patient": patient,
-            "consents": [str(c["id"]) for c in permits],
-        },
-    )
     raise done(who, "/account/apps", disconnected=client_id)
 
 

@@ -6,20 +6,27 @@ and, first, what to do when you suspect someone else used your account, linking 
 
 Changing the password, turning the second factor off and new recovery codes ask for the current
 password (a session left open on a shared computer must not be enough); wrong passwords count
-towards the sign-in lock (P-05). Every step is recorded as a security event (P-18).
+towards the sign-in lock (P-05). Every step is recorded in the audit trail before the page answers
+(P-18, A-01); the sign-ins shown are read from it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
 from gateway.account.viewer import Form, Viewer, done, page, viewer
 from gateway.appkeys import AUTH, SETTINGS, UPSTREAM
+from gateway.audit import codes, security
+from gateway.audit.facts import Actor
+from gateway.audit.store import AuditQuery, AuditReader
 from gateway.oauth.actsfor import patient_names
-from gateway.oauth.rendering import SESSION_COOKIE, clear_cookie, client_address, record, render
+from gateway.oauth.audited import acting, audited
+from gateway.oauth.rendering import SESSION_COOKIE, clear_cookie, client_address, render
 from gateway.pages.i18n import N_
 from smart_auth.accounts import mfa
 from smart_auth.accounts.passwords import WeakPassword, verify_password
@@ -32,6 +39,53 @@ _MESSAGES = {
     "mfa-off": N_("Two-step verification is off."),
     "session-ended": N_("That device was signed out."),
 }
+
+
+def _actor(request: web.Request, who: Viewer) -> Actor:
+    return acting(request, user_id=who.user.user_id, fhir_user=who.user.fhir_user)
+
+
+@dataclass(frozen=True, slots=True)
+class SignIn:
+    """A sign-in, or a failed attempt, as the audit trail holds it (P-05, P-18)."""
+
+    at: datetime
+    kind: str
+    """``signed-in``, ``wrong-password`` (a password typed for the username) or ``refused`` (the
+    account's second factor, or its password asked again, was not right)."""
+    address: str
+    device: str
+
+
+def _sign_in(event: dict[str, Any], by_username: bool) -> SignIn:
+    address = device = ""
+    for agent in event.get("agent", ()):
+        if agent.get("requestor"):
+            continue
+        address = address or str((agent.get("network") or {}).get("address", ""))
+        device = device or str(agent.get("name", ""))
+    if event.get("outcome") == codes.SUCCESS:
+        kind = "signed-in"
+    else:
+        kind = "wrong-password" if by_username else "refused"
+    at = datetime.fromisoformat(str(event["recorded"]).replace("Z", "+00:00"))
+    return SignIn(at, kind, address, device)
+
+
+async def sign_ins(request: web.Request, user: User, limit: int = 20) -> list[SignIn]:
+    """The account's latest sign-ins and failed attempts, newest first, from the audit trail:
+    the account's own (sign-ins, second factors) and the failed passwords typed for its
+    username (which are recorded under the name typed: the answer never says whether the
+    account exists, P-05)."""
+    reader = AuditReader(request.app[AUTH].db)
+    found: list[SignIn] = []
+    for key, by_username in (
+        (f"{codes.USER_SYSTEM}|{user.user_id}", False),
+        (f"{codes.USERNAME_SYSTEM}|{user.username}", True),
+    ):
+        page = await reader.search(AuditQuery(agent=key, subtype=codes.LOGIN[0], count=limit))
+        found += [_sign_in(event, by_username) for event in page.events]
+    return sorted(found, key=lambda s: s.at, reverse=True)[:limit]
 
 
 def _mfa_optional(request: web.Request, user: User) -> bool:
@@ -65,7 +119,7 @@ async def _view(request: web.Request, who: Viewer, status: int = 200, **extra: A
         "security.html",
         status,
         section="security",
-        sign_ins=await auth.events.sign_ins(user.user_id, user.username),
+        sign_ins=await sign_ins(request, user),
         sessions=await auth.sessions.of_user(user.user_id),
         apps=apps,
         mfa_optional=_mfa_optional(request, user),
@@ -88,13 +142,8 @@ def _signed_out(request: web.Request) -> web.Response:
 async def sign_out_everywhere(request: web.Request) -> web.Response:
     """P-06, P-18: every session of the account and every app's tokens end."""
     who = await viewer(request, await request.post(), about_data=False)
-    sessions, grants = await request.app[AUTH].revoker.sign_out_everywhere(who.user.user_id)
-    await record(
-        request,
-        "sign-out-everywhere",
-        actor=who.user.user_id,
-        detail={"sessions": sessions, "grants": grants, "from": "account-pages"},
-    )
+    await request.app[AUTH].revoker.sign_out_everywhere(who.user.user_id)
+    await audited(request, security.logout, _actor(request, who), everywhere=True)
     return _signed_out(request)
 
 
@@ -107,7 +156,7 @@ async def end_session(request: web.Request) -> web.Response:
         return await _view(
             request, who, 400, errors={"sessions": N_("That device is signed out already.")}
         )
-    await record(request, "session-ended", actor=who.user.user_id, detail={"from": "account-pages"})
+    await audited(request, security.logout, _actor(request, who))
     if target == who.session.session_id:
         return _signed_out(request)
     raise done(who, "/account/security", done="session-ended")
@@ -123,7 +172,13 @@ async def _password_checked(request: web.Request, who: Viewer, form: Form) -> bo
     if await asyncio.to_thread(verify_password, typed, user.password_hash):
         return True
     await auth.throttle.failed(user.username, address)
-    await record(request, "password-check-failed", actor=user.user_id, detail={})
+    await audited(
+        request,
+        security.login,
+        _actor(request, who),
+        succeeded=False,
+        reason="the current password asked by the security page was not right",
+    )
     return False
 
 
@@ -143,10 +198,8 @@ async def change_password(request: web.Request) -> web.Response:
         return await _view(
             request, who, 400, errors={"password": exc.message}, error_params=exc.params
         )
-    ended = await auth.sessions.end_others(who.user.user_id, who.session.session_id)
-    await record(
-        request, "password-changed", actor=who.user.user_id, detail={"other_sessions": ended}
-    )
+    await auth.sessions.end_others(who.user.user_id, who.session.session_id)
+    await audited(request, security.password_changed, _actor(request, who), who.user.user_id)
     raise done(who, "/account/security", done="password")
 
 
@@ -159,7 +212,9 @@ async def mfa_off(request: web.Request) -> web.Response:
     if not await _password_checked(request, who, form):
         return await _view(request, who, 400, errors={"mfa": WRONG_PASSWORD})
     await request.app[AUTH].users.disable_mfa(who.user.user_id)
-    await record(request, "mfa-disabled", actor=who.user.user_id, detail={})
+    await audited(
+        request, security.second_factor_changed, _actor(request, who), who.user.user_id, "removed"
+    )
     raise done(who, "/account/security", done="mfa-off")
 
 
@@ -174,7 +229,13 @@ async def new_recovery_codes(request: web.Request) -> web.Response:
     codes = mfa.new_recovery_codes()
     digests = [mfa.recovery_digest(who.user.user_id, code) for code in codes]
     await request.app[AUTH].users.replace_recovery_codes(who.user.user_id, digests)
-    await record(request, "recovery-codes-renewed", actor=who.user.user_id, detail={})
+    await audited(
+        request,
+        security.second_factor_changed,
+        _actor(request, who),
+        who.user.user_id,
+        "new recovery codes",
+    )
     return render(
         request,
         "recovery_codes.html",

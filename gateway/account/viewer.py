@@ -37,6 +37,7 @@ from smart_auth.accounts.users import Role, User
 TEMPLATES = Templates(Path(__file__).parent / "templates")
 SECTIONS: list[tuple[str, str, str]] = [
     ("apps", N_("Connected apps"), "/account/apps"),
+    ("history", N_("Who saw my data"), "/account/history"),
     ("security", N_("Security"), "/account/security"),
 ]
 """The pages of the account's menu: (key, title, path)."""

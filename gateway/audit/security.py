@@ -11,6 +11,7 @@ act                       type                       subtype                    
 sign-in (failed: 4)       110114 User Authenticat.   110122 Login                          E
 sign-out                  110114 User Authenticat.   110123 Logout                         E
 second factor changed     alert                      110137 User Security Attributes Chg.  U
+password changed          alert                      110137 User Security Attributes Chg.  U
 app approved / denied     alert                      BALP AuthZ-Consent                    E
 token issued              alert                      BALP AuthZ-Consent (or AuthZ-Role)    E
 token revoked             alert                      110135 Object Security Attributes     D
@@ -18,6 +19,7 @@ consent changed           rest                       create / update / delete (B
 signing key rotated       alert                      110129 Security Configuration         U
 app registered / removed  alert                      110131 Software Configuration         C/D
 account added             alert                      110136 Security Roles Changed         C
+EHR launch context made   alert                      110135 Object Security Attributes     C
 patient erased (C-22)     110110 Patient Record      delete                                D
 ========================  =========================  ====================================  ======
 
@@ -234,6 +236,27 @@ def second_factor_changed(
     )
 
 
+def password_changed(
+    observer: Observer,
+    actor: Actor,
+    user_id: str,
+    *,
+    at: datetime | None = None,
+    ids: IdFactory = new_id,
+) -> dict[str, Any]:
+    """An account's password changed by its user (the patient's security page, P-18)."""
+    return _event(
+        observer,
+        actor,
+        type_=c.dicom(c.SECURITY_ALERT),
+        subtype=c.dicom(c.USER_SECURITY_CHANGED),
+        action=c.UPDATE,
+        entities=[_user_entity(user_id, [detail("password", "changed")])],
+        at=at,
+        ids=ids,
+    )
+
+
 def app_authorization(
     observer: Observer,
     actor: Actor,
@@ -421,6 +444,7 @@ def patient_erased(
     consents_withdrawn: int,
     consents_deleted: int,
     consents_kept: int,
+    cache_keys_destroyed: int = 0,
     at: datetime | None = None,
     ids: IdFactory = new_id,
 ) -> dict[str, Any]:
@@ -430,6 +454,7 @@ def patient_erased(
         detail("consents-withdrawn", str(consents_withdrawn)),
         detail("consents-deleted", str(consents_deleted)),
         detail("consents-kept", str(consents_kept)),
+        detail("cache-keys-destroyed", str(cache_keys_destroyed)),
     ]
     return _event(
         observer,
@@ -476,6 +501,30 @@ def admin_action(
         type_=c.dicom(c.SECURITY_ALERT),
         subtype=c.dicom(subtype),
         action=action,
+        entities=entities,
+        at=at,
+        ids=ids,
+    )
+
+
+def launch_created(
+    observer: Observer,
+    actor: Actor,
+    *,
+    patient: str | None,
+    at: datetime | None = None,
+    ids: IdFactory = new_id,
+) -> dict[str, Any]:
+    """An EHR launch context made by a signed-in user (SMART EHR launch): an app launched with it
+    gets that patient in context."""
+    entities = [patient_entity(patient)] if patient else []
+    entities.append(_object_entity(c.LAUNCH_SYSTEM, "launch", []))
+    return _event(
+        observer,
+        actor,
+        type_=c.dicom(c.SECURITY_ALERT),
+        subtype=c.dicom(c.OBJECT_SECURITY_CHANGED),
+        action=c.CREATE,
         entities=entities,
         at=at,
         ids=ids,

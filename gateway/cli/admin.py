@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,6 +26,13 @@ from pymongo.errors import PyMongoError
 
 from consent.errors import ConsentError, InvalidParameter
 from consent.store import Change, Channel, ConsentStore
+from gateway.audit import security
+from gateway.audit.acts import consent_written, grants_revoked
+from gateway.audit.errors import AuditError
+from gateway.audit.facts import Actor
+from gateway.audit.log import AuditLog
+from gateway.audit.runtime import open_audit
+from gateway.audit.security import AdminAction
 from gateway.cache.cache import CacheLimits, ResourceCache
 from gateway.cli import demo_env
 from gateway.cli.keys import rotate_keys
@@ -44,7 +52,17 @@ class CommandError(Exception):
     """A command that cannot be done; the message says why."""
 
 
-async def _with_services(settings: Settings, work: Callable[[AuthServices], Awaitable[int]]) -> int:
+Work = Callable[[AuthServices, AuditLog], Awaitable[int]]
+
+
+def cli_chain() -> str:
+    """The audit chain of commands on this host (one at a time: they wait for each other)."""
+    return f"{socket.gethostname()}:cli"
+
+
+async def _with_services(settings: Settings, work: Work) -> int:
+    """Run ``work`` with the authorization server's stores and the audit log of commands (what
+    a command changes is recorded there, like what the gateway does: AUDIT.md A-01)."""
     if settings.mongodb_uri is None:
         raise SettingsError("FHIR_GATEWAY_MONGODB_URI or MONGODB_URI is required")
     key_provider = load_key_provider(settings)
@@ -52,10 +70,17 @@ async def _with_services(settings: Settings, work: Callable[[AuthServices], Awai
         settings.mongodb_uri, serverSelectionTimeoutMS=5000, tz_aware=True
     )
     try:
-        services = await open_services(client[settings.mongodb_database], settings, key_provider)
-        return await work(services)
+        db = client[settings.mongodb_database]
+        services = await open_services(db, settings, key_provider)
+        async with open_audit(
+            settings, db, services.keys, chain=cli_chain(), lock_timeout=30
+        ) as audit:
+            services.revoker.on_revoke = grants_revoked(audit)
+            return await work(services, audit)
     except PyMongoError as exc:
         raise CommandError(f"MongoDB did not answer ({type(exc).__name__})") from None
+    except AuditError as exc:
+        raise CommandError(f"the audit log cannot be written, so nothing was done: {exc}") from None
     finally:
         await client.close()
 
@@ -73,17 +98,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, **demo_env.read(env_file))
 
 
-def _run(args: argparse.Namespace, work: Callable[[AuthServices], Awaitable[int]]) -> int:
+def _run(args: argparse.Namespace, work: Work) -> int:
     return asyncio.run(_with_services(_settings(args), work))
 
 
-def _run_cached(
-    args: argparse.Namespace, work: Callable[[AuthServices, ResourceCache], Awaitable[int]]
-) -> int:
+CachedWork = Callable[[AuthServices, AuditLog, ResourceCache], Awaitable[int]]
+
+
+def _run_cached(args: argparse.Namespace, work: CachedWork) -> int:
     """``_run`` for a command that purges or shreds cached resources too (C-13, C-22)."""
     settings = _settings(args)
 
-    async def with_cache(services: AuthServices) -> int:
+    async def with_cache(services: AuthServices, audit: AuditLog) -> int:
         cache = ResourceCache(
             services.db,
             load_key_provider(settings),
@@ -91,9 +117,16 @@ def _run_cached(
             CacheLimits.from_settings(settings),
         )
         await cache.ensure_indexes()
-        return await work(services, cache)
+        return await work(services, audit, cache)
 
     return asyncio.run(_with_services(settings, with_cache))
+
+
+async def _audited(
+    audit: AuditLog, build: Callable[..., dict[str, Any]], *args: Any, **details: Any
+) -> None:
+    """Record an act of the command line (actor ``cli``) before the command reports it done."""
+    await audit.record([build(audit.observer, Actor.cli(), *args, **details)])
 
 
 def _read(path: Path) -> str:
@@ -112,7 +145,7 @@ def _client_type(args: argparse.Namespace) -> ClientType:
 
 
 def _clients_add(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices) -> int:
+    async def work(services: AuthServices, audit: AuditLog) -> int:
         try:
             client = new_client(
                 client_id=args.client_id,
@@ -135,8 +168,11 @@ def _clients_add(args: argparse.Namespace) -> int:
             await services.clients.add(client, replace=args.replace)
         except (ClientError, json.JSONDecodeError) as exc:
             raise CommandError(str(exc)) from None
-        await services.events.record(
-            "cli-client-added", actor="cli", detail={"client_id": client.client_id}
+        await _audited(
+            audit,
+            security.admin_action,
+            AdminAction.CLIENT_REPLACED if args.replace else AdminAction.CLIENT_ADDED,
+            client_id=client.client_id,
         )
         print(f"registered {client.client_id} ({client.client_type.value})")
         return 0
@@ -145,7 +181,7 @@ def _clients_add(args: argparse.Namespace) -> int:
 
 
 def _clients_list(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices) -> int:
+    async def work(services: AuthServices, audit: AuditLog) -> int:
         for client in await services.clients.all():
             print(
                 f"{client.client_id}\t{client.client_type.value}\t{client.name}\t"
@@ -157,11 +193,11 @@ def _clients_list(args: argparse.Namespace) -> int:
 
 
 def _clients_remove(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices) -> int:
+    async def work(services: AuthServices, audit: AuditLog) -> int:
         if not await services.clients.remove(args.client_id):
             raise CommandError(f"no client {args.client_id}")
-        await services.events.record(
-            "cli-client-removed", actor="cli", detail={"client_id": args.client_id}
+        await _audited(
+            audit, security.admin_action, AdminAction.CLIENT_REMOVED, client_id=args.client_id
         )
         print(f"removed {args.client_id}")
         return 0
@@ -170,7 +206,7 @@ def _clients_remove(args: argparse.Namespace) -> int:
 
 
 def _users_add(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices) -> int:
+    async def work(services: AuthServices, audit: AuditLog) -> int:
         try:
             user = await services.users.add(
                 username=args.username,
@@ -182,10 +218,12 @@ def _users_add(args: argparse.Namespace) -> int:
             )
         except (UserError, WeakPassword) as exc:
             raise CommandError(str(exc)) from None
-        await services.events.record(
-            "cli-user-added",
-            actor="cli",
-            detail={"username": user.username, "role": user.role.value},
+        await _audited(
+            audit,
+            security.admin_action,
+            AdminAction.USER_ADDED,
+            user_id=user.user_id,
+            role=user.role.value,
         )
         print(f"added {user.username} ({user.role.value})")
         return 0
@@ -194,10 +232,10 @@ def _users_add(args: argparse.Namespace) -> int:
 
 
 def _patients_erase(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices, cache: ResourceCache) -> int:
+    async def work(services: AuthServices, audit: AuditLog, cache: ResourceCache) -> int:
         try:
             erasure = await erase_patient(
-                services, ConsentStore(services.db), cache, args.patient, actor="cli"
+                services, _consents(services, audit), cache, audit, args.patient, actor=Actor.cli()
             )
         except InvalidParameter as exc:
             raise CommandError(str(exc)) from None
@@ -216,10 +254,15 @@ def _patients_erase(args: argparse.Namespace) -> int:
 ConsentWork = Callable[[AuthServices, ConsentStore, ResourceCache], Awaitable[int]]
 
 
+def _consents(services: AuthServices, audit: AuditLog) -> ConsentStore:
+    """The consents, each change stored recorded in the audit log (gateway.audit.acts)."""
+    return ConsentStore(services.db, on_change=consent_written(audit))
+
+
 def _consent_work(args: argparse.Namespace, work: ConsentWork) -> int:
-    async def run(services: AuthServices, cache: ResourceCache) -> int:
+    async def run(services: AuthServices, audit: AuditLog, cache: ResourceCache) -> int:
         try:
-            return await work(services, ConsentStore(services.db), cache)
+            return await work(services, _consents(services, audit), cache)
         except ConsentError as exc:
             raise CommandError(str(exc)) from None
 
@@ -266,9 +309,6 @@ def _consent_add(args: argparse.Namespace) -> int:
         except json.JSONDecodeError as exc:
             raise CommandError(f"{args.file}: not JSON ({exc.msg})") from None
         created = await store.create(consent, change=_cli_change(args))
-        await services.events.record(
-            "cli-consent-created", actor="cli", detail={"consent": created["id"]}
-        )
         print(f"created Consent/{created['id']}")
         return 0
 
@@ -280,9 +320,6 @@ def _consent_withdraw(args: argparse.Namespace) -> int:
         current = await store.read(args.id)
         updated = await store.withdraw(args.id, change=_cli_change(args))
         await revoke_if_withdrawn(services.revoker, cache, current, updated)
-        await services.events.record(
-            "cli-consent-withdrawn", actor="cli", detail={"consent": args.id}
-        )
         print(f"Consent/{args.id} is inactive (version {updated['meta']['versionId']})")
         return 0
 
@@ -292,15 +329,18 @@ def _consent_withdraw(args: argparse.Namespace) -> int:
 def _keys_rotate(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
-    async def work(services: AuthServices) -> int:
-        rotation = await rotate_keys(services, load_key_provider(settings))
+    async def work(services: AuthServices, audit: AuditLog) -> int:
+        rotation = await rotate_keys(services, audit, load_key_provider(settings))
         return 0 if rotation.complete else 1
 
     return asyncio.run(_with_services(settings, work))
 
 
-async def register_demo(services: AuthServices, fixtures: Path = FIXTURES) -> list[str]:
-    """Register the demo's clients and users from ``fixtures`` (idempotent)."""
+async def register_demo(
+    services: AuthServices, audit: AuditLog, fixtures: Path = FIXTURES
+) -> list[str]:
+    """Register the demo's clients and users from ``fixtures`` (idempotent; each registration
+    recorded in the audit log)."""
     done: list[str] = []
     for path in sorted((fixtures / "clients").glob("*.json")):
         spec = json.loads(path.read_text(encoding="utf-8"))
@@ -325,10 +365,13 @@ async def register_demo(services: AuthServices, fixtures: Path = FIXTURES) -> li
             jwks_uri=spec.get("jwks_uri"),
         )
         await services.clients.add(client, replace=True)
+        await _audited(
+            audit, security.admin_action, AdminAction.CLIENT_REPLACED, client_id=client.client_id
+        )
         done.append(client.client_id)
     for spec in json.loads(_read(fixtures / "users.json"))["users"]:
         if await services.users.by_username(spec["username"]) is None:
-            await services.users.add(
+            user = await services.users.add(
                 username=spec["username"],
                 role=Role(spec["role"]),
                 password=spec["password"],
@@ -336,19 +379,25 @@ async def register_demo(services: AuthServices, fixtures: Path = FIXTURES) -> li
                 fhir_user=spec.get("fhir_user"),
                 related_persons=tuple(spec.get("related_persons", ())),
             )
+            await _audited(
+                audit,
+                security.admin_action,
+                AdminAction.USER_ADDED,
+                user_id=user.user_id,
+                role=user.role.value,
+            )
         done.append(spec["username"])
     return done
 
 
 def _register_demo(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices) -> int:
+    async def work(services: AuthServices, audit: AuditLog) -> int:
         try:
-            done = await register_demo(services, args.fixtures)
+            done = await register_demo(services, audit, args.fixtures)
         except (ClientError, UserError, WeakPassword, KeyError, json.JSONDecodeError) as exc:
             raise CommandError(
                 f"the fixtures in {args.fixtures} cannot be registered: {exc}"
             ) from None
-        await services.events.record("cli-demo-registered", actor="cli", detail={"done": done})
         print(f"registered the demo apps and users (demo credentials only): {', '.join(done)}")
         return 0
 
@@ -358,8 +407,8 @@ def _register_demo(args: argparse.Namespace) -> int:
 def register_demo_sync(settings: Settings) -> list[str]:
     result: list[str] = []
 
-    async def work(services: AuthServices) -> int:
-        result.extend(await register_demo(services))
+    async def work(services: AuthServices, audit: AuditLog) -> int:
+        result.extend(await register_demo(services, audit))
         return 0
 
     asyncio.run(_with_services(settings, work))

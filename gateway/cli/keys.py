@@ -24,6 +24,9 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from gateway.audit import security
+from gateway.audit.facts import Actor
+from gateway.audit.log import AuditLog
 from gateway.cache.datakeys import WRAPPED as CACHE_DATA_KEYS
 from gateway.fhir.paging import SEALED as PAGING_SECRET
 from smart_auth.key_provider import KeyProvider, WrappedField
@@ -50,7 +53,7 @@ class Rotation:
 
 
 async def rotate_keys(
-    services: AuthServices, provider: KeyProvider, *, out: TextIO | None = None
+    services: AuthServices, audit: AuditLog, provider: KeyProvider, *, out: TextIO | None = None
 ) -> Rotation:
     """Rotate the signing key, then re-wrap under ``provider``'s current KEK (the module's
     docstring); reports on ``out`` (standard output), the progress bar on standard error."""
@@ -70,15 +73,8 @@ async def rotate_keys(
     versions = await versions_in_use(services.db, WRAPPED_FIELDS)
     remaining = {version: n for version, n in sorted(versions.items()) if version != current}
     rotation = Rotation(old.kid, new.kid, current, report, remaining)
-    await services.events.record(
-        "cli-keys-rotated",
-        actor="cli",
-        detail={
-            "kid": new.kid,
-            "kek": current,
-            "rewrapped": report.rewrapped,
-            "failed": len(report.failed),
-        },
+    await audit.record(
+        [security.key_rotated(audit.observer, Actor.cli(), new_kid=new.kid, old_kid=old.kid)]
     )
     _report(rotation, out)
     return rotation

@@ -7,6 +7,7 @@
      ├── InvalidGrantError    400        is known to be registered, a redirect carrying ``error``
      ├── InvalidRequestError  400        and ``state`` (RFC 6749 4.1.2.1); before that, a page
      └── ... (Authlib's tree)            (S-11: never redirect to an unchecked URI)
+    AuditUnavailable                    503: a page, or {"error": "temporarily_unavailable"}
     PageError                           a readable HTML page
      ├── BadPage              400        (expired or tampered form, unknown flow)
      ├── NotSignedIn          401
@@ -29,6 +30,7 @@ from aiohttp.typedefs import Handler
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Error
 
+from gateway.audit.errors import AuditUnavailable
 from gateway.oauth.adapter import NO_STORE
 from gateway.oauth.rendering import render
 from gateway.pages.i18n import N_
@@ -148,6 +150,22 @@ def _unexpected(request: web.Request) -> web.Response:
     return _json(500, {"error": "server_error", "error_description": f"request id {request_id}"})
 
 
+def _unavailable(request: web.Request) -> web.Response:
+    message = N_("The gateway cannot record this right now, so it was not done. Try again shortly.")
+    if _is_page(request):
+        return render(
+            request,
+            "error.html",
+            503,
+            title=N_("Please try again shortly"),
+            message=message,
+            params={},
+            detail="",
+        )
+    body = {"error": "temporarily_unavailable", "error_description": message}
+    return _json(503, body, {"Retry-After": "5"})
+
+
 @web.middleware
 async def auth_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith(PREFIXES):
@@ -168,6 +186,8 @@ async def auth_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         )
     except ApiError as error:
         return _json(error.status, {"error": error.error, "error_description": error.description})
+    except AuditUnavailable:  # what cannot be recorded is not done
+        return _unavailable(request)
     except FhirError:
         raise  # the FHIR API's own answer (gateway.web.middleware renders it)
     except web.HTTPException as exc:

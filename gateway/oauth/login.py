@@ -15,6 +15,8 @@ import logging
 from aiohttp import web
 
 from gateway.appkeys import AUTH, AUTH_SESSION_TOKEN, SETTINGS
+from gateway.audit import security
+from gateway.oauth.audited import acting, audited
 from gateway.oauth.authorize import after_sign_in
 from gateway.oauth.errors import BadPage, NotSignedIn
 from gateway.oauth.rendering import (
@@ -24,7 +26,6 @@ from gateway.oauth.rendering import (
     client_address,
     current_session,
     local_next,
-    record,
     redirect,
     render,
     set_cookie,
@@ -103,7 +104,13 @@ async def login_submit(request: web.Request) -> web.Response:
     user = await _password_ok(request, username, password)
     address = client_address(request)
     if user is None:
-        await record(request, "login-failed", actor=None, detail={"username": username[:64]})
+        await audited(
+            request,
+            security.login,
+            acting(request, username=username[:64]),
+            succeeded=False,
+            reason="the name or the password was not right, or sign-in is locked",
+        )
         return render(
             request, "login.html", 401, flow=flow, error=GENERIC_FAILURE, username=username
         )
@@ -116,7 +123,13 @@ async def login_submit(request: web.Request) -> web.Response:
         address=address,
         user_agent=request.headers.get("User-Agent", ""),
     )
-    await record(request, "login", actor=user.user_id, detail={"mfa_pending": second_factor})
+    await audited(
+        request,
+        security.login,
+        acting(request, user_id=user.user_id, fhir_user=user.fhir_user),
+        succeeded=True,
+        second_factor_pending=second_factor or enrol,
+    )
     if second_factor:
         response = redirect(f"/auth/mfa?flow={flow.flow_id}")
     elif enrol:
@@ -162,10 +175,14 @@ async def mfa_submit(request: web.Request) -> web.Response:
             )
     if not ok:
         await auth.throttle.failed(user.username, address)
-        await record(request, "mfa-failed", actor=user.user_id, detail={})
-        return render(
-            request, "mfa.html", 401, flow=flow, error="That code is not right. Try again."
+        await audited(
+            request,
+            security.login,
+            acting(request, user_id=user.user_id, fhir_user=user.fhir_user),
+            succeeded=False,
+            reason="the second factor was not right",
         )
+        return render(request, "mfa.html", 401, flow=flow, error=WRONG_CODE)
     await auth.throttle.succeeded(user.username)
     await auth.sessions.mfa_done(session.session_id)
     return await after_sign_in(request, flow, session, user)
@@ -208,7 +225,13 @@ async def mfa_setup_submit(request: web.Request) -> web.Response:
     )
     await auth.users.claim_totp_step(user.user_id, step)
     await auth.sessions.mfa_done(session.session_id)
-    await record(request, "mfa-enrolled", actor=user.user_id, detail={})
+    await audited(
+        request,
+        security.second_factor_changed,
+        acting(request, user_id=user.user_id, fhir_user=user.fhir_user),
+        user.user_id,
+        "enrolled",
+    )
     flow_id = str(form.get("flow", ""))
     next_url = f"/auth/continue?flow={flow_id}" if flow_id else "/auth/signed-in"
     if not flow_id:
@@ -260,10 +283,12 @@ async def logout_submit(request: web.Request) -> web.Response:
             raise BadPage("This form has expired. Reload the page and try again.")
         if form.get("everywhere") == "1":
             await auth.revoker.sign_out_everywhere(session.user_id)
-            await record(request, "sign-out-everywhere", actor=session.user_id, detail={})
+            await audited(
+                request, security.logout, acting(request, user_id=session.user_id), everywhere=True
+            )
         else:
             await auth.sessions.end(request.get(AUTH_SESSION_TOKEN))
-            await record(request, "logout", actor=session.user_id, detail={})
+            await audited(request, security.logout, acting(request, user_id=session.user_id))
     response = render(request, "logout.html", csrf="", signed_in=False)
     clear_cookie(response, SESSION_COOKIE)
     return response

@@ -4,6 +4,7 @@ same flows in a real browser are in ``test_account_browser.py``."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -14,7 +15,15 @@ from consent.store import ConsentStore
 from tests.conftest import RunningGateway, Stack, StartGateway
 from tests.support.browser import Browser, Page
 from tests.support.clock import MovableClock
-from tests.support.pages import csrf_of, form_of, has_form, post, signed_in
+from tests.support.pages import (
+    audit_events,
+    csrf_of,
+    details,
+    form_of,
+    has_form,
+    post,
+    signed_in,
+)
 from tests.support.tokens import (
     AMELIA,
     HANNAH,
@@ -57,6 +66,7 @@ async def test_c19_c12_c13_c14_connected_app_listed_then_disconnected_in_one_cli
         text = page.text
         assert "Test Patient App" in text and "Lab results" in text and "Vital signs" in text
         assert "Sensitive information Not shared" in text  # nothing sensitive was ticked
+        assert re.search(r"Last got data \w+ \d+, \d{4}, [\d:]+ [AP]M UTC", text)  # the audit
         assert "because you asked for it" in text and "Nothing is removed" in text
         assert "Showing your own data ( Amelia Grace Rossi )" in text
         form = form_of(page, "/account/apps/disconnect", client_id=PUBLIC_APP)
@@ -87,8 +97,13 @@ async def test_c19_c12_c13_c14_connected_app_listed_then_disconnected_in_one_cli
     status, bundle = await _observations(http, gateway, fresh)
     matches = [e for e in bundle.get("entry", []) if e.get("search", {}).get("mode") == "match"]
     assert status == 200 and not matches and bundle.get("total", 0) == 0
-    event = await services(gateway).db["security_events"].find_one({"kind": "app-disconnected"})
-    assert event is not None and event["detail"]["patient"] == AMELIA_ID
+    # The audit trail holds the withdrawal (by whom, through what) and the tokens ended (P-18).
+    events = await audit_events(gateway, patient=AMELIA_ID)
+    withdrawn = [e for e in events if details(e).get("channel") == "account-pages"]
+    assert len(withdrawn) == 1 and withdrawn[0]["subtype"][0]["code"] == "update"
+    assert withdrawn[0]["agent"][0]["who"]["reference"] == "Patient/pat-amelia-rossi"
+    revoked = [e for e in events if e["subtype"][0]["code"] == "110135"]
+    assert revoked and details(revoked[0]).get("client_id") == PUBLIC_APP
 
 
 async def test_p07_c14_disconnect_without_or_with_a_wrong_csrf_token_changes_nothing(

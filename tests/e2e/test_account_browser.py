@@ -27,7 +27,7 @@ from aiohttp.test_utils import TestServer
 
 from consent.store import ConsentStore
 from gateway.app import create_app, runner_options
-from gateway.appkeys import AUTH
+from gateway.appkeys import AUDIT, AUTH
 from gateway.cli.admin import register_demo
 from gateway.localstack import free_port
 from tests.conftest import RunningGateway, Stack, gateway_settings
@@ -89,7 +89,7 @@ async def demo(local_stack_env: Stack) -> AsyncIterator[Demo]:
     server = TestServer(create_app(settings), host="127.0.0.1", port=port)
     await server.start_server(**runner_options(settings))
     gateway = RunningGateway(server, settings)
-    await register_demo(server.app[AUTH])
+    await register_demo(server.app[AUTH], server.app[AUDIT])
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
@@ -269,7 +269,14 @@ async def test_c19_c12_p18_a_patient_connects_an_app_sees_it_and_disconnects_it(
         assert await page.locator("h1").inner_text() == "Apps connected to your record"
         assert APP_NAME in await page.content()
         assert "Amelia" in await page.locator(".whose").inner_text()  # whose data, said plainly
+        assert "UTC" in await page.locator("dd", has_text="UTC").first.inner_text()  # last access
         await shots.take(page, "connected-apps", doc="connected-apps")
+        await _check_page(page, errors)
+        await page.click("nav a:has-text('Who saw my data')")
+        await page.wait_for_url("**/account/history**")
+        first = await page.locator("tbody tr").first.inner_text()
+        assert "Data sent" in first and APP_NAME in first and "Observation" in first
+        await shots.take(page, "who-saw-my-data", doc="who-saw-my-data")
         await _check_page(page, errors)
         await page.goto(f"{demo.gateway.base}/account/security")
         assert "Signed in" in await page.locator("#sign-ins + table").inner_text()
@@ -312,6 +319,15 @@ async def test_c19_c25_a_parent_connects_an_app_to_the_child_and_disconnects_it(
         assert APP_NAME in await page.content()
         await shots.take(page, "connected-apps-child", doc="connected-apps-child")
         await _check_page(page, errors)
+        await page.click("nav a:has-text('Who saw my data')")
+        await page.wait_for_url(f"**/account/history?patient={LEO}")
+        assert "Leo" in await page.locator("h1").inner_text()
+        first = await page.locator("tbody tr").first.inner_text()
+        assert "Data sent" in first and f"{APP_NAME}, used by you" in first  # by Maria, for Leo
+        await shots.take(page, "who-saw-my-data-child")
+        await _check_page(page, errors)
+        await page.click("nav a:has-text('Connected apps')")
+        await page.wait_for_url(f"**/account/apps?patient={LEO}")
         await page.click(f"button:has-text('Disconnect {APP_NAME}')")
         await page.wait_for_url("**/account/apps?**disconnected=**")
         assert "Leo" in await page.locator(".whose").inner_text()  # still the child's page

@@ -11,7 +11,7 @@ from smart_auth.accounts import mfa
 from tests.conftest import RunningGateway, Stack, StartGateway
 from tests.support import tokens
 from tests.support.browser import Browser, Page
-from tests.support.pages import csrf_of, form_of, post, signed_in
+from tests.support.pages import audit_events, csrf_of, details, form_of, post, signed_in
 from tests.support.tokens import (
     AMELIA,
     MARIA,
@@ -79,8 +79,12 @@ async def test_p06_p18_sign_out_everywhere_ends_sessions_and_refresh_tokens(
         },
     ) as response:
         assert response.status == 400
-    event = await services(gateway).db["security_events"].find_one({"kind": "sign-out-everywhere"})
-    assert event is not None and event["detail"]["from"] == "account-pages"
+    user = await services(gateway).users.by_username(AMELIA.username)
+    assert user is not None
+    logouts = await audit_events(
+        gateway, agent=f"urn:fhir-gateway:user|{user.user_id}", subtype="110123"
+    )
+    assert logouts and details(logouts[0]).get("sessions") == "all"  # recorded (P-18)
 
 
 async def test_p07_p18_every_security_form_refuses_a_missing_or_wrong_csrf_token(
@@ -139,8 +143,13 @@ async def test_p03_p18_change_password_needs_the_current_one_and_signs_other_dev
         assert isinstance(refused, Page) and refused.status == 401
         accepted = await other.login(gone, AMELIA.username, NEW_PASSWORD)
         assert isinstance(accepted, Page) and accepted.url.endswith("/account/security")
-    kinds = {e["kind"] async for e in services(gateway).db["security_events"].find({}, {"kind": 1})}
-    assert {"password-check-failed", "password-changed"} <= kinds
+    user = await services(gateway).users.by_username(AMELIA.username)
+    assert user is not None
+    mine = await audit_events(gateway, agent=f"urn:fhir-gateway:user|{user.user_id}")
+    assert any(details(e).get("password") == "changed" for e in mine)  # recorded (P-18)
+    assert any(
+        e["outcome"] != "0" and "security page" in e.get("outcomeDesc", "") for e in mine
+    )  # and so was the wrong current password
 
 
 async def test_p04_p18_two_step_verification_on_then_new_codes_then_off(

@@ -26,7 +26,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from consent.model import app_grant
-from gateway.appkeys import CACHE, METRICS, MONGO
+from gateway.appkeys import AUDIT, CACHE, METRICS, MONGO
 from gateway.cache.cache import CachedRead, CacheLimits, ResourceCache
 from gateway.cache.crypto import Ciphertext, Record, decrypt
 from gateway.cache.entries import COLLECTION as ENTRIES
@@ -498,7 +498,12 @@ async def test_p16_p17_keys_rotate_while_500_reads_run_and_the_old_kek_is_then_u
 
     async def rotate() -> None:
         await under_way.wait()
-        await rotate_keys(services(during), load_key_provider(during.settings), out=io.StringIO())
+        await rotate_keys(
+            services(during),
+            during.server.app[AUDIT],
+            load_key_provider(during.settings),
+            out=io.StringIO(),
+        )
         done_when_rotated.append(len(statuses))
 
     async with await _system_session(before) as http:  # a token signed by the old signing key

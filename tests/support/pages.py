@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from gateway.appkeys import AUTH
+from gateway.audit.store import AuditQuery, AuditReader
 from tests.conftest import RunningGateway
 from tests.support.browser import Browser, Form, Page
 from tests.support.tokens import TestUser, ensure_user
@@ -47,3 +51,19 @@ def csrf_of(page: Page) -> str:
         if found:
             return found
     raise AssertionError("no form with a CSRF token")
+
+
+async def audit_events(gateway: RunningGateway, **query: Any) -> list[dict[str, Any]]:
+    """The AuditEvents the gateway recorded that match ``query`` (:class:`AuditQuery` fields),
+    newest first."""
+    reader = AuditReader(gateway.server.app[AUTH].db)
+    return (await reader.search(AuditQuery(count=200, **query))).events
+
+
+def details(event: dict[str, Any]) -> dict[str, str]:
+    """Every entity detail of an event, by type."""
+    return {
+        str(d.get("type")): str(d.get("valueString"))
+        for entity in event.get("entity", [])
+        for d in entity.get("detail", [])
+    }
