@@ -45,6 +45,7 @@ KINDS = {
     "denied": N_("App denied"),
     "access": N_("Access given"),
     "ended": N_("Access ended"),
+    "erased": N_("Data of this record erased"),
     "other": N_("Other"),
 }
 """What an event was, in the patient's words."""
@@ -142,6 +143,8 @@ def _kind(event: dict[str, Any]) -> str:
         return "access"
     if subtype == codes.OBJECT_SECURITY_CHANGED[0]:
         return "ended"
+    if kind == codes.PATIENT_RECORD[0]:
+        return "erased"
     return "other"
 
 

@@ -234,8 +234,9 @@ def _users_add(args: argparse.Namespace) -> int:
 def _patients_erase(args: argparse.Namespace) -> int:
     async def work(services: AuthServices, audit: AuditLog, cache: ResourceCache) -> int:
         try:
+            patient = args.patient_id or args.patient
             erasure = await erase_patient(
-                services, _consents(services, audit), cache, audit, args.patient, actor=Actor.cli()
+                services, _consents(services, audit), cache, audit, patient, actor=Actor.cli()
             )
         except InvalidParameter as exc:
             raise CommandError(str(exc)) from None
@@ -497,7 +498,9 @@ def add_commands(commands: Any, config_help: str) -> None:
         help="erase a patient: revoke every app, destroy their cache keys, withdraw their "
         "consents (C-22)",
     )
-    erase.add_argument("--patient", required=True, help="the Patient id")
+    which = erase.add_mutually_exclusive_group(required=True)
+    which.add_argument("patient_id", nargs="?", help="the Patient id")
+    which.add_argument("--patient", help="the Patient id (the same, named)")
     erase.set_defaults(func=_patients_erase)
 
     consent = commands.add_parser(

@@ -14,6 +14,8 @@ import pytest
 
 from gateway.audit.store import AuditQuery, AuditReader
 from tests.conftest import SESSION_KEK, RunningGateway
+from tests.support.browser import Page
+from tests.support.pages import signed_in
 from tests.support.tokens import AMELIA as AMELIA_USER
 from tests.support.tokens import PUBLIC_APP, flow_token, services
 
@@ -91,3 +93,24 @@ async def test_c22_p13_an_erasure_names_a_patient_id_not_a_query(gateway: Runnin
     )
     assert status != 0
     assert "patient id" in output
+
+
+async def test_c22_erase_by_id_and_the_patient_still_sees_their_history(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    """``fhir-gateway patients erase ID``: the app is cut off and its Consent ends, and the
+    audit trail is kept — the patient's "Who saw my data" still shows what was sent before,
+    and the erasure itself."""
+    tokens = await flow_token(gateway, user=AMELIA_USER, scope="launch/patient patient/*.rs")
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    async with http.get(f"{gateway.fhir}/Patient/{AMELIA}", headers=headers) as response:
+        assert response.status == 200
+    status, output = await _cli(gateway, "patients", "erase", AMELIA)
+    assert status == 0 and f"Patient/{AMELIA}: 1 app grant(s) revoked" in output, output
+    browser, page = await signed_in(gateway, AMELIA_USER, "/account/apps")
+    async with browser:
+        assert "No app is connected" in page.text
+        history = await browser.get(f"{gateway.base}/account/history")
+        assert isinstance(history, Page)
+        assert "Data of this record erased" in history.text
+        assert "1 record(s): Patient" in history.text  # what was sent before is still shown
