@@ -128,6 +128,25 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices(f"{ENV_PREFIX}MONGODB_URI", "MONGODB_URI", "mongodb_uri"),
     )
     mongodb_database: str = Field(default="fhir_gateway", pattern=r"^[A-Za-z0-9_-]{1,63}$")
+    mongodb_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Client-side limit on each MongoDB operation (PyMongo's timeoutMS); a request "
+        "whose database work does not finish in time is refused with 503.",
+    )
+    mongodb_server_selection_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="How long an operation waits for a reachable MongoDB server before failing.",
+    )
+    mongodb_max_idle_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Pooled MongoDB connections unused this long are closed by the gateway, before "
+        "a server or a network device in between drops them.",
+    )
 
     # --- secrets at rest (P-19): one of the two is required to serve
     key_encryption_key_file: Path | None = Field(

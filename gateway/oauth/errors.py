@@ -14,8 +14,9 @@
     ApiError                            JSON {"error", "error_description"} (admin and launch APIs)
 
 Under ``/auth``, ``/admin``, ``/account`` and the well-known documents nothing else renders errors:
-no stack trace, no 500 for a client's mistake; an unexpected failure is a 500 page or JSON naming
-the request id (P-14). Everything else, and any FHIR error, is left to the FHIR error middleware.
+no stack trace, no 500 for a client's mistake; a database that does not answer is a 503, any other
+unexpected failure a 500 page or JSON naming the request id (P-14). Everything else, and any FHIR
+error, is left to the FHIR error middleware.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Error
+from pymongo.errors import PyMongoError
 
 from gateway.oauth.adapter import NO_STORE
 from gateway.oauth.rendering import render
@@ -127,6 +129,19 @@ def _unexpected(request: web.Request) -> web.Response:
     return _json(500, {"error": "server_error", "error_description": f"request id {request_id}"})
 
 
+def _unavailable(request: web.Request) -> web.Response:
+    if _is_page(request):
+        return render(
+            "error.html",
+            503,
+            title="Sign-in is unavailable for a moment",
+            message="Please try again in a moment.",
+            detail="",
+        )
+    description = "the database did not answer; try again"
+    return _json(503, {"error": "temporarily_unavailable", "error_description": description})
+
+
 @web.middleware
 async def auth_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith(PREFIXES):
@@ -149,6 +164,9 @@ async def auth_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if _is_page(request):
             return render("error.html", exc.status, title=exc.reason, message=exc.reason, detail="")
         return _json(exc.status, {"error": "invalid_request", "error_description": exc.reason})
+    except PyMongoError as exc:  # slow or gone (timeoutMS, server selection)
+        log.warning("the database did not answer: %s", type(exc).__name__)
+        return _unavailable(request)
     except Exception:
         log.exception("unexpected error while handling %s %s", request.method, request.path)
         return _unexpected(request)

@@ -5,7 +5,9 @@ application's settings and metrics):
    response as ``X-Request-Id``) and the request metrics.
 2. ``fhir_errors`` — the one place where a :class:`~gateway.web.errors.FhirError` (or aiohttp's own
    HTTP errors, or an unexpected exception) becomes an OperationOutcome response. Nothing else
-   renders FHIR errors; no stack trace ever reaches the caller (P-14).
+   renders FHIR errors; no stack trace ever reaches the caller (P-14). A MongoDB failure that no
+   step turned into a FHIR error (a timeout, an outage) is a 503: the gateway refuses rather than
+   answer without its checks.
 3. ``request_limits`` — URL length, header count and size, declared body size (P-12).
 """
 
@@ -17,6 +19,7 @@ import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from pymongo.errors import PyMongoError
 
 from gateway.settings import Settings
 from gateway.web.errors import (
@@ -24,6 +27,7 @@ from gateway.web.errors import (
     HeadersTooLarge,
     InternalError,
     PayloadTooLarge,
+    ServiceUnavailable,
     UriTooLong,
     error_for_status,
     error_response,
@@ -81,6 +85,11 @@ async def fhir_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         return error_response(error_for_status(exc.status, exc.reason))
+    except PyMongoError as exc:  # slow or gone (timeoutMS, server selection): fail closed
+        log.warning("the database did not answer: %s", type(exc).__name__)
+        return error_response(
+            ServiceUnavailable("the gateway cannot reach its database right now; try again")
+        )
     except Exception:
         log.exception("unexpected error while handling %s %s", request.method, request.path)
         return error_response(

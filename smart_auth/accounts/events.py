@@ -8,7 +8,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bson import ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
+
+from smart_auth.idempotent import insert_once
 
 COLLECTION = "security_events"
 RETENTION = timedelta(days=400)
@@ -32,8 +35,10 @@ class SecurityEvents:
         detail: dict[str, Any] | None = None,
     ) -> None:
         now = datetime.now(UTC)
-        await self._events.insert_one(
+        await insert_once(
+            self._events,
             {
+                "_id": ObjectId(),
                 "kind": kind,
                 "actor": actor,
                 "address": address,
@@ -41,7 +46,7 @@ class SecurityEvents:
                 "detail": detail or {},
                 "at": now,
                 "expires_at": now + RETENTION,
-            }
+            },
         )
 
     async def recent(self, actor: str, limit: int = 50) -> list[dict[str, Any]]:
