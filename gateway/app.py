@@ -50,7 +50,8 @@ from gateway.web.cors import Cors
 from gateway.web.database import DatabaseGate
 from gateway.web.health import CHECK_TIMEOUT, Health
 from gateway.web.metrics import Metrics
-from gateway.web.middleware import add_request_id, middlewares
+from gateway.web.middleware import add_request_id, middlewares, transport_headers
+from gateway.web.server import parser_limits
 from smart_auth.clock import Clock, system_clock
 from smart_auth.key_provider import KeyProvider
 from smart_auth.revocations import EPOCHS as EPOCHS_COLLECTION
@@ -60,14 +61,10 @@ MONGODB_APP_NAME = "fhir-gateway"
 
 
 def runner_options(settings: Settings) -> dict[str, Any]:
-    """Options for ``web.AppRunner``/``TestServer``. The HTTP parser's own limits sit well above the
-    gateway's, so that an oversized URL or header set reaches ``request_limits`` and gets a FHIR
-    answer (414/431) instead of the parser's bare 400."""
-    return {
-        "max_line_size": max(65536, settings.max_url_bytes * 4),
-        "max_field_size": max(65536, settings.max_header_bytes * 4),
-        "max_headers": max(1024, settings.max_header_count * 4),
-    }
+    """Options for ``web.AppRunner``/``TestServer``: the HTTP parser's limits
+    (:func:`gateway.web.server.parser_limits`). :func:`gateway.web.server.make_runner` adds what
+    a plain runner lacks (a head timeout, FHIR answers to what the parser refuses)."""
+    return dict(parser_limits(settings))
 
 
 async def _mongo_context(app: web.Application) -> AsyncIterator[None]:
@@ -172,6 +169,7 @@ def create_app(
     app.cleanup_ctx.append(_mongo_context)
     app.cleanup_ctx.append(_upstream_context)
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(transport_headers)
 
     async def mongo_answers() -> bool:
         # A query like the one every FHIR request makes first (the change counters), not a bare

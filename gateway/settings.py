@@ -20,6 +20,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FilePath,
+    IPvAnyNetwork,
     SecretStr,
     ValidationError,
     field_validator,
@@ -102,6 +104,23 @@ class Settings(BaseSettings):
     public_base_url: str = Field(
         default="http://127.0.0.1:8080",
         description="The gateway's public origin as callers see it; the FHIR base is this + /fhir.",
+    )
+    tls_cert_file: FilePath | None = Field(
+        default=None,
+        description="Certificate chain (PEM) for serving https itself (P-01); with tls_key_file.",
+    )
+    tls_key_file: FilePath | None = Field(default=None, description="Its private key (PEM).")
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses (CIDRs) of reverse proxies whose X-Forwarded-For, -Proto and -Host "
+        "headers are believed; from anyone else they are ignored.",
+    )
+    header_read_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="A request's line and headers must arrive within this time of their first "
+        "byte; a client that trickles them is disconnected.",
     )
 
     # --- the upstream FHIR server
@@ -219,9 +238,9 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("upstream_aliases", mode="before")
+    @field_validator("upstream_aliases", "trusted_proxies", mode="before")
     @classmethod
-    def _aliases_list(cls, value: object) -> object:
+    def _comma_lists(cls, value: object) -> object:
         return _split_list(value)
 
     @field_validator("public_base_url")
@@ -262,6 +281,12 @@ class Settings(BaseSettings):
             raise ValueError("upstream_auth = basic needs upstream_username and upstream_password")
         if (self.upstream_client_cert_file is None) != (self.upstream_client_key_file is None):
             raise ValueError("upstream_client_cert_file and upstream_client_key_file go together")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
         return self
 
     @model_validator(mode="after")
