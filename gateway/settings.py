@@ -129,10 +129,24 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Other base URLs the upstream writes into its responses (rewritten too).",
     )
-    upstream_auth: Literal["none", "bearer", "basic"] = "none"
+    upstream_auth: Literal["none", "bearer", "basic", "client_credentials"] = "none"
     upstream_bearer_token: SecretStr | None = None
     upstream_username: str | None = None
     upstream_password: SecretStr | None = None
+    upstream_oauth_token_url: str | None = Field(
+        default=None, description="The upstream's token endpoint (client_credentials)."
+    )
+    upstream_oauth_client_id: str | None = None
+    upstream_oauth_client_secret: SecretStr | None = Field(
+        default=None, description="Client secret (client_secret_basic); or a private key file."
+    )
+    upstream_oauth_private_key_file: FilePath | None = Field(
+        default=None, description="Private key (PEM or JWK) signing private_key_jwt assertions."
+    )
+    upstream_oauth_key_id: str | None = Field(
+        default=None, description="The assertion's kid (default: the key's RFC 7638 thumbprint)."
+    )
+    upstream_oauth_scope: str | None = None
     upstream_timeout_seconds: float = Field(default=30.0, gt=0)
     upstream_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     upstream_max_connections: int = Field(default=100, ge=1)
@@ -253,6 +267,11 @@ class Settings(BaseSettings):
     def _upstream(cls, value: str | None) -> str | None:
         return None if value is None else _http_base(value, "upstream_url")
 
+    @field_validator("upstream_oauth_token_url")
+    @classmethod
+    def _token_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_base(value, "upstream_oauth_token_url")
+
     @field_validator("upstream_aliases")
     @classmethod
     def _aliases(cls, value: list[str]) -> list[str]:
@@ -281,6 +300,19 @@ class Settings(BaseSettings):
             raise ValueError("upstream_auth = basic needs upstream_username and upstream_password")
         if (self.upstream_client_cert_file is None) != (self.upstream_client_key_file is None):
             raise ValueError("upstream_client_cert_file and upstream_client_key_file go together")
+        if self.upstream_auth == "client_credentials":
+            if not self.upstream_oauth_token_url or not self.upstream_oauth_client_id:
+                raise ValueError(
+                    "upstream_auth = client_credentials needs upstream_oauth_token_url and "
+                    "upstream_oauth_client_id"
+                )
+            if (self.upstream_oauth_client_secret is None) == (
+                self.upstream_oauth_private_key_file is None
+            ):
+                raise ValueError(
+                    "upstream_auth = client_credentials needs upstream_oauth_client_secret or "
+                    "upstream_oauth_private_key_file (one of them)"
+                )
         return self
 
     @model_validator(mode="after")
