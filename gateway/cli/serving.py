@@ -33,8 +33,6 @@ from gateway.web.server import make_runner, tls_context
 
 log = logging.getLogger("gateway")
 
-KEEPALIVE_SECONDS = 75.0
-"""How long an idle keep-alive connection stays open (aiohttp's ``run_app`` default)."""
 _STOP_SECONDS = 30.0
 
 
@@ -66,7 +64,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    runner = make_runner(app, settings, keepalive_timeout=KEEPALIVE_SECONDS)
+    runner = make_runner(app, settings)
     await runner.setup()
     try:
         site = web.TCPSite(

@@ -3,10 +3,11 @@
 The MongoDB client bounds every operation by ``mongodb_timeout_seconds`` (PyMongo's ``timeoutMS``).
 With that bound set, PyMongo waits for a reachable server for as long as the operation may take and
 does not apply ``serverSelectionTimeoutMS``; during an outage every request would wait the whole
-operation timeout for its 503. So while the driver knows of no server it can use (its monitor
-notices a lost server within about a second), a request first waits at most
-``mongodb_server_selection_timeout_seconds`` for one, then fails closed: the PyMongo error it gets
-is rendered as a 503 by the error middleware of its area (FHIR or authorization server).
+operation timeout for its 503. So while the driver knows of no server it can use (its monitor sees
+the loss at once when the server closes its connections, later when a network drops them
+silently), a request first waits at most ``mongodb_server_selection_timeout_seconds`` for one, then
+fails closed: the PyMongo error it gets is rendered as a 503 by the error middleware of its area
+(FHIR or authorization server).
 
 The operational endpoints (``/healthz``, ``/readyz`` with its own bounded check, ``/metrics``) and
 the public CapabilityStatement do not need the database and are not held back.

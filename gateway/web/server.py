@@ -80,9 +80,18 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+KEEPALIVE_SECONDS = 75.0
+"""How long an idle keep-alive connection stays open (aiohttp's ``run_app`` default)."""
+
+
 def make_runner(app: web.Application, settings: Settings, **kwargs: Any) -> GatewayRunner:
-    """The runner for ``app`` with the gateway's access log, parser limits and head timeout."""
-    options: dict[str, Any] = {"access_log_class": AccessLogger, **parser_limits(settings)}
+    """The runner for ``app`` with the gateway's access log, parser limits, keep-alive time and
+    head timeout."""
+    options: dict[str, Any] = {
+        "access_log_class": AccessLogger,
+        "keepalive_timeout": KEEPALIVE_SECONDS,
+        **parser_limits(settings),
+    }
     return GatewayRunner(
         app, head_timeout=settings.header_read_timeout_seconds, **{**options, **kwargs}
     )
