@@ -172,7 +172,8 @@ class Settings(BaseSettings):
         default=2.0,
         gt=0,
         le=60,
-        description="How long an operation waits for a reachable MongoDB server before failing.",
+        description="While MongoDB is unreachable, how long a request waits for it before its "
+        "503 (gateway.web.database); also the driver's serverSelectionTimeoutMS.",
     )
     mongodb_max_idle_seconds: float = Field(
         default=60.0,

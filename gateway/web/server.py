@@ -35,8 +35,8 @@ from gateway.web.errors import (
     BadRequest,
     FhirError,
     HeadersTooLarge,
-    InternalError,
     UriTooLong,
+    error_for_status,
 )
 from gateway.web.logs import AccessLogger
 
@@ -144,6 +144,11 @@ class _Connection(RequestHandler):
     and ends when the parser has read it (aiohttp counts it). Bytes arriving while a request is
     handled are its body. The length of the head's first line tells a request line too long (414)
     from a header too long (431) when the parser refuses a line.
+
+    aiohttp offers no hook for either, so this subclass reads three of ``RequestHandler``'s own
+    attributes (``_request_count``, ``_messages``, ``_request_in_progress``) and overrides its
+    ``handle_error``; ``tests/gateway/web/test_server.py`` pins the behaviour across aiohttp
+    versions.
     """
 
     __slots__ = ("_head_first_line", "_head_line_done", "_head_timeout", "_head_timer")
@@ -202,8 +207,8 @@ class _Connection(RequestHandler):
             error = self._refusal(exc)
             log.info("refused a request the HTTP parser cannot accept: %s", error.diagnostics)
         else:
-            error = InternalError("the gateway failed to handle this request")
-            log.error("a request failed outside the application (%s)", type(exc).__name__)
+            error = error_for_status(status, "the gateway failed to handle this request")
+            log.error("a request failed outside the application's middlewares", exc_info=exc)
         response = _Anonymous(
             status=error.status,
             body=orjson.dumps(error.outcome()),
