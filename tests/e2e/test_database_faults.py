@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 from pymongo import AsyncMongoClient
 
+from gateway.appkeys import MONGO
 from gateway.localstack import EmbeddedMongo
 from tests.conftest import RunningGateway, Stack, StartGateway
 from tests.e2e.conftest import TRUSTED_APP, register_client
@@ -155,3 +156,14 @@ async def test_a_held_write_on_a_sign_in_page_is_a_503_page(
         assert "text/html" in response.headers["Content-Type"]
         assert "try again" in await response.text()
     assert time.monotonic() - started < gateway.settings.mongodb_timeout_seconds + 2.5
+
+
+async def test_idle_connections_are_closed_by_the_gateway_before_the_database_cuts_them(
+    gateway: RunningGateway,
+) -> None:
+    """SecantusDB drops a connection idle for 300 s (its client idle timeout); the gateway closes
+    pooled connections idle for ``mongodb_max_idle_seconds`` (60) first, so the next write does
+    not meet a dead one."""
+    pool = gateway.server.app[MONGO].options.pool_options
+    assert pool.max_idle_time_seconds == gateway.settings.mongodb_max_idle_seconds
+    assert pool.max_idle_time_seconds is not None and pool.max_idle_time_seconds < 300
