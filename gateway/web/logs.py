@@ -74,6 +74,9 @@ class Redaction(logging.Filter):
     _formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "redacted", False):  # met on its logger, now at a handler
+            return True
+        record.redacted = True
         try:
             message = record.getMessage()
         except Exception:  # a broken format string: keep what can be read of it
