@@ -293,7 +293,7 @@ def main() -> None:
             }
             processes.append(
                 subprocess.Popen(
-                    [str(Path(sys.executable).parent / "fhir-gateway"), "serve"],
+                    [str(Path(sys.executable).parent / "fhir-gateway"), "serve", "--workers", "1"],
                     env=env,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
