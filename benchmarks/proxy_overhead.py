@@ -309,7 +309,12 @@ def main() -> None:
             for port, cache in ((gateway_port, "false"), (cached_port, "true")):
                 processes.append(
                     subprocess.Popen(
-                        [str(Path(sys.executable).parent / "fhir-gateway"), "serve"],
+                        [
+                            str(Path(sys.executable).parent / "fhir-gateway"),
+                            "serve",
+                            "--workers",
+                            "1",
+                        ],
                         env={
                             **env,
                             "FHIR_GATEWAY_PORT": str(port),

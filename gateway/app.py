@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pymongo
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
@@ -58,31 +59,40 @@ from gateway.proxy.rewrite import UrlRewriter
 from gateway.proxy.upstream import Upstream, create_session
 from gateway.settings import Settings, SettingsError, load_key_provider
 from gateway.web.cors import Cors
+from gateway.web.database import DatabaseGate
 from gateway.web.health import CHECK_TIMEOUT, Health
-from gateway.web.logs import AccessLogger
 from gateway.web.metrics import Metrics
-from gateway.web.middleware import add_request_id, middlewares
+from gateway.web.middleware import add_request_id, middlewares, transport_headers
 from gateway.web.requestkeys import LOG_PATH
+from gateway.web.server import parser_limits
 from smart_auth.clock import Clock, system_clock
 from smart_auth.key_provider import KeyProvider
+from smart_auth.revocations import EPOCHS as EPOCHS_COLLECTION
+
+MONGODB_APP_NAME = "fhir-gateway"
+"""How the gateway's connections introduce themselves to MongoDB (its logs, ``currentOp``)."""
 
 
 def runner_options(settings: Settings) -> dict[str, Any]:
-    """Options for ``web.AppRunner``/``TestServer``. The HTTP parser's own limits sit well above the
-    gateway's, so that an oversized URL or header set reaches ``request_limits`` and gets a FHIR
-    answer (414/431) instead of the parser's bare 400."""
-    return {
-        "max_line_size": max(65536, settings.max_url_bytes * 4),
-        "max_field_size": max(65536, settings.max_header_bytes * 4),
-        "max_headers": max(1024, settings.max_header_count * 4),
-        "access_log_class": AccessLogger,
-    }
+    """Options for ``web.AppRunner``/``TestServer``: the HTTP parser's limits
+    (:func:`gateway.web.server.parser_limits`). :func:`gateway.web.server.make_runner` adds what
+    a plain runner lacks (a head timeout, FHIR answers to what the parser refuses)."""
+    return dict(parser_limits(settings))
 
 
 async def _mongo_context(app: web.Application) -> AsyncIterator[None]:
+    """The MongoDB client. Every operation is bounded (``timeoutMS``), so a database that holds a
+    query makes the request fail closed (503) instead of wait; one that is gone fails after the
+    server-selection timeout (:mod:`gateway.web.database`). Idle connections are closed on this
+    side before the server's (or a firewall's) idle cut can break one under a write."""
     settings = app[SETTINGS]
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.mongodb_uri, serverSelectionTimeoutMS=5000, tz_aware=True
+        settings.mongodb_uri,
+        appname=MONGODB_APP_NAME,
+        timeoutMS=round(settings.mongodb_timeout_seconds * 1000),
+        serverSelectionTimeoutMS=round(settings.mongodb_server_selection_timeout_seconds * 1000),
+        maxIdleTimeMS=round(settings.mongodb_max_idle_seconds * 1000),
+        tz_aware=True,
     )
     app[MONGO] = client
     try:
@@ -219,9 +229,14 @@ def create_app(
     app.cleanup_ctx.append(_upstream_context)
     app.cleanup_ctx.append(_cache_context)
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(transport_headers)
 
     async def mongo_answers() -> bool:
-        await app[MONGO].admin.command("ping")
+        # A query like the one every FHIR request makes first (the change counters), not a bare
+        # ping: a database that answers pings but holds queries is not ready.
+        with pymongo.timeout(CHECK_TIMEOUT):
+            db = app[MONGO][settings.mongodb_database]
+            await db[EPOCHS_COLLECTION].find_one({"_id": "revocations"})
         return True
 
     async def upstream_answers() -> bool:
@@ -231,6 +246,9 @@ def create_app(
     Health(checks, metrics, settings.metrics_token).add_routes(app)
     setup_authserver(app)  # before the catch-all /fhir route: it serves /fhir/.well-known/...
     setup_account(app)
+    # Innermost, so that its 503 is rendered by the error middleware of the request's area.
+    gate = DatabaseGate(lambda: app.get(MONGO), settings.mongodb_server_selection_timeout_seconds)
+    app.middlewares.append(gate.middleware)
     app.cleanup_ctx.append(_audit_context)  # after the authorization server's (key ring)
     app.cleanup_ctx.append(_pipeline_context)
     app.router.add_route("*", "/fhir", _handle_fhir)

@@ -20,6 +20,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FilePath,
+    IPvAnyNetwork,
     SecretStr,
     ValidationError,
     field_validator,
@@ -103,6 +105,23 @@ class Settings(BaseSettings):
         default="http://127.0.0.1:8080",
         description="The gateway's public origin as callers see it; the FHIR base is this + /fhir.",
     )
+    tls_cert_file: FilePath | None = Field(
+        default=None,
+        description="Certificate chain (PEM) for serving https itself (P-01); with tls_key_file.",
+    )
+    tls_key_file: FilePath | None = Field(default=None, description="Its private key (PEM).")
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses (CIDRs) of reverse proxies whose X-Forwarded-For, -Proto and -Host "
+        "headers are believed; from anyone else they are ignored.",
+    )
+    header_read_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="A request's line and headers must arrive within this time of their first "
+        "byte; a client that trickles them is disconnected.",
+    )
 
     # --- the upstream FHIR server
     upstream_url: str | None = Field(default=None, description="The upstream FHIR base URL.")
@@ -110,10 +129,24 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Other base URLs the upstream writes into its responses (rewritten too).",
     )
-    upstream_auth: Literal["none", "bearer", "basic"] = "none"
+    upstream_auth: Literal["none", "bearer", "basic", "client_credentials"] = "none"
     upstream_bearer_token: SecretStr | None = None
     upstream_username: str | None = None
     upstream_password: SecretStr | None = None
+    upstream_oauth_token_url: str | None = Field(
+        default=None, description="The upstream's token endpoint (client_credentials)."
+    )
+    upstream_oauth_client_id: str | None = None
+    upstream_oauth_client_secret: SecretStr | None = Field(
+        default=None, description="Client secret (client_secret_basic); or a private key file."
+    )
+    upstream_oauth_private_key_file: FilePath | None = Field(
+        default=None, description="Private key (PEM or JWK) signing private_key_jwt assertions."
+    )
+    upstream_oauth_key_id: str | None = Field(
+        default=None, description="The assertion's kid (default: the key's RFC 7638 thumbprint)."
+    )
+    upstream_oauth_scope: str | None = None
     upstream_timeout_seconds: float = Field(default=30.0, gt=0)
     upstream_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     upstream_max_connections: int = Field(default=100, ge=1)
@@ -128,6 +161,26 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices(f"{ENV_PREFIX}MONGODB_URI", "MONGODB_URI", "mongodb_uri"),
     )
     mongodb_database: str = Field(default="fhir_gateway", pattern=r"^[A-Za-z0-9_-]{1,63}$")
+    mongodb_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Client-side limit on each MongoDB operation (PyMongo's timeoutMS); a request "
+        "whose database work does not finish in time is refused with 503.",
+    )
+    mongodb_server_selection_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="While MongoDB is unreachable, how long a request waits for it before its "
+        "503 (gateway.web.database); also the driver's serverSelectionTimeoutMS.",
+    )
+    mongodb_max_idle_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Pooled MongoDB connections unused this long are closed by the gateway, before "
+        "a server or a network device in between drops them.",
+    )
 
     # --- secrets at rest (P-19): one of the two is required to serve
     key_encryption_key_file: Path | None = Field(
@@ -262,6 +315,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "upstream_aliases",
+        "trusted_proxies",
         "previous_key_encryption_key_files",
         "previous_key_encryption_keys",
         mode="before",
@@ -279,6 +333,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upstream(cls, value: str | None) -> str | None:
         return None if value is None else _http_base(value, "upstream_url")
+
+    @field_validator("upstream_oauth_token_url")
+    @classmethod
+    def _token_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_base(value, "upstream_oauth_token_url")
 
     @field_validator("upstream_aliases")
     @classmethod
@@ -315,6 +374,25 @@ class Settings(BaseSettings):
             raise ValueError("upstream_auth = basic needs upstream_username and upstream_password")
         if (self.upstream_client_cert_file is None) != (self.upstream_client_key_file is None):
             raise ValueError("upstream_client_cert_file and upstream_client_key_file go together")
+        if self.upstream_auth == "client_credentials":
+            if not self.upstream_oauth_token_url or not self.upstream_oauth_client_id:
+                raise ValueError(
+                    "upstream_auth = client_credentials needs upstream_oauth_token_url and "
+                    "upstream_oauth_client_id"
+                )
+            if (self.upstream_oauth_client_secret is None) == (
+                self.upstream_oauth_private_key_file is None
+            ):
+                raise ValueError(
+                    "upstream_auth = client_credentials needs upstream_oauth_client_secret or "
+                    "upstream_oauth_private_key_file (one of them)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
         return self
 
     @model_validator(mode="after")

@@ -3,8 +3,10 @@
 ``local_stack`` starts the real local stack once per test session: SecantusDB (a MongoDB
 wire-protocol server) and the local upstream FHIR server (Medplum's FHIR router under Node). When
 ``MONGODB_URI`` is set, that MongoDB is used instead of the embedded one. ``start_gateway`` builds
-a gateway with ``create_app`` and serves it on a real loopback port, each with its own database
-and, unless a test says otherwise, the session's throwaway key-encryption key (``SESSION_KEK``).
+a gateway with ``create_app`` and serves it on a real loopback port on the gateway's own runner
+(as ``fhir-gateway serve`` does; over TLS when the settings name a certificate), each with its own
+database and, unless a test says otherwise, the session's throwaway key-encryption key
+(``SESSION_KEK``).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.app import create_app, runner_options
+from gateway.app import create_app
 from gateway.localstack import LocalUpstream, free_port, local_stack
 from gateway.settings import Settings, load_settings
+from gateway.web.server import make_runner, tls_context
 from smart_auth.clock import Clock, system_clock
 from smart_auth.key_provider import KeyProvider
 
@@ -36,6 +40,17 @@ SESSION_KEK = base64.b64encode(os.urandom(32)).decode()  # this test session's, 
 class Stack:
     mongo_uri: str
     upstream: LocalUpstream
+
+
+class GatewayServer(TestServer):
+    """aiohttp's test server on the gateway's runner (:func:`gateway.web.server.make_runner`)."""
+
+    def __init__(self, app: web.Application, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.settings = settings
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return make_runner(self.app, self.settings, **kwargs)
 
 
 @dataclass
@@ -98,9 +113,10 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
         port = free_port()
         settings = gateway_settings(port, **overrides)
         app = create_app(settings, key_provider=key_provider, clock=clock)
-        server = TestServer(app, host="127.0.0.1", port=port)
+        server = GatewayServer(app, settings, host="127.0.0.1", port=port)
+        tls = tls_context(settings)
         try:
-            await server.start_server(**runner_options(settings))
+            await server.start_server(**({"ssl": tls} if tls else {}))
         except BaseException:  # a gateway that refuses to start still closes what it opened
             await server.close()
             raise

@@ -23,6 +23,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from gateway.cache.cache import ENTRIES_CHANGED, KEYS_SHREDDED
 from gateway.fhir.coalesce import Coalescer
+from smart_auth.idempotent import retried
 from smart_auth.revocations import EPOCHS
 
 _KINDS = ["revocations", "consents", "representation", ENTRIES_CHANGED, KEYS_SHREDDED]
@@ -70,7 +71,10 @@ class ChangeEpochs:
         RelatedPerson, Person or Patient through the gateway)."""
         if kind not in _KINDS:
             raise ValueError(f"no change counter {kind!r}")
-        await self._collection.update_one({"_id": kind}, {"$inc": {"n": 1}}, upsert=True)
+        # Retried on a lost connection: a counter moved twice only costs a cache refill.
+        await retried(
+            lambda: self._collection.update_one({"_id": kind}, {"$inc": {"n": 1}}, upsert=True)
+        )
 
     async def current(self) -> Epochs:
         """The counters as they are now (read after this call began)."""

@@ -55,7 +55,7 @@ from gateway.proxy.negotiation import negotiate
 from gateway.settings import Settings
 from gateway.web.cors import Cors
 from gateway.web.errors import FhirError, Forbidden, TooManyRequests, Unauthorized
-from gateway.web.requestkeys import CLIENT_ID, METRIC_LABEL, REQUEST_ID
+from gateway.web.requestkeys import CALLER, CLIENT_ID, METRIC_LABEL, REQUEST_ID
 from smart_auth.discovery import Endpoints
 
 
@@ -120,7 +120,7 @@ class Pipeline:
             method=request.method,
             path=request.match_info.get("path", ""),
             query=_without_token(request.query.items()),
-            address=request.remote or "",
+            address=request.get(CALLER) or request.remote or "",
             request_id=request.get(REQUEST_ID),
         )
         try:

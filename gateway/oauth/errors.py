@@ -15,8 +15,9 @@
     ApiError                            JSON {"error", "error_description"} (admin and launch APIs)
 
 Under ``/auth``, ``/admin``, ``/account`` and the well-known documents nothing else renders errors:
-no stack trace, no 500 for a client's mistake; an unexpected failure is a 500 page or JSON naming
-the request id (P-14). Everything else, and any FHIR error, is left to the FHIR error middleware.
+no stack trace, no 500 for a client's mistake; a database that does not answer is a 503, any other
+unexpected failure a 500 page or JSON naming the request id (P-14). Everything else, and any FHIR
+error, is left to the FHIR error middleware.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Error
+from pymongo.errors import PyMongoError
 
 from gateway.audit.errors import AuditUnavailable
 from gateway.oauth.adapter import NO_STORE
@@ -150,19 +152,23 @@ def _unexpected(request: web.Request) -> web.Response:
     return _json(500, {"error": "server_error", "error_description": f"request id {request_id}"})
 
 
-def _unavailable(request: web.Request) -> web.Response:
-    message = N_("The gateway cannot record this right now, so it was not done. Try again shortly.")
+def _unavailable(request: web.Request, why: str) -> web.Response:
+    """503: what the gateway could not do now (``why``, in the JSON answer and as the page's
+    error code), and that it was not done."""
     if _is_page(request):
         return render(
             request,
             "error.html",
             503,
-            title=N_("Please try again shortly"),
-            message=message,
+            title=N_("Please try again in a moment"),
+            message=N_(
+                "Something this needs could not be reached, so nothing was done. "
+                "Please try again shortly."
+            ),
             params={},
-            detail="",
+            detail=why,
         )
-    body = {"error": "temporarily_unavailable", "error_description": message}
+    body = {"error": "temporarily_unavailable", "error_description": f"{why}; try again"}
     return _json(503, body, {"Retry-After": "5"})
 
 
@@ -187,7 +193,7 @@ async def auth_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except ApiError as error:
         return _json(error.status, {"error": error.error, "error_description": error.description})
     except AuditUnavailable:  # A-08: what cannot be recorded is not done
-        return _unavailable(request)
+        return _unavailable(request, "the audit trail cannot be written")
     except FhirError:
         raise  # the FHIR API's own answer (gateway.web.middleware renders it)
     except web.HTTPException as exc:
@@ -205,6 +211,9 @@ async def auth_errors(request: web.Request, handler: Handler) -> web.StreamRespo
                 detail=str(exc.status),
             )
         return _json(exc.status, {"error": "invalid_request", "error_description": exc.reason})
+    except PyMongoError as exc:  # slow or gone (timeoutMS, server selection)
+        log.warning("the database did not answer: %s", type(exc).__name__)
+        return _unavailable(request, "the database did not answer")
     except Exception:
         log.exception("unexpected error while handling %s %s", request.method, request.path)
         return _unexpected(request)
