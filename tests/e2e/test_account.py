@@ -4,16 +4,26 @@ same flows in a real browser are in ``test_account_browser.py``."""
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import pytest
 
+from consent.model import grant_terms
 from consent.store import ConsentStore
 from tests.conftest import RunningGateway, Stack, StartGateway
-from tests.support.browser import Browser, Page
+from tests.support.browser import (
+    Browser,
+    Form,
+    Page,
+    authorize_url,
+    callback_params,
+    pkce_pair,
+)
 from tests.support.clock import MovableClock
 from tests.support.pages import (
     audit_events,
@@ -29,6 +39,8 @@ from tests.support.tokens import (
     HANNAH,
     MARIA,
     PUBLIC_APP,
+    REDIRECT,
+    ensure_public_client,
     ensure_user,
     flow_token,
     minted_token,
@@ -299,3 +311,112 @@ async def test_pages_speak_the_browsers_language_and_the_switcher_keeps_a_choice
         kept = await browser.get(f"{gateway.base}/account/apps")
         assert isinstance(kept, Page) and '<html lang="es">' in kept.html  # the cookie kept it
         assert "Aplicaciones conectadas a su historial" in kept.text
+
+
+async def test_c25_a_representation_ended_in_the_ehr_closes_the_childs_pages_at_once(
+    gateway: RunningGateway, fresh_upstream: Stack, http: aiohttp.ClientSession
+) -> None:
+    """The account pages read whom a parent represents afresh on every page: no time bound."""
+    link_url = f"{fresh_upstream.upstream.base_url}/RelatedPerson/relperson-maria-garcia"
+    browser, page = await signed_in(gateway, MARIA, f"/account/apps?patient={LEO_ID}")
+    async with browser:
+        assert page.status == 200 and "Leo" in page.text
+        async with http.get(link_url) as response:
+            link = await response.json(content_type=None)
+        async with http.put(
+            link_url,
+            data=json.dumps({**link, "active": False}),
+            headers={"Content-Type": "application/fhir+json"},
+        ) as response:
+            assert response.status == 200
+        try:
+            gone = await browser.get(f"{gateway.base}/account/apps?patient={LEO_ID}")
+            assert isinstance(gone, Page) and gone.status == 403
+            own = await browser.get(f"{gateway.base}/account/apps")
+            assert (
+                isinstance(own, Page) and own.status == 200 and "Show the data of" not in own.text
+            )
+        finally:
+            fresh_upstream.upstream.reset()
+
+
+async def test_c05_c26_c19_the_consent_records_what_the_screen_showed_and_the_pages_say_it_back(
+    gateway: RunningGateway,
+) -> None:
+    """Tick two kinds and one sensitive category, pick 30 days: the token, the Consent and the
+    Connected apps page all say exactly that, with the end date the screen showed."""
+    await ensure_user(gateway, AMELIA)
+    await ensure_public_client(gateway)
+    verifier, challenge = pkce_pair()
+    async with Browser(gateway.base) as browser:
+        page = await browser.get(
+            authorize_url(
+                gateway.base,
+                response_type="code",
+                client_id=PUBLIC_APP,
+                redirect_uri=REDIRECT,
+                scope="launch/patient patient/*.rs",
+                state="s",
+                aud=gateway.fhir,
+                code_challenge=challenge,
+                code_challenge_method="S256",
+            )
+        )
+        assert isinstance(page, Page)
+        page = await browser.login(page, AMELIA.username, AMELIA.password)
+        assert isinstance(page, Page) and "/auth/consent" in page.url
+        form = page.forms[0]
+        kinds = [v for n, v, on in form.checkboxes if n == "kind"]
+        assert _on_by_default(form, "kind") and not any(
+            on for n, _, on in form.checkboxes if n == "sensitive"
+        )  # kinds ticked, sensitive categories not
+        assert {"lab", "vitals", "conditions", "other"} <= set(kinds)
+        shown_end = page.html.split('value="30d"', 1)[1].split("until ", 1)[1].split("<", 1)[0]
+        data = [(k, v) for k, v in form.fields] + [
+            ("kind", "lab"),
+            ("kind", "vitals"),
+            ("sensitive", "hiv"),
+            ("expiry", "30d"),
+            ("decision", "approve"),
+        ]
+        location = await browser.submit(page, form, data)
+        assert isinstance(location, str)
+        code = callback_params(location)["code"]
+        async with browser.session.post(
+            f"{gateway.base}/auth/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": REDIRECT,
+                "client_id": PUBLIC_APP,
+                "code_verifier": verifier,
+            },
+        ) as response:
+            granted = (await response.json())["scope"].split()
+    assert "patient/*.rs" not in granted and "patient/DiagnosticReport.rs" in granted
+    assert any(
+        s.startswith("patient/Observation.rs?category=") and s.endswith("|vital-signs")
+        for s in granted
+    )
+    assert "patient/Condition.rs" not in granted
+    (consent,) = await _active_permits(gateway, AMELIA_ID)
+    terms = grant_terms(consent)
+    assert set(terms.types) >= {"DiagnosticReport", "Specimen"} and "Condition" not in terms.types
+    assert {c.rpartition("|")[2] for c in terms.codes["Observation"]} == {
+        "laboratory",
+        "vital-signs",
+    }
+    assert terms.labels == ("HIV",)
+    end = datetime.fromisoformat(str(terms.end).replace("Z", "+00:00"))
+    assert shown_end == f"{end:%B} {end.day}, {end.year}"
+    browser, apps = await signed_in(gateway, AMELIA, "/account/apps")
+    async with browser:
+        listed = apps.text.split("It may see", 1)[1].split("Sensitive information", 1)[0]
+        assert listed.split() == ["Lab", "results", "Vital", "signs"]
+        assert "Sensitive information HIV" in apps.text
+        assert f"Until {shown_end}" in apps.text  # the same date, on the page
+
+
+def _on_by_default(form: Form, name: str) -> bool:
+    """Every checkbox called ``name`` is ticked as the page comes."""
+    return all(on for n, _, on in form.checkboxes if n == name)

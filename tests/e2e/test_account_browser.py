@@ -163,10 +163,12 @@ async def _connect(
         )
     )
     await shots.take(page, "sign-in", doc="sign-in")
+    await _targets_are_44_px(page)
     await _sign_in(page, user)
     if child is not None:
         await page.wait_for_url("**/auth/patient?**")
         await shots.take(page, "whose-record", doc="patient-picker")
+        await _targets_are_44_px(page)
         await page.check(f"input[name=patient][value={child}]")
         await page.click("button[type=submit]")
     await page.wait_for_url("**/auth/consent?**")
@@ -175,6 +177,7 @@ async def _connect(
     )
     await _allow_on_the_first_screen(page)
     await _targets_are_44_px(page)
+    await _accessible(page)
     await page.click("button[value=approve]")
     await page.wait_for_url(f"{demo.callback}**")
     params = {k: v[0] for k, v in parse_qs(urlsplit(page.url).query).items()}
