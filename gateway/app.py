@@ -2,8 +2,9 @@
 ``fhir-gateway serve``, ``fhir-gateway demo`` and every test.
 
 Each long-lived resource lives in its own cleanup context and cleans up only what it started: the
-MongoDB client, the upstream ``ClientSession``, the authorization server's stores, and the FHIR
-pipeline (with its own small session for external issuers' JWKS).
+MongoDB client, the upstream ``ClientSession``, the authorization server's stores, the FHIR
+pipeline (with its own small session for external issuers' JWKS) and, when ``audit_forward_url``
+is set, the forwarder of the audit log (with its own session to the audit repository).
 
 The secrets kept in MongoDB are sealed by a key provider (P-19): the one of the configured
 key-encryption key, or one passed in (a KMS, say). Without either the application is not built.
@@ -32,6 +33,7 @@ from gateway.appkeys import (
     SETTINGS,
     UPSTREAM,
 )
+from gateway.audit.forward import open_forwarder
 from gateway.fhir.authenticate import Authenticator
 from gateway.fhir.consent_api import ConsentApi
 from gateway.fhir.consent_gate import ConsentGate
@@ -138,6 +140,15 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         await jwks_http.close()
 
 
+async def _audit_forward_context(app: web.Application) -> AsyncIterator[None]:
+    """Forwarding the audit log to an audit repository (``audit_forward_url``), in the
+    background: requests never wait for it."""
+    settings = app[SETTINGS]
+    db = app[MONGO][settings.mongodb_database]
+    async with open_forwarder(settings, db, app[METRICS]):
+        yield
+
+
 def create_app(
     settings: Settings, *, key_provider: KeyProvider | None = None, clock: Clock = system_clock
 ) -> web.Application:
@@ -177,6 +188,8 @@ def create_app(
     Health(checks, metrics, settings.metrics_token).add_routes(app)
     setup_authserver(app)  # before the catch-all /fhir route: it serves /fhir/.well-known/...
     app.cleanup_ctx.append(_pipeline_context)  # after the authorization server's (key ring)
+    if settings.audit_forward_url is not None:
+        app.cleanup_ctx.append(_audit_forward_context)
     app.router.add_route("*", "/fhir", _handle_fhir)
     app.router.add_route("*", "/fhir/{path:.*}", _handle_fhir)
     return app

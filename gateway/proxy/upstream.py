@@ -84,6 +84,19 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
+def auth_header(settings: Settings) -> dict[str, str]:
+    """The ``Authorization`` header the gateway sends the upstream (P-02), or none."""
+    if settings.upstream_auth == "bearer" and settings.upstream_bearer_token:
+        token = settings.upstream_bearer_token.get_secret_value()
+        return {"Authorization": f"Bearer {token}"}
+    if settings.upstream_auth == "basic" and settings.upstream_password:
+        basic = aiohttp.BasicAuth(
+            settings.upstream_username or "", settings.upstream_password.get_secret_value()
+        )
+        return {"Authorization": basic.encode()}
+    return {}
+
+
 class UpstreamTooLarge(UpstreamUnavailable):
     def __init__(self, limit: int) -> None:
         super().__init__(
@@ -101,15 +114,7 @@ class Upstream:
         self._session = session
         self._base = URL(settings.upstream_url)
         self._max_body = settings.max_upstream_body_bytes
-        self._auth_header: dict[str, str] = {}
-        if settings.upstream_auth == "bearer" and settings.upstream_bearer_token:
-            token = settings.upstream_bearer_token.get_secret_value()
-            self._auth_header = {"Authorization": f"Bearer {token}"}
-        elif settings.upstream_auth == "basic" and settings.upstream_password:
-            basic = aiohttp.BasicAuth(
-                settings.upstream_username or "", settings.upstream_password.get_secret_value()
-            )
-            self._auth_header = {"Authorization": basic.encode()}
+        self._auth_header = auth_header(settings)
 
     @property
     def base_url(self) -> str:
