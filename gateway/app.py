@@ -34,6 +34,8 @@ from gateway.appkeys import (
     UPSTREAM,
 )
 from gateway.audit.forward import open_forwarder
+from gateway.audit.store import AuditReader
+from gateway.fhir.audit_api import AuditApi
 from gateway.fhir.authenticate import Authenticator
 from gateway.fhir.consent_api import ConsentApi
 from gateway.fhir.consent_gate import ConsentGate
@@ -128,6 +130,13 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         fetcher=fetcher,
         consent=gate,
         consents=ConsentApi(consents, auth.revoker, auth.clients, settings.fhir_base_url),
+        audit_events=AuditApi(
+            AuditReader(db),
+            auth.clients,
+            paging_secret=secret,
+            page_lifetime_seconds=settings.page_link_lifetime_seconds,
+            fhir_base=settings.fhir_base_url,
+        ),
         pages=pages,
         release=Release(fetcher, gate, pages, app[REWRITER], settings.fhir_base_url),
         writes=WritePolicy(fetcher, gate),

@@ -78,9 +78,22 @@ async def test_a08_every_event_reaches_the_real_upstream_as_an_auditevent_idempo
     await log.record([event("pat-1"), event("pat-2"), login])
     base = local_stack_env.upstream.base_url
     sender = forwarder(db, FhirSink(http, base))
+    try:
+        await _sent_and_resent(sender, log.chain, db, base, http)
+    finally:
+        local_stack_env.upstream.reset()  # the shared upstream holds no AuditEvent for others
+
+
+async def _sent_and_resent(
+    sender: Forwarder,
+    chain: str,
+    db: AsyncDatabase[dict[str, Any]],
+    base: str,
+    http: aiohttp.ClientSession,
+) -> None:
     await drain(sender)
 
-    for record in [doc async for doc in db[EVENTS].find({"chain": log.chain})]:
+    for record in [doc async for doc in db[EVENTS].find({"chain": chain})]:
         async with http.get(f"{base}/AuditEvent/{record['_id']}") as response:
             assert response.status == 200
             kept = await response.json()
@@ -89,9 +102,9 @@ async def test_a08_every_event_reaches_the_real_upstream_as_an_auditevent_idempo
 
     # At least once: a cursor update lost (a crash after the PUT) sends the events again, and
     # the repository still holds each event once, under its id.
-    await db[STATE].update_one({"_id": log.chain}, {"$set": {"forwarded": 0}})
+    await db[STATE].update_one({"_id": chain}, {"$set": {"forwarded": 0}})
     assert await sender.run_once() == 3
-    ids = ",".join(await chain_ids(db, log.chain))
+    ids = ",".join(await chain_ids(db, chain))
     async with http.get(f"{base}/AuditEvent", params={"_id": ids}) as response:
         found = await response.json()
     assert found["total"] == 3
