@@ -154,3 +154,42 @@ async def test_a11_a_database_that_does_not_answer_is_503_never_500(
     )
     with pytest.raises(ServiceUnavailable, match="cannot be read right now"):
         await api.handle(context, Call(interaction=parse("GET", path)))
+
+
+class _Clients:
+    def __init__(self, trusted: bool) -> None:
+        self.trusted = trusted
+
+    async def get(self, client_id: str) -> Any:
+        return SimpleNamespace(trusted=self.trusted)
+
+
+def _admin_context(*, external: bool) -> AccessContext:
+    return AccessContext(
+        issuer="https://keycloak.example/realms/h",
+        subject="s",
+        client_id="audit-admin",
+        scopes=ScopeSet.parse("system/AuditEvent.rs"),
+        jti="j",
+        expires_at=datetime.now(UTC),
+        external=external,
+    )
+
+
+async def test_a11_an_external_issuers_token_is_never_an_administrator() -> None:
+    """An external issuer's ``client_id`` claim could name a trusted app of ours: it is not
+    taken as that app."""
+    clients = _Clients(trusted=True)
+    api = AuditApi(
+        _Trusting(),  # type: ignore[arg-type]
+        clients,  # type: ignore[arg-type]
+        paging_secret=b"s" * 32,
+        page_lifetime_seconds=60,
+        fhir_base="http://gw.example/fhir",
+    )
+    assert (await api.reach(_admin_context(external=False), "s", "searching")).everything
+    with pytest.raises(Forbidden, match="for administrators only"):
+        await api.reach(_admin_context(external=True), "s", "searching")
+    clients.trusted = False  # the flag is read on every request
+    with pytest.raises(Forbidden, match="for administrators only"):
+        await api.reach(_admin_context(external=False), "s", "searching")
