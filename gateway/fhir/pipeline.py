@@ -35,6 +35,7 @@ from multidict import CIMultiDict
 from gateway.audit.log import AuditLog
 from gateway.fhir import auditing
 from gateway.fhir.access import AccessDecision, authorize
+from gateway.fhir.audit_api import AuditApi
 from gateway.fhir.authenticate import Authenticator
 from gateway.fhir.batch import Bundles
 from gateway.fhir.bodies import read_body, read_form
@@ -71,6 +72,7 @@ class Pipeline:
         fetcher: Fetcher,
         consent: ConsentGate,
         consents: ConsentApi,
+        audit_events: AuditApi,
         pages: PageSealer,
         release: Release,
         writes: WritePolicy,
@@ -85,6 +87,7 @@ class Pipeline:
         self._fetcher = fetcher
         self._consent = consent
         self._consents = consents
+        self._audit_events = audit_events
         self._pages = pages
         self._release = release
         self._writes = writes
@@ -203,6 +206,8 @@ class Pipeline:
             return await self._bundles.transaction(context, call)
         if call.interaction.resource_type == "Consent":
             return await self._consents.handle(context, call.interaction, call.body, call.headers)
+        if call.interaction.resource_type == "AuditEvent":  # the audit log, from MongoDB
+            return await self._audit_events.handle(context, call)
         if kind is Kind.PAGE:  # 3: the decision its search had, bound to this token
             assert call.interaction.page is not None
             page = self._pages.open(call.interaction.page, context)
