@@ -119,9 +119,10 @@ class Pipeline:
             request[METRIC_LABEL] = Kind.CAPABILITIES.value
             negotiate(request)
             return (await capabilities(self._fetcher, self._endpoints, request.method)).render()
+        path = request.match_info.get("path", "")
         audit = auditing.RequestAudit(
             method=request.method,
-            path=request.match_info.get("path", ""),
+            path="_page" if path.startswith("_page/") else path,  # never a link's token
             query=_without_token(request.query.items()),
             address=request.get(CALLER) or request.remote or "",
             request_id=request.get(REQUEST_ID),
@@ -211,6 +212,9 @@ class Pipeline:
         if kind is Kind.PAGE:  # 3: the decision its search had, bound to this token
             assert call.interaction.page is not None
             page = self._pages.open(call.interaction.page, context)
+            audit = auditing.current()
+            if audit is not None:  # the search it continues, never the link's token
+                audit.path, _, audit.query = page.upstream.lstrip("/").partition("?")
             answer = await self._fetcher.follow(page.upstream)
             if answer.status < 400 and (answer.body or {}).get("resourceType") != "Bundle":
                 raise Forbidden("this paging link does not lead to a Bundle")
