@@ -31,11 +31,13 @@ AUTHORITY_TYPES = frozenset({"RelatedPerson", "Person", "Linkage"})
 """Resources that confer authority over others' records (SECURITY.md P-20); ``Patient.link`` is
 checked on the write itself (``writes.check_authority_unchanged``)."""
 
-NEVER_FROM_UPSTREAM = frozenset({"AuditEvent"})
+NEVER_FROM_UPSTREAM = frozenset({"AuditEvent", "Consent"})
 """Types the gateway answers from its own store and never releases from the upstream, whatever
 brought them (includes, ``$everything``, history): the audit log is ``/fhir/AuditEvent``
 (``audit_api.py``), and AuditEvents the upstream holds (forwarded ones among them, AUDIT.md A-11)
-follow other rules than the log's."""
+follow other rules than the log's; the Consents that decide are the gateway's (``/fhir/Consent``,
+C-02), read under the authority rules of C-23, and Consents the upstream holds (the EHR's own
+paper consents, say) would escape them."""
 
 READ: frozenset[Letter] = frozenset({"r"})
 SEARCH: frozenset[Letter] = frozenset({"s"})
@@ -120,8 +122,16 @@ class AccessPolicy:
         return _scopes_for(self.context, interaction.resource_type or "", letters)
 
     def permits(self, resource: Mapping[str, Any], letters: frozenset[Letter] = SEE) -> bool:
+        """Whether this token may have ``resource`` from the upstream (or write it there)."""
+        if resource.get("resourceType") in NEVER_FROM_UPSTREAM:
+            return False
+        return self.permits_served(resource, letters)
+
+    def permits_served(self, resource: Mapping[str, Any], letters: frozenset[Letter] = SEE) -> bool:
+        """:meth:`permits` for a resource the gateway serves from its own store (a Consent): the
+        scopes and the compartment decide, whatever its type."""
         rtype = resource.get("resourceType")
-        if not isinstance(rtype, str) or rtype in NEVER_FROM_UPSTREAM:
+        if not isinstance(rtype, str):
             return False
         reaches: bool | None = None
         for scope in self.context.scopes:

@@ -139,7 +139,7 @@ class ConsentApi:
         letters: frozenset[Letter],
     ) -> bool:
         """Within the token's scopes and patients, and one the app may read (C-23)."""
-        if not decision.policy.permits(resource, letters):
+        if not decision.policy.permits_served(resource, letters):
             return False
         return writer.manages_consent or authority.concerns(resource, writer.client_id)
 
