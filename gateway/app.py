@@ -3,9 +3,11 @@
 
 Each long-lived resource lives in its own cleanup context and cleans up only what it started: the
 MongoDB client, the upstream ``ClientSession``, the authorization server's stores, the encrypted
-cache, and the FHIR pipeline (with its own small session for external issuers' JWKS). With
-``cache_enabled`` the pipeline's fetcher is the caching one; the cache itself is opened either
-way, so that a withdrawal or an erasure still purges and shreds what an earlier run cached.
+cache, the audit log, the FHIR pipeline (with its own small session for external issuers' JWKS)
+and, when ``audit_forward_url`` is set, the forwarder of the audit log (with its own session to
+the audit repository). With ``cache_enabled`` the pipeline's fetcher is the caching one; the cache
+itself is opened either way, so that a withdrawal or an erasure still purges and shreds what an
+earlier run cached.
 
 The secrets kept in MongoDB are sealed by a key provider (P-19): the one of the configured
 key-encryption key, or one passed in (a KMS, say). Without either the application is not built.
@@ -40,8 +42,11 @@ from gateway.appkeys import (
     UPSTREAM,
 )
 from gateway.audit.acts import consent_written, grants_revoked
+from gateway.audit.forward import open_forwarder
 from gateway.audit.runtime import open_audit
+from gateway.audit.store import AuditReader
 from gateway.cache.cache import CacheLimits, ResourceCache
+from gateway.fhir.audit_api import AuditApi
 from gateway.fhir.authenticate import Authenticator
 from gateway.fhir.cached import CachingFetcher
 from gateway.fhir.consent_api import ConsentApi
@@ -188,6 +193,13 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         consents=ConsentApi(
             consents, auth.revoker, auth.clients, app[CACHE], settings.fhir_base_url
         ),
+        audit_events=AuditApi(
+            AuditReader(db),
+            auth.clients,
+            paging_secret=secret,
+            page_lifetime_seconds=settings.page_link_lifetime_seconds,
+            fhir_base=settings.fhir_base_url,
+        ),
         pages=pages,
         release=Release(fetcher, gate, pages, app[REWRITER], settings.fhir_base_url),
         writes=WritePolicy(fetcher, gate),
@@ -199,6 +211,15 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await jwks_http.close()
+
+
+async def _audit_forward_context(app: web.Application) -> AsyncIterator[None]:
+    """Forwarding the audit log to an audit repository (``audit_forward_url``), in the
+    background: requests never wait for it."""
+    settings = app[SETTINGS]
+    db = app[MONGO][settings.mongodb_database]
+    async with open_forwarder(settings, db, app[METRICS]):
+        yield
 
 
 def create_app(
@@ -251,6 +272,8 @@ def create_app(
     app.middlewares.append(gate.middleware)
     app.cleanup_ctx.append(_audit_context)  # after the authorization server's (key ring)
     app.cleanup_ctx.append(_pipeline_context)
+    if settings.audit_forward_url is not None:
+        app.cleanup_ctx.append(_audit_forward_context)
     app.router.add_route("*", "/fhir", _handle_fhir)
     app.router.add_route("*", "/fhir/{path:.*}", _handle_fhir)
     return app

@@ -311,6 +311,39 @@ class Settings(BaseSettings):
     audit_checkpoint_seconds: float = Field(default=300.0, gt=0)
     audit_retention_days: int = Field(default=2192, ge=1)
 
+    # --- forwarding the audit log to an audit repository (off by default)
+    audit_forward_url: str | None = Field(
+        default=None,
+        description="Where stored AuditEvents are sent (PUT [base]/AuditEvent/[id]): 'upstream' "
+        "(the upstream FHIR server, with its credentials and TLS settings) or a FHIR base URL; "
+        "unset: not forwarded.",
+    )
+    audit_forward_bearer_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token sent to a forward URL (not with 'upstream', which uses the "
+        "upstream_auth settings); unset: no Authorization header.",
+    )
+    audit_forward_batch_size: int = Field(
+        default=100, ge=1, le=1000, description="Events read and sent per chain per round."
+    )
+    audit_forward_poll_seconds: float = Field(
+        default=1.0, gt=0, le=300, description="How often the forwarder looks for new events."
+    )
+    audit_forward_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="Time one PUT to the audit repository may take."
+    )
+    audit_forward_backoff_seconds: float = Field(
+        default=1.0, gt=0, description="The first wait after the repository failed; doubles."
+    )
+    audit_forward_backoff_max_seconds: float = Field(
+        default=60.0, gt=0, description="The longest wait between attempts."
+    )
+    audit_forward_lease_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        description="How long an instance holds a chain's forwarding without renewing it.",
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator(
@@ -343,6 +376,29 @@ class Settings(BaseSettings):
     @classmethod
     def _aliases(cls, value: list[str]) -> list[str]:
         return [_http_base(v, "upstream_aliases") for v in value]
+
+    @field_validator("audit_forward_url")
+    @classmethod
+    def _forward_url(cls, value: str | None) -> str | None:
+        if value is None or value == "upstream":
+            return value
+        return _http_base(value, "audit_forward_url ('upstream' or a FHIR base URL)")
+
+    @model_validator(mode="after")
+    def _forwarding(self) -> Settings:
+        if self.audit_forward_bearer_token is not None and self.audit_forward_url in (
+            None,
+            "upstream",
+        ):
+            raise ValueError(
+                "audit_forward_bearer_token is for an audit_forward_url that is a FHIR base URL; "
+                "with 'upstream' the upstream_auth settings are used"
+            )
+        if self.audit_forward_backoff_seconds > self.audit_forward_backoff_max_seconds:
+            raise ValueError(
+                "audit_forward_backoff_seconds must not exceed audit_forward_backoff_max_seconds"
+            )
+        return self
 
     @field_validator("key_encryption_key")
     @classmethod

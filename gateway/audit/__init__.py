@@ -10,4 +10,6 @@
 - :mod:`~gateway.audit.store` — reading (``/fhir/AuditEvent``, the patient's pages);
   :mod:`~gateway.audit.disclosures` — accounting of disclosures; :mod:`~gateway.audit.retention`.
 - :mod:`~gateway.audit.verify`, :mod:`~gateway.audit.cli` — ``fhir-gateway audit verify|export``.
+- :mod:`~gateway.audit.forward` — sending stored events to an audit repository (optional,
+  ``audit_forward_url``), in the background.
 """

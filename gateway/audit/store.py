@@ -52,6 +52,9 @@ class AuditQuery:
 
     patient: str | None = None
     """A bare Patient id: events with that patient entity."""
+    patients: frozenset[str] | None = None
+    """Events with a patient entity among these ids (what a patient-context token reaches; an
+    empty set finds nothing). With :attr:`patient`, both must hold."""
     agent: str | None = None
     """An agent key: ``Practitioner/ID`` (a reference), ``urn:fhir-gateway:client|ID`` (an app;
     see :meth:`for_client`), ``ISSUER|sub`` or ``urn:fhir-gateway:user|ID`` (a user)."""
@@ -61,6 +64,9 @@ class AuditQuery:
     """Recorded before (aware datetime)."""
     subtype: str | None = None
     """A subtype code: ``read``, ``search-type``, ``110122`` (login)..."""
+    subtype_system: str | None = None
+    """With :attr:`subtype`: its code system too (``http://hl7.org/fhir/restful-interaction``,
+    ``http://dicom.nema.org/resources/ontology/DCM``...)."""
     outcome: str | None = None
     """``0``, ``4``, ``8`` or ``12``."""
     action: str | None = None
@@ -103,6 +109,8 @@ def _filter(query: AuditQuery) -> dict[str, Any]:
     found: dict[str, Any] = {}
     if query.patient is not None:
         found["patients"] = query.patient
+    if query.patients is not None:
+        found["$and"] = [{"patients": {"$in": sorted(query.patients)}}]
     if query.agent is not None:
         found["agents"] = query.agent
     recorded: dict[str, str] = {}
@@ -116,6 +124,10 @@ def _filter(query: AuditQuery) -> dict[str, Any]:
         value = getattr(query, name)
         if value is not None:
             found[name] = str(value)
+    if query.subtype_system is not None and query.subtype is not None:
+        found["event.subtype"] = {
+            "$elemMatch": {"system": query.subtype_system, "code": str(query.subtype)}
+        }
     if query.cursor is not None:
         at, record_id = _after(query.cursor)
         found["$or"] = [{"recorded": {"$lt": at}}, {"recorded": at, "_id": {"$lt": record_id}}]

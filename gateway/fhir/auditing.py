@@ -13,7 +13,7 @@ record gathers it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -73,13 +73,16 @@ class RequestAudit:
         end (they keep filling in meanwhile)."""
         self._tallies.append(tallies)
 
-    def served(self, resource: Mapping[str, Any]) -> None:
-        """A resource the gateway serves itself (a Consent) and releases whole."""
-        reference = resource.get("patient")
-        patient = (
-            patient_id(reference.get("reference", "")) if isinstance(reference, dict) else None
-        )
-        if patient is not None:
+    def served(self, resource: Mapping[str, Any], patients: Iterable[str] | None = None) -> None:
+        """A resource the gateway serves itself and releases whole: a Consent (of the patient
+        it names), an AuditEvent (of its ``patients``)."""
+        if patients is None:
+            reference = resource.get("patient")
+            patient = (
+                patient_id(reference.get("reference", "")) if isinstance(reference, dict) else None
+            )
+            patients = () if patient is None else (patient,)
+        for patient in patients:
             tally = Tally()
             tally.released(resource)
             self._tallies.append({patient: tally})

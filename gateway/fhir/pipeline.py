@@ -35,6 +35,7 @@ from multidict import CIMultiDict
 from gateway.audit.log import AuditLog
 from gateway.fhir import auditing
 from gateway.fhir.access import AccessDecision, authorize
+from gateway.fhir.audit_api import AuditApi
 from gateway.fhir.authenticate import Authenticator
 from gateway.fhir.batch import Bundles
 from gateway.fhir.bodies import read_body, read_form
@@ -71,6 +72,7 @@ class Pipeline:
         fetcher: Fetcher,
         consent: ConsentGate,
         consents: ConsentApi,
+        audit_events: AuditApi,
         pages: PageSealer,
         release: Release,
         writes: WritePolicy,
@@ -85,6 +87,7 @@ class Pipeline:
         self._fetcher = fetcher
         self._consent = consent
         self._consents = consents
+        self._audit_events = audit_events
         self._pages = pages
         self._release = release
         self._writes = writes
@@ -116,9 +119,10 @@ class Pipeline:
             request[METRIC_LABEL] = Kind.CAPABILITIES.value
             negotiate(request)
             return (await capabilities(self._fetcher, self._endpoints, request.method)).render()
+        path = request.match_info.get("path", "")
         audit = auditing.RequestAudit(
             method=request.method,
-            path=request.match_info.get("path", ""),
+            path="_page" if path.startswith("_page/") else path,  # never a link's token
             query=_without_token(request.query.items()),
             address=request.get(CALLER) or request.remote or "",
             request_id=request.get(REQUEST_ID),
@@ -203,9 +207,14 @@ class Pipeline:
             return await self._bundles.transaction(context, call)
         if call.interaction.resource_type == "Consent":
             return await self._consents.handle(context, call.interaction, call.body, call.headers)
+        if call.interaction.resource_type == "AuditEvent":  # the audit log, from MongoDB
+            return await self._audit_events.handle(context, call)
         if kind is Kind.PAGE:  # 3: the decision its search had, bound to this token
             assert call.interaction.page is not None
             page = self._pages.open(call.interaction.page, context)
+            audit = auditing.current()
+            if audit is not None:  # the search it continues, never the link's token
+                audit.path, _, audit.query = page.upstream.lstrip("/").partition("?")
             answer = await self._fetcher.follow(page.upstream)
             if answer.status < 400 and (answer.body or {}).get("resourceType") != "Bundle":
                 raise Forbidden("this paging link does not lead to a Bundle")

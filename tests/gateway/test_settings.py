@@ -160,3 +160,34 @@ def test_the_cache_settings_and_their_bounds(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("FHIR_GATEWAY_CACHE_MAX_BYTES", "1000")
     with pytest.raises(SettingsError, match="FHIR_GATEWAY_CACHE_MAX_BYTES"):
         load_settings()
+
+
+def test_audit_forwarding_is_off_by_default_and_takes_upstream_or_a_fhir_base() -> None:
+    assert load_settings().audit_forward_url is None
+    assert load_settings(audit_forward_url="upstream").audit_forward_url == "upstream"
+    url = load_settings(audit_forward_url="https://audit.example/fhir/").audit_forward_url
+    assert url == "https://audit.example/fhir"
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        ({"audit_forward_url": "audit.example"}, "FHIR_GATEWAY_AUDIT_FORWARD_URL"),
+        ({"audit_forward_url": "https://audit.example/fhir?x=1"}, "audit_forward_url"),
+        (
+            {"audit_forward_url": "upstream", "audit_forward_bearer_token": "t"},
+            "upstream_auth settings are used",
+        ),
+        ({"audit_forward_bearer_token": "t"}, "audit_forward_bearer_token"),
+        (
+            {"audit_forward_backoff_seconds": 10, "audit_forward_backoff_max_seconds": 5},
+            "audit_forward_backoff_max_seconds",
+        ),
+        ({"audit_forward_batch_size": 0}, "FHIR_GATEWAY_AUDIT_FORWARD_BATCH_SIZE"),
+    ],
+)
+def test_bad_audit_forwarding_settings_stop_start_up_naming_the_setting(
+    values: dict[str, object], says: str
+) -> None:
+    with pytest.raises(SettingsError, match=says):
+        load_settings(**values)
