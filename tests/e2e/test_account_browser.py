@@ -164,11 +164,13 @@ async def _connect(
     )
     await shots.take(page, "sign-in", doc="sign-in")
     await _targets_are_44_px(page)
+    await _accessible(page)
     await _sign_in(page, user)
     if child is not None:
         await page.wait_for_url("**/auth/patient?**")
         await shots.take(page, "whose-record", doc="patient-picker")
         await _targets_are_44_px(page)
+        await _accessible(page)
         await page.check(f"input[name=patient][value={child}]")
         await page.click("button[type=submit]")
     await page.wait_for_url("**/auth/consent?**")
@@ -250,6 +252,16 @@ def _matches(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in bundle.get("entry", []) if e.get("search", {}).get("mode") == "match"]
 
 
+def _why_empty(bundle: dict[str, Any]) -> str:
+    """What the search's OperationOutcome says about the data it withheld (C-03)."""
+    return " ".join(
+        issue.get("diagnostics", "")
+        for e in bundle.get("entry", [])
+        if e.get("search", {}).get("mode") == "outcome"
+        for issue in e["resource"].get("issue", [])
+    )
+
+
 async def _check_page(page: Page, errors: list[str]) -> None:
     await _targets_are_44_px(page)
     await _accessible(page)
@@ -298,6 +310,7 @@ async def test_c19_c12_p18_a_patient_connects_an_app_sees_it_and_disconnects_it(
     other = await minted_token(demo.gateway, client_id=APP, scope="patient/*.rs")
     status, bundle = await _fhir(demo.gateway, other, "Observation?_count=3")
     assert status == 200 and not _matches(bundle)  # and no consent lets anything out (C-03)
+    assert "consent" in _why_empty(bundle), bundle
 
 
 async def test_c19_c25_a_parent_connects_an_app_to_the_child_and_disconnects_it(
@@ -341,6 +354,17 @@ async def test_c19_c25_a_parent_connects_an_app_to_the_child_and_disconnects_it(
     assert status == 401
     db = demo.gateway.server.app[AUTH].db
     assert not await ConsentStore(db).search(patient_id=LEO, status="active")
+    other = await minted_token(
+        demo.gateway,
+        client_id=APP,
+        scope="patient/*.rs",
+        fhir_user="RelatedPerson/relperson-maria-garcia",
+        patient=LEO,
+        acts_for=(LEO,),
+    )
+    status, bundle = await _fhir(demo.gateway, other, "Observation?_count=3")
+    assert status == 200 and not _matches(bundle)  # no consent lets anything of Leo's out
+    assert "consent" in _why_empty(bundle), bundle
 
 
 async def test_c14_keyboard_only_through_the_disconnect_flow(demo: Demo) -> None:
