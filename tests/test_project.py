@@ -1,5 +1,6 @@
 """The project's own promises: the deployment file is valid Compose, the docs document every
-setting, and the README gives the commands CI runs."""
+setting, the README gives the commands CI runs and shows the pages as the browser tests see
+them."""
 
 from __future__ import annotations
 
@@ -84,6 +85,19 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "bash scripts/test" in readme and "bash scripts/demo" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "bash scripts/test" in ci
+
+
+def test_the_readme_shows_the_screenshots_the_browser_tests_take() -> None:
+    """Every picture the README shows is committed and is one the browser tests write with
+    ``UPDATE_DOC_SCREENSHOTS=1``, and every committed screenshot is shown."""
+    readme = (ROOT / "README.md").read_text()
+    shown = set(re.findall(r"\]\(docs/screenshots/([a-z0-9-]+)\.png\)", readme))
+    committed = {p.stem for p in (ROOT / "docs" / "screenshots").glob("*.png")}
+    tests = (ROOT / "tests" / "e2e" / "test_account_browser.py").read_text().splitlines()
+    taken = {name for line in tests if "doc=" in line for name in re.findall(r'"([a-z-]+)"', line)}
+    assert shown, "the README shows no screenshot"
+    assert shown == committed, shown ^ committed
+    assert shown <= taken, shown - taken
 
 
 def _normal(name: str) -> str:
