@@ -420,3 +420,50 @@ async def test_c05_c26_c19_the_consent_records_what_the_screen_showed_and_the_pa
 def _on_by_default(form: Form, name: str) -> bool:
     """Every checkbox called ``name`` is ticked as the page comes."""
     return all(on for n, _, on in form.checkboxes if n == name)
+
+
+_POST_FORM = re.compile(r"<form\b[^>]*method=\"post\"[^>]*>(.*?)</form>", re.S | re.I)
+_ASSET = re.compile(r"<(?:link|img|source)\b[^>]*\b(?:href|src)=\"([^\"]*)\"", re.I)
+
+
+def _runs_no_script_and_loads_nothing_from_elsewhere(page: Page) -> None:
+    csp = page.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp, csp
+    assert "script-src" not in csp and "unsafe-inline" not in csp, csp
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert "no-store" in page.headers["Cache-Control"]
+    html = page.html.lower()
+    assert "<script" not in html and "<style" not in html and " style=" not in html
+    assert not re.search(r"<[^>]+\son[a-z]+=", html)  # no event handlers
+    assets = _ASSET.findall(page.html)
+    assert assets, "the check saw no stylesheet"
+    assert all(a.startswith("data:") or re.match(r"/[^/]", a) for a in assets), assets
+
+
+async def test_p07_every_account_page_runs_no_script_loads_nothing_from_elsewhere_and_says_whose(
+    gateway: RunningGateway,
+) -> None:
+    """Each page of the account, for oneself and for a child, in both languages: a CSP without
+    scripts and without framing, no script, style or asset of its own or from elsewhere in the
+    HTML, a CSRF token in every form that changes anything, and the name of whose data it is."""
+    await flow_token(gateway, user=MARIA, patient=LEO_ID, scope="launch/patient patient/*.rs")
+    pages = [
+        (path, query, "Leo" if query else "Maria")
+        for path in ("/account/apps", "/account/history")
+        for query in ("", f"patient={LEO_ID}")
+    ] + [("/account/security", "", "(maria)")]  # the account's own page, no patient to choose
+    browser, _ = await signed_in(gateway, MARIA, "/account/apps")
+    async with browser:
+        for lang in ("en", "es"):
+            for path, query, whose in pages:
+                url = f"{gateway.base}{path}?{'&'.join(filter(None, (query, f'lang={lang}')))}"
+                page = await browser.get(url)
+                assert isinstance(page, Page) and page.status == 200, url
+                assert f'<html lang="{lang}">' in page.html
+                _runs_no_script_and_loads_nothing_from_elsewhere(page)
+                forms = _POST_FORM.findall(page.html)
+                assert all('name="csrf"' in form for form in forms), url
+                if path.endswith("security"):
+                    assert forms and whose in page.text  # signed in as ...
+                else:
+                    assert re.search(rf'class="whose"[^>]*>.*?{whose}', page.html, re.S), url
