@@ -130,9 +130,10 @@ async def apps_page(request: web.Request) -> web.Response:
     assert who.patient is not None
     apps = await connected_apps(request, who.patient)
     disconnected = None
-    if "disconnected" in request.query:
-        client = await request.app[AUTH].clients.get(request.query["disconnected"])
-        disconnected = client.name if client else request.query["disconnected"][:128]
+    if "disconnected" in request.query:  # after a disconnect; only a registered app is named,
+        # so that a link cannot make the page announce whatever it likes
+        client = await request.app[AUTH].clients.get(request.query["disconnected"][:128])
+        disconnected = client.name if client else None
     return page(request, who, "apps.html", section="apps", apps=apps, disconnected=disconnected)
 
 

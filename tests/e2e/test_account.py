@@ -272,6 +272,21 @@ async def test_p22_bad_input_gets_a_readable_page(
         assert "Traceback" not in page.html and "<h1>" in page.html
 
 
+async def test_p22_a_link_cannot_make_the_page_announce_a_disconnect(
+    gateway: RunningGateway,
+) -> None:
+    """The notice after a disconnect names a registered app; any other value shows nothing."""
+    await ensure_public_client(gateway)
+    browser, _ = await signed_in(gateway, AMELIA, "/account/security")
+    async with browser:
+        for value in ("Your%20bank%20account", "%3Cb%3Eno-such-app%3C%2Fb%3E"):
+            page = await browser.get(f"{gateway.base}/account/apps?disconnected={value}")
+            assert isinstance(page, Page) and page.status == 200
+            assert 'role="status"' not in page.html and "is disconnected" not in page.text
+        page = await browser.get(f"{gateway.base}/account/apps?disconnected={PUBLIC_APP}")
+        assert isinstance(page, Page) and "Test Patient App is disconnected" in page.text
+
+
 async def test_p22_bad_form_fields_change_nothing_and_get_a_page(gateway: RunningGateway) -> None:
     await flow_token(gateway, user=AMELIA, scope="launch/patient patient/*.rs")
     browser, page = await signed_in(gateway, AMELIA, "/account/apps")
