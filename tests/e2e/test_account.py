@@ -15,6 +15,7 @@ import pytest
 
 from consent.model import grant_terms
 from consent.store import ConsentStore
+from gateway.cache.entries import COLLECTION as CACHE_ENTRIES
 from tests.conftest import RunningGateway, Stack, StartGateway
 from tests.support.browser import (
     Browser,
@@ -72,6 +73,13 @@ async def test_c19_c12_c13_c14_connected_app_listed_then_disconnected_in_one_cli
     )
     status, bundle = await _observations(http, gateway, tokens["access_token"])
     assert status == 200 and bundle["entry"]
+    for entry in bundle["entry"][:2]:  # reads by id go through the encrypted cache
+        url = f"{gateway.fhir}/Observation/{entry['resource']['id']}"
+        headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+        async with http.get(url, headers=headers) as response:
+            assert response.status == 200
+    cached = services(gateway).db[CACHE_ENTRIES]
+    assert await cached.count_documents({"owner": f"Patient/{AMELIA_ID}"}) == 2
     browser, page = await signed_in(gateway, AMELIA, "/account/apps")
     async with browser:
         assert page.url == f"{gateway.base}/account/apps" and page.status == 200
@@ -87,6 +95,7 @@ async def test_c19_c12_c13_c14_connected_app_listed_then_disconnected_in_one_cli
         assert "Test Patient App is disconnected" in done.text
         assert not has_form(done, "/account/apps/disconnect")
     assert not await _active_permits(gateway, AMELIA_ID)
+    assert await cached.count_documents({"owner": f"Patient/{AMELIA_ID}"}) == 0  # purged (C-13)
     history = await ConsentStore(services(gateway).db).history(
         (await ConsentStore(services(gateway).db).search(patient_id=AMELIA_ID))[0]["id"]
     )

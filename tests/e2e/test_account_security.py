@@ -182,6 +182,9 @@ async def test_p04_p18_two_step_verification_on_then_new_codes_then_off(
         assert off.status == 303
     user = await services(gateway).users.by_username(MARIA.username)
     assert user is not None and not user.mfa_enrolled
+    mine = await audit_events(gateway, agent=f"urn:fhir-gateway:user|{user.user_id}")
+    changes = [details(e)["second-factor"] for e in mine if "second-factor" in details(e)]
+    assert changes == ["removed", "new recovery codes", "enrolled"]  # each recorded (P-18)
 
 
 async def test_p04_a_deployment_that_requires_mfa_does_not_let_a_patient_turn_it_off(
