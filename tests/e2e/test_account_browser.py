@@ -66,6 +66,8 @@ class Demo:
 async def demo(local_stack_env: Stack) -> AsyncIterator[Demo]:
     """The gateway with the demo's apps and users, the app's redirect page, and Chromium."""
     require_chromium()
+    if not AXE.is_file():
+        pytest.fail("axe-core is missing: scripts/test installs it (fixtures/axe)")
     from playwright.async_api import async_playwright
 
     calls: list[str] = []
