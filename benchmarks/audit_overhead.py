@@ -33,13 +33,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from proxy_overhead import SCENARIOS, Sample, _mint_tokens, _wait_http, _wrk
+from proxy_overhead import SCENARIOS, Sample, _mint_tokens, _wrk
 from pymongo import MongoClient
 
 from gateway.audit.facts import RequestFacts
@@ -102,6 +104,8 @@ class Bench:
     """One port, one database, one upstream: the gateways take turns on them."""
 
     env: dict[str, str]
+    log: Path
+    """Where the gateways write their output (shown when one does not start)."""
     others: dict[str, int]
     """The processes besides the gateway whose CPU is counted: name to pid."""
     kek: bytes
@@ -118,14 +122,15 @@ class Bench:
         return self.env["FHIR_GATEWAY_MONGODB_URI"]
 
     def round(self, mode: str) -> Round:
-        gateway = subprocess.Popen(
-            [sys.executable, __file__, "--serve", mode],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with self.log.open("ab") as sink:
+            gateway = subprocess.Popen(
+                [sys.executable, __file__, "--serve", mode],
+                env=self.env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
         try:
-            _wait_http(self.base + "/healthz")
+            self._wait_ready(gateway)
             if not self.token:  # the gateway's key ring exists once one has started
                 tokens = asyncio.run(_mint_tokens(self.mongo_uri, DATABASE, self.base, self.kek))
                 self.token = tokens["read"]
@@ -145,6 +150,17 @@ class Bench:
         cpu_us = {name: seconds / requests * 1e6 for name, seconds in used.items()}
         return Round(load, single, cpu_us, stored / requests)
 
+    def _wait_ready(self, gateway: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if gateway.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway did not start:\n{self.log.read_text()[-12000:]}")
+            try:
+                with urllib.request.urlopen(self.base + "/healthz", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+
 
 def _median(rounds: list[Round], value: Callable[[Round], float]) -> float:
     return statistics.median(value(r) for r in rounds)
@@ -163,7 +179,7 @@ def main() -> None:
     rounds: dict[str, list[Round]] = {mode: [] for mode in MODES}
     started = datetime.now(UTC)
     load_before = os.getloadavg()
-    with local_stack() as (mongo_uri, upstream, mongo), tempfile.TemporaryDirectory() as spool:
+    with local_stack() as (mongo_uri, upstream, mongo), tempfile.TemporaryDirectory() as work:
         assert upstream.process is not None and mongo is not None and mongo.process is not None
         kek = os.urandom(32)
         bench = Bench(
@@ -177,8 +193,9 @@ def main() -> None:
                 "FHIR_GATEWAY_PORT": str(port),
                 "FHIR_GATEWAY_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
                 "FHIR_GATEWAY_KEY_ENCRYPTION_KEY": base64.b64encode(kek).decode(),
-                "FHIR_GATEWAY_AUDIT_SPOOL_DIR": spool,
+                "FHIR_GATEWAY_AUDIT_SPOOL_DIR": str(Path(work) / "spool"),
             },
+            log=Path(work) / "gateway.log",
             others={"MongoDB": mongo.process.pid, "upstream": upstream.process.pid},
             kek=kek,
             seconds=args.seconds,
