@@ -306,6 +306,7 @@ class ServedGateway:
     log: Path
     process: asyncio.subprocess.Process | None = None
     runs: list[asyncio.subprocess.Process] = field(default_factory=list)
+    sigkilled: bool = False
 
     @property
     def base(self) -> str:
@@ -316,6 +317,7 @@ class ServedGateway:
         return self.process is not None and self.process.returncode is None
 
     async def start(self) -> None:
+        self.sigkilled = False
         with self.log.open("ab") as sink:
             self.process = await asyncio.create_subprocess_exec(
                 FHIR_GATEWAY, "serve", "--workers", "1",
@@ -337,10 +339,11 @@ class ServedGateway:
         """SIGKILL, at once (its exit is awaited by :meth:`killed`)."""
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
+        self.sigkilled = True
 
     async def killed(self) -> None:
-        assert self.process is not None
-        assert await self.process.wait() == -signal.SIGKILL
+        assert self.process is not None and self.sigkilled
+        assert await asyncio.wait_for(self.process.wait(), 30) == -signal.SIGKILL
 
     async def stop(self) -> None:
         for process in self.runs:
@@ -417,7 +420,9 @@ async def load_until_killed(served: ServedGateway, token: str) -> list[str]:
                         else:
                             raise AssertionError(f"{response.status}: {await response.text()}")
                 except aiohttp.ClientError:
-                    await served.killed()  # the only way a read fails here
+                    if not served.sigkilled:  # the only way a read may fail here
+                        raise
+                    await served.killed()
                     return
                 if len(answered) == KILL_AFTER:
                     served.kill()
