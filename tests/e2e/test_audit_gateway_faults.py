@@ -1,4 +1,4 @@
-"""The audit trail's faults through the real gateway (A-08, A-10): MongoDB refusing the gateway's
+"""The audit trail's faults through the real gateway (A-08 … A-10): MongoDB refusing the gateway's
 writes, MongoDB stopped, the spool unwritable too, and ``fhir-gateway serve`` killed with SIGKILL
 under load. Every request is an authenticated, audited read of a patient's data through the
 real upstream; each AuditEvent is matched to its response by the ``X-Request-Id`` the response
@@ -161,7 +161,8 @@ async def test_a08_writes_refused_by_mongodb_are_spooled_then_replayed_in_order(
     """While MongoDB refuses the gateway's inserts, reads are still answered (their events go to
     the fsynced spool); once it takes writes again the spool is replayed into MongoDB in the
     order it was written, before anything newer, nothing lost or stored twice, and
-    ``fhir-gateway audit verify`` passes."""
+    ``fhir-gateway audit verify`` passes. Concurrent reads share group commits (A-09), into the
+    spool as into MongoDB: none of their events is lost or out of place."""
     gateway = await start_gateway(
         upstream_url=local_stack_env.upstream.base_url,
         mongodb_uri=local_stack_env.mongo_uri,
