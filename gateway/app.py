@@ -31,6 +31,7 @@ from gateway.appkeys import (
     CACHE,
     CLOCK,
     CONSENTS,
+    DATABASE_GATE,
     EPOCHS,
     KEY_PROVIDER,
     METRICS,
@@ -73,6 +74,9 @@ from gateway.web.server import parser_limits
 from smart_auth.clock import Clock, system_clock
 from smart_auth.key_provider import KeyProvider
 from smart_auth.revocations import EPOCHS as EPOCHS_COLLECTION
+
+FHIR_ROUTES = frozenset({"fhir-base", "fhir"})
+"""The names of the routes the FHIR pipeline answers."""
 
 MONGODB_APP_NAME = "fhir-gateway"
 """How the gateway's connections introduce themselves to MongoDB (its logs, ``currentOp``)."""
@@ -206,6 +210,7 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         cors=Cors(auth.clients),
         rate_limit=rate_limit,
         audit=app[AUDIT],
+        database=app[DATABASE_GATE].wait,
     )
     try:
         yield
@@ -268,14 +273,19 @@ def create_app(
     setup_authserver(app)  # before the catch-all /fhir route: it serves /fhir/.well-known/...
     setup_account(app)
     # Innermost, so that its 503 is rendered by the error middleware of the request's area.
-    gate = DatabaseGate(lambda: app.get(MONGO), settings.mongodb_server_selection_timeout_seconds)
+    gate = DatabaseGate(
+        lambda: app.get(MONGO),
+        settings.mongodb_server_selection_timeout_seconds,
+        waits_itself=FHIR_ROUTES,  # the pipeline waits, inside its audit (A-01)
+    )
+    app[DATABASE_GATE] = gate
     app.middlewares.append(gate.middleware)
     app.cleanup_ctx.append(_audit_context)  # after the authorization server's (key ring)
     app.cleanup_ctx.append(_pipeline_context)
     if settings.audit_forward_url is not None:
         app.cleanup_ctx.append(_audit_forward_context)
-    app.router.add_route("*", "/fhir", _handle_fhir)
-    app.router.add_route("*", "/fhir/{path:.*}", _handle_fhir)
+    app.router.add_route("*", "/fhir", _handle_fhir, name="fhir-base")
+    app.router.add_route("*", "/fhir/{path:.*}", _handle_fhir, name="fhir")
     return app
 
 

@@ -20,6 +20,7 @@ from gateway.fhir.representation import Representation
 from gateway.proxy.rewrite import UrlRewriter
 from gateway.proxy.upstream import Upstream
 from gateway.settings import Settings
+from gateway.web.database import DatabaseGate
 from gateway.web.metrics import Metrics
 from smart_auth.accounts.sessions import Session
 from smart_auth.clock import Clock
@@ -43,6 +44,7 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 AUDIT = web.AppKey("audit", AuditLog)
 CONSENTS = web.AppKey("consents", ConsentStore)
 CACHE = web.AppKey("cache", ResourceCache)
+DATABASE_GATE = web.AppKey("database_gate", DatabaseGate)
 
 AUTH_SESSION = web.RequestKey("auth_session", Session)
 AUTH_SESSION_TOKEN = web.RequestKey("auth_session_token", str)

@@ -138,6 +138,14 @@ class AuditLog:
             self.chain, self._mode, self._chain.head.seq, self._spool_size, self._checkpoint_seq
         )
 
+    def out_of_reach(self) -> None:
+        """Told that MongoDB could not be selected just now (a server selection that timed out
+        on the request path): the next events go to the spool at once instead of waiting out
+        the selection again; the replay brings the log back to MongoDB when it answers."""
+        if self._mode is Mode.MONGODB:
+            log.warning("audit chain %s: MongoDB is out of reach; spooling", self.chain)
+            self._mode = Mode.SPOOL
+
     # --- life cycle
 
     async def start(self) -> None:

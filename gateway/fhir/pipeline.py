@@ -26,11 +26,12 @@ through steps 3 to 6; a transaction checks every entry through the write policy 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlencode
 
 from aiohttp import web
 from multidict import CIMultiDict
+from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
 from gateway.audit.log import AuditLog
 from gateway.fhir import auditing
@@ -79,8 +80,10 @@ class Pipeline:
         cors: Cors,
         rate_limit: ClusterRateLimit,
         audit: AuditLog,
+        database: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._settings = settings
+        self._database = database
         self._audit = audit
         self._authenticator = authenticator
         self._representation = representation
@@ -137,6 +140,12 @@ class Pipeline:
             if "Origin" in request.headers:
                 exc.headers.update(await self._cors.headers(request, request.get(CLIENT_ID)))
             raise
+        except PyMongoError as exc:  # rendered 503 by the FHIR API's error middleware
+            if isinstance(exc, ServerSelectionTimeoutError):  # not again for its own event
+                self._audit.out_of_reach()
+            _interaction_of_refused(request, audit)
+            await self._audit.record_request(audit.facts(503, "the database did not answer"))
+            raise
         except Exception:
             _interaction_of_refused(request, audit)
             await self._audit.record_request(audit.facts(500, "the gateway failed"))
@@ -151,6 +160,8 @@ class Pipeline:
         request[METRIC_LABEL] = "fhir"
         negotiate(request)
         path = request.match_info.get("path", "")
+        if self._database is not None:
+            await self._database()  # out of reach: fail fast, and recorded as refused
         # 1. authenticate
         context = await self._authenticator.authenticate(request.headers, request.query)
         audit.context = context

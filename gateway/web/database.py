@@ -10,7 +10,10 @@ fails closed: the PyMongo error it gets is rendered as a 503 by the error middle
 (FHIR or authorization server).
 
 The operational endpoints (``/healthz``, ``/readyz`` with its own bounded check, ``/metrics``) and
-the public CapabilityStatement do not need the database and are not held back.
+the public CapabilityStatement do not need the database and are not held back. The FHIR API's
+routes (named in ``waits_itself``) are not held back here either: the FHIR pipeline calls
+:meth:`DatabaseGate.wait` itself, inside its audit, so that a request refused for the outage is
+recorded like every other refusal (AUDIT.md A-01).
 """
 
 from __future__ import annotations
@@ -31,9 +34,16 @@ ClientSource = Callable[[], "AsyncMongoClient[dict[str, Any]] | None"]
 class DatabaseGate:
     """The middleware that holds a request back (briefly) while MongoDB is unreachable."""
 
-    def __init__(self, client: ClientSource, selection_timeout: float) -> None:
+    def __init__(
+        self,
+        client: ClientSource,
+        selection_timeout: float,
+        *,
+        waits_itself: frozenset[str] = frozenset(),
+    ) -> None:
         self._client = client
         self._timeout = selection_timeout
+        self._waits_itself = waits_itself
 
     async def wait(self) -> None:
         """Return at once while a server is known to be usable; otherwise wait for one at most
@@ -46,6 +56,7 @@ class DatabaseGate:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in _UNGATED:
+        route = request.match_info.route.name
+        if request.path not in _UNGATED and route not in self._waits_itself:
             await self.wait()
         return await handler(request)

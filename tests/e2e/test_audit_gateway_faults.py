@@ -211,8 +211,9 @@ async def test_a08_mongodb_gone_a_read_that_had_its_data_is_answered_from_the_sp
     consent decision) and is refused 503 with nothing released, until MongoDB is back; then the
     spool is replayed, before anything newer.
 
-    Those refusals leave no AuditEvent: the database gate answers them before the token is read,
-    so there is no one to attribute them to (the trail below holds exactly the answered reads)."""
+    Those refusals are recorded too (A-01), in the spool: the FHIR API waits for the database
+    inside its audit, so a refusal for the outage is an AuditEvent like every other refusal
+    (outcome: serious failure), with no user or app, since the token could not be checked."""
     mongo = EmbeddedMongo(data_dir=tmp_path / "mongo", test_commands=True)
     await asyncio.to_thread(mongo.start)
     control = audit_client(mongo.uri)
@@ -251,7 +252,16 @@ async def test_a08_mongodb_gone_a_read_that_had_its_data_is_answered_from_the_sp
         await until(lambda: audit.status().mode is Mode.MONGODB, within=30)
         after = await reads(http, gateway, headers, 1)
         stored = await recorded_requests(db)
-        assert stored == [*before, answered.request_id, *after], stored
+        assert stored == [*before, answered.request_id, refused.request_id, *after], stored
+        (refusal,) = [
+            record["event"]
+            async for record in db[EVENTS].find(
+                {"event.entity.what.identifier.value": refused.request_id}
+            )
+        ]
+        assert refusal["outcome"] == "8", refusal
+        # The app's agent and the gateway's, no user: the token could not be checked.
+        assert len(refusal["agent"]) == 2, refusal["agent"]
         assert (await verify_all(db)).ok
     finally:
         await gateway.server.close()  # while its database is there to take the last checkpoint
