@@ -14,6 +14,7 @@ from pymongo import AsyncMongoClient
 from consent.store import ConsentStore
 from gateway.audit.log import AuditLog
 from gateway.cache.cache import ResourceCache
+from gateway.fhir.bulk.runner import Exporter
 from gateway.fhir.freshness import ChangeEpochs
 from gateway.fhir.pipeline import Pipeline
 from gateway.fhir.representation import Representation
@@ -43,6 +44,7 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 AUDIT = web.AppKey("audit", AuditLog)
 CONSENTS = web.AppKey("consents", ConsentStore)
 CACHE = web.AppKey("cache", ResourceCache)
+EXPORTER = web.AppKey("exporter", Exporter)
 
 AUTH_SESSION = web.RequestKey("auth_session", Session)
 AUTH_SESSION_TOKEN = web.RequestKey("auth_session_token", str)
