@@ -123,7 +123,14 @@ class Pipeline:
         if request.match_info.get("path", "") == "metadata":  # public, for any origin (S-08)
             request[METRIC_LABEL] = Kind.CAPABILITIES.value
             negotiate(request)
-            return (await capabilities(self._fetcher, self._endpoints, request.method)).render()
+            return (
+                await capabilities(
+                    self._fetcher,
+                    self._endpoints,
+                    request.method,
+                    bulk_export=self._bulk is not None,
+                )
+            ).render()
         path = request.match_info.get("path", "")
         audit = auditing.RequestAudit(
             method=request.method,

@@ -25,14 +25,16 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from gateway.appkeys import AUDIT, AUTH, CACHE, METRICS, MONGO
 from gateway.audit.store import EVENTS
+from gateway.cli import main
 from gateway.cli.admin import register_demo
 from gateway.fhir.bulk.files import COLLECTION as CHUNKS
 from gateway.fhir.bulk.jobs import COLLECTION as JOBS
-from tests.conftest import RunningGateway, Stack, StartGateway
-from tests.e2e.conftest import SessionFor
+from tests.conftest import SESSION_KEK, RunningGateway, Stack, StartGateway
+from tests.e2e.conftest import SessionFor, register_client
 from tests.e2e.test_cache import _needles
 from tests.e2e.test_consent import grant, patient_session, post_consent
 from tests.support.fixture_data import OWNERS, RESOURCES
+from tests.support.tokens import minted_token
 
 pytestmark = pytest.mark.e2e
 
@@ -44,6 +46,7 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 DANIEL = "pat-daniel-novak"
 TYPES = ("Condition", "Observation", "Patient")
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
 
 def _db(gateway: RunningGateway) -> AsyncDatabase[dict[str, Any]]:
@@ -237,11 +240,49 @@ async def test_patient_level_export_with_type_filter_and_since(
 
 
 async def test_group_level_exports_only_the_members(
-    gateway: RunningGateway, http: aiohttp.ClientSession
+    gateway: RunningGateway, local_stack_env: Stack, http: aiohttp.ClientSession
 ) -> None:
-    token = await backend_token(gateway)
+    members = ("pat-amelia-rossi", "pat-samuel-reed")
+    scope = "system/Group.rs system/Patient.rs system/Observation.rs"
+    await register_client(gateway, "group-backend", trusted=True, scope=scope)
+    token = await minted_token(
+        gateway,
+        client_id="group-backend",
+        scope=scope,
+        user_id=None,
+        fhir_user=None,
+        patient=None,
+        acts_for=(),
+        purposes=("TREAT",),
+    )
     status, _, body = await kick_off(http, token, f"{gateway.fhir}/Group/no-such-group/$export")
-    assert status in (403, 404) and body["resourceType"] == "OperationOutcome"
+    assert status == 404 and body["resourceType"] == "OperationOutcome"
+    group = {
+        "resourceType": "Group",
+        "id": "export-cohort",
+        "type": "person",
+        "actual": True,
+        "member": [{"entity": {"reference": f"Patient/{p}"}} for p in members]
+        + [{"entity": {"reference": "Patient/pat-leo-garcia"}, "inactive": True}],
+    }
+    upstream = f"{local_stack_env.upstream.base_url}/Group/export-cohort"
+    async with http.put(upstream, data=orjson.dumps(group), headers=FHIR_JSON) as response:
+        assert response.status in (200, 201), await response.text()
+    try:
+        status, headers, body = await kick_off(
+            http, token, f"{gateway.fhir}/Group/export-cohort/$export", _type="Patient,Observation"
+        )
+        assert status == 202, body
+        manifest = await finish(http, token, headers["Content-Location"])
+        files = await download(http, token, manifest)
+    finally:
+        async with http.delete(upstream) as response:
+            assert response.status < 300
+    assert sorted(r["id"] for r in files["Patient"]) == sorted(members)
+    reference = ",".join(f"Patient/{p}" for p in members)
+    expected = await searched(http, token, f"{gateway.fhir}/Observation?subject={reference}")
+    assert {f"Observation/{r['id']}": r for r in files["Observation"]} == expected
+    assert expected
 
 
 async def test_bad_parameters_are_refused_with_an_operation_outcome(
@@ -465,3 +506,64 @@ async def _resumes(
         assert len(ids) == len(set(ids)), rtype  # no page written twice
         expected = await searched(http, token, f"{second.fhir}/{rtype}?_count=50")
         assert {f"{rtype}/{r['id']}": r for r in lines} == expected
+
+
+async def test_p09_exports_list_and_cancel_commands(
+    start_gateway: StartGateway,
+    local_stack_env: Stack,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    gateway = await start_gateway(
+        upstream_url=local_stack_env.upstream.base_url,
+        mongodb_uri=local_stack_env.mongo_uri,
+        export_poll_seconds=30,  # the job stays queued
+    )
+    token = await backend_token(gateway)
+    _, headers, _ = await kick_off(http, token, f"{gateway.fhir}/$export")
+    status_url = headers["Content-Location"]
+    job = status_url.rsplit("/", 1)[1]
+    monkeypatch.setenv("FHIR_GATEWAY_MONGODB_URI", local_stack_env.mongo_uri)
+    monkeypatch.setenv("FHIR_GATEWAY_MONGODB_DATABASE", gateway.settings.mongodb_database)
+    monkeypatch.setenv("FHIR_GATEWAY_KEY_ENCRYPTION_KEY", SESSION_KEK)
+    monkeypatch.setenv("FHIR_GATEWAY_AUDIT_SPOOL_DIR", str(tmp_path))
+
+    assert await asyncio.to_thread(main, ["exports", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert job in listed and CLIENT in listed and "queued" in listed
+    assert "pat-" not in listed
+    assert await asyncio.to_thread(main, ["exports", "cancel", "--job", job]) == 0
+    async with http.get(status_url, headers=bearer(token)) as response:
+        assert response.status == 404
+    assert await asyncio.to_thread(main, ["exports", "cancel", "--job", job]) == 1
+    cancelled = await _db(gateway)[EVENTS].count_documents({"event.subtype.code": "110106"})
+    assert cancelled == 1  # the administrator's cancel, recorded
+
+
+async def test_the_capability_statement_advertises_the_export_operations(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{gateway.fhir}/metadata") as response:
+        statement = await response.json()
+    assert (
+        "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
+        in (statement["instantiates"])
+    )
+    rest = statement["rest"][0]
+    assert [o for o in rest["operation"] if o["name"] == "export"] == [
+        {
+            "name": "export",
+            "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+        }
+    ]
+    by_type = {r["type"]: r for r in rest["resource"]}
+    for rtype, definition in (("Patient", "patient-export"), ("Group", "group-export")):
+        exports = [o for o in by_type[rtype]["operation"] if o["name"] == "export"]
+        assert exports == [
+            {
+                "name": "export",
+                "definition": f"http://hl7.org/fhir/uv/bulkdata/OperationDefinition/{definition}",
+            }
+        ]

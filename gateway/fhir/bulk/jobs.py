@@ -12,7 +12,8 @@ where the job stands so that another instance resumes it after a stop::
      "tasks": [{"type": ..., "params": [[name, value], ...], "patient": <id> | null}, ...] | null,
      "cursor": {"task": <index>, "link": <upstream link relative to its base> | null, "seq": <n>},
      "exported": {<type>: n}, "withheld": {<reason>: n}, "patients": [[id, count, [types]], ...],
-     "error": <why it failed>, "created_at": ..., "finished_at": ..., "expires_at": ...}
+     "error": <why it failed>, "failures": <runs a dependency stopped>,
+     "created_at": ..., "finished_at": ..., "expires_at": ...}
 
 ``active_client`` carries a unique sparse index: at most one unfinished job per client, across
 instances (the kick-off answers 429 otherwise). The cursor moves only after the chunks of a page
@@ -217,6 +218,16 @@ class JobStore:
                 "$unset": {"active_client": ""},
             },
         )
+
+    async def note_failure(self, job_id: str) -> int:
+        """Count a run of the job that a dependency stopped; how many there have been."""
+        doc = await self._jobs.find_one_and_update(
+            {"_id": job_id},
+            {"$inc": {"failures": 1}},
+            projection={"failures": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        return 0 if doc is None else int(doc.get("failures", 0))
 
     async def status_of(self, job_id: str) -> str | None:
         doc = await self._jobs.find_one({"_id": job_id}, projection={"status": 1})

@@ -78,6 +78,8 @@ REASONS = {
     UPSTREAM_REASON: "searches the upstream did not answer (their resources are missing)",
 }
 """What each withheld count of the error file means."""
+MAX_FAILURES = 5
+"""Runs of a job that a failing upstream or database may stop before the job fails."""
 _TRANSIENT = (PyMongoError, ServiceUnavailable, UpstreamUnavailable, OSError, TimeoutError)
 
 
@@ -162,7 +164,11 @@ class Exporter:
         try:
             await self._run(job)
         except _TRANSIENT as exc:  # the lease runs out; this or another instance resumes
-            log.warning("bulk export: job paused (%s); it resumes", type(exc).__name__)
+            failures = await self._jobs.note_failure(str(job["_id"]))
+            if failures >= MAX_FAILURES:
+                await self._fail(job, "the upstream or the database failed too often")
+            else:
+                log.warning("bulk export: job paused (%s); it resumes", type(exc).__name__)
         except FhirError as exc:
             await self._fail(job, exc.diagnostics)
         return True
@@ -224,7 +230,7 @@ class Exporter:
     async def _plan(self, job: Mapping[str, Any], context: AccessContext) -> list[dict[str, Any]]:
         base: list[list[str]] = [["_count", str(self._tuning.page_size)]]
         if job.get("since"):
-            base.append(["_lastUpdated", f"ge{job['since']}"])
+            base.append(["_lastUpdated", f"gt{job['since']}"])  # "modified after" (_since)
         filters: dict[str, list[list[list[str]]]] = {}
         for rtype, params in job.get("type_filters") or []:
             filters.setdefault(str(rtype), []).append([list(p) for p in params])
