@@ -383,6 +383,38 @@ async def test_one_job_per_client_and_a_cancelled_job_leaves_no_file(
     assert status == 202  # the cancelled one no longer counts
 
 
+async def test_a_job_cancelled_while_it_runs_stops_and_leaves_no_file(
+    start_gateway: StartGateway, local_stack_env: Stack, http: aiohttp.ClientSession
+) -> None:
+    gateway = await start_gateway(
+        upstream_url=local_stack_env.upstream.base_url,
+        mongodb_uri=local_stack_env.mongo_uri,
+        export_page_size=1,
+        export_poll_seconds=0.1,
+    )
+    token = await backend_token(gateway)
+    _, headers, _ = await kick_off(http, token, f"{gateway.fhir}/Patient/$export")
+    status_url = headers["Content-Location"]
+    job_id = status_url.rsplit("/", 1)[1]
+    db = _db(gateway)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = await db[JOBS].find_one({"_id": job_id})
+        if job is not None and job["tasks"] and job["cursor"]["task"] >= 2:
+            break
+        await asyncio.sleep(0.02)
+    assert await db[CHUNKS].count_documents({"job": job_id}) > 0
+    async with http.delete(status_url, headers=bearer(token)) as response:
+        assert response.status == 202
+    await asyncio.sleep(1.0)  # the runner finds out at its next page
+    job = await db[JOBS].find_one({"_id": job_id})
+    assert job is not None and job["status"] == "cancelled"
+    assert job["cursor"]["task"] < len(job["tasks"])  # it stopped mid-job
+    assert await db[CHUNKS].count_documents({"job": job_id}) == 0
+    async with http.get(status_url, headers=bearer(token)) as response:
+        assert response.status == 404
+
+
 async def test_a_finished_export_cancelled_deletes_its_files(
     gateway: RunningGateway, http: aiohttp.ClientSession
 ) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,7 +33,8 @@ from urllib.parse import urlencode
 import orjson
 from pymongo.errors import PyMongoError
 
-from consent.decide import Basis
+from consent.decide import Basis, Decision
+from gateway.audit.events import MAX_DECISIONS
 from gateway.audit.facts import PatientRelease, RequestFacts
 from gateway.audit.log import AuditLog
 from gateway.fhir import compartment
@@ -105,6 +106,53 @@ def context_of(job: Mapping[str, Any]) -> AccessContext:
         fhir_user=token.get("fhir_user"),
         purposes=tuple(token.get("purposes") or ()),
     )
+
+
+@dataclass(slots=True)
+class _Released:
+    """What of one patient's data went into the files, for their AuditEvent (A-04, A-05)."""
+
+    count: int = 0
+    types: set[str] = field(default_factory=set)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    """The distinct consent decisions that applied to their data (at most ``MAX_DECISIONS``)."""
+
+    def decided(self, decisions: Iterable[Decision]) -> None:
+        for decision in decisions:
+            doc = {
+                "permitted": decision.permitted,
+                "basis": decision.basis.value,
+                "reason": decision.reason,
+                "consent_id": decision.consent_id,
+                "provision": decision.provision,
+                "purposes": list(decision.purposes),
+                "labels": list(decision.labels),
+            }
+            if doc not in self.decisions and len(self.decisions) < MAX_DECISIONS:
+                self.decisions.append(doc)
+
+    def to_doc(self, patient: str) -> list[Any]:
+        return [patient, self.count, sorted(self.types), self.decisions]
+
+    @classmethod
+    def from_doc(cls, doc: Sequence[Any]) -> tuple[str, _Released]:
+        decisions = list(doc[3]) if len(doc) > 3 else []
+        return str(doc[0]), cls(int(doc[1]), set(doc[2]), decisions)
+
+    def release(self, patient: str) -> PatientRelease:
+        decisions = tuple(
+            Decision(
+                permitted=bool(d["permitted"]),
+                basis=Basis(d["basis"]),
+                reason=str(d["reason"]),
+                consent_id=d.get("consent_id"),
+                provision=d.get("provision"),
+                purposes=tuple(d.get("purposes") or ()),
+                labels=tuple(d.get("labels") or ()),
+            )
+            for d in self.decisions
+        )
+        return PatientRelease(patient, decisions, (), self.count, tuple(sorted(self.types)))
 
 
 @dataclass(slots=True)
@@ -194,9 +242,7 @@ class Exporter:
             tasks = await self._plan(job, context)
             if not await self._jobs.set_tasks(job_id, self._owner, tasks, self._tuning.lease):
                 return
-        patients: dict[str, tuple[int, set[str]]] = {
-            str(p): (int(n), set(types)) for p, n, types in job.get("patients") or []
-        }
+        patients = dict(_Released.from_doc(doc) for doc in job.get("patients") or [])
         keep_until = datetime.now(UTC) + self._tuning.file_lifetime + timedelta(days=1)
         while cursor.task < len(tasks):
             task = tasks[cursor.task]
@@ -210,7 +256,7 @@ class Exporter:
                 cursor,
                 exported=exported,
                 withheld=page.withheld,
-                patients=[[p, n, sorted(t)] for p, (n, t) in sorted(patients.items())],
+                patients=[r.to_doc(p) for p, r in sorted(patients.items())],
                 lease=self._tuning.lease,
             )
             if not moved:  # cancelled, or another instance holds it now
@@ -302,7 +348,7 @@ class Exporter:
         task: Mapping[str, Any],
         cursor: Cursor,
         keep_until: datetime,
-        patients: dict[str, tuple[int, set[str]]],
+        patients: dict[str, _Released],
     ) -> tuple[_Page, str | None]:
         """One page of a task, released and written; the upstream's next link."""
         rtype = str(task["type"])
@@ -342,9 +388,13 @@ class Exporter:
             belongs = found if found is not None else compartment.patients_of(resource)
             page.lines.setdefault(owner_names(belongs), []).append(orjson.dumps(resource))
             for patient in belongs:
-                count, types = patients.get(patient, (0, set()))
-                patients[patient] = (count + 1, types | {rtype})
+                released_of = patients.setdefault(patient, _Released())
+                released_of.count += 1
+                released_of.types.add(rtype)
         page.released = len(released)
+        for patient, tally in consent.tallies.items():
+            if patient in patients:
+                patients[patient].decided(tally.decisions)
         refused = 0
         for decision_taken in consent.decisions:
             if not decision_taken.permitted:
@@ -362,15 +412,14 @@ class Exporter:
         self,
         job: Mapping[str, Any],
         context: AccessContext,
-        patients: Mapping[str, tuple[int, set[str]]],
+        patients: Mapping[str, _Released],
     ) -> None:
         """One AuditEvent per patient whose data went into a file (A-04), durable (A-08)."""
         if not patients:
             return
         path, query = str(job["path"]), str(job.get("query") or "")
         releases = tuple(
-            PatientRelease(patient, (), (), count, tuple(sorted(types)))
-            for patient, (count, types) in sorted(patients.items())
+            released.release(patient) for patient, released in sorted(patients.items())
         )
         await self._audit.record_request(
             RequestFacts.of(
