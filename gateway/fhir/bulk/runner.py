@@ -49,7 +49,12 @@ from gateway.fhir.interaction import parse
 from gateway.fhir.release import Release
 from gateway.proxy.answer import Answer
 from gateway.proxy.rewrite import UrlRewriter
-from gateway.web.errors import FhirError, ServiceUnavailable, UpstreamUnavailable
+from gateway.web.errors import (
+    FhirError,
+    ServiceUnavailable,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.web.metrics import Metrics
 from smart_auth.clients import ClientStore
 from smart_auth.scopes import Context, ScopeSet
@@ -81,7 +86,14 @@ REASONS = {
 """What each withheld count of the error file means."""
 MAX_FAILURES = 5
 """Runs of a job that a failing upstream or database may stop before the job fails."""
-_TRANSIENT = (PyMongoError, ServiceUnavailable, UpstreamUnavailable, OSError, TimeoutError)
+_TRANSIENT = (
+    PyMongoError,
+    ServiceUnavailable,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    OSError,
+    TimeoutError,
+)
 
 
 @dataclass(frozen=True, slots=True)
