@@ -8,8 +8,10 @@ token comes from the token endpoint with the service's ``private_key_jwt``, as a
 Each round, interleaved:
 
 - **direct**: ``GET {upstream}/{type}?_count=N`` for Patient, Observation and Condition, every
-  ``next`` link followed and every page parsed (orjson), nothing checked;
-- **export**: ``GET /fhir/$export?_type=Patient,Observation,Condition`` with ``Prefer:
+  ``next`` link followed and every page parsed (orjson), nothing checked; for Patient level the
+  patients listed and each type searched per patient, as the job does;
+- **export**: ``GET /fhir/$export`` (and ``/fhir/Patient/$export``)
+  ``?_type=Patient,Observation,Condition`` with ``Prefer:
   respond-async``, the status polled every 20 ms until the manifest comes (the job pages the same
   searches and releases every page through the search release path: scopes, compartment,
   consent, minimisation, then encrypts each page's lines per patient into MongoDB);
@@ -50,6 +52,9 @@ from gateway.settings import load_settings
 KEYS = Path(__file__).resolve().parents[1] / "fixtures" / "keys"
 CLIENT = "demo-backend-service"
 TYPES = ("Patient", "Observation", "Condition")
+Row = tuple[int, float, int, float, float]
+"""Resources searched, seconds paging them directly, resources released, seconds from kick-off to
+manifest, seconds to download."""
 
 
 def _seed(fhir_base: str, patients: int, observations: int) -> None:
@@ -143,30 +148,49 @@ async def _token(http: aiohttp.ClientSession, base: str) -> str:
         return str(body["access_token"])
 
 
-async def _direct(http: aiohttp.ClientSession, upstream: str, page_size: int) -> tuple[int, float]:
-    """Resources, seconds: the same searches paged straight from the upstream."""
+_NARROWING = {"Patient": "_id", "Observation": "subject", "Condition": "subject"}
+
+
+async def _paged(http: aiohttp.ClientSession, url: str | None) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    while url:
+        async with http.get(url) as response:
+            bundle = orjson.loads(await response.read())
+        found += [e["resource"] for e in bundle.get("entry") or []]
+        url = next(
+            (x["url"] for x in bundle.get("link") or [] if x.get("relation") == "next"), None
+        )
+    return found
+
+
+async def _direct(
+    http: aiohttp.ClientSession, upstream: str, page_size: int, level: str
+) -> tuple[int, float]:
+    """Resources, seconds: the same searches paged straight from the upstream (at Patient
+    level: the patients listed, then each type searched per patient, as the job does)."""
     started = time.perf_counter()
     count = 0
-    for rtype in TYPES:
-        url: str | None = f"{upstream}/{rtype}?_count={page_size}"
-        while url:
-            async with http.get(url) as response:
-                bundle = orjson.loads(await response.read())
-            count += len(bundle.get("entry") or [])
-            url = next(
-                (x["url"] for x in bundle.get("link") or [] if x.get("relation") == "next"), None
-            )
+    if level == "system":
+        for rtype in TYPES:
+            count += len(await _paged(http, f"{upstream}/{rtype}?_count={page_size}"))
+        return count, time.perf_counter() - started
+    patients = await _paged(http, f"{upstream}/Patient?_count={page_size}")
+    for patient in patients:
+        for rtype in TYPES:
+            value = patient["id"] if rtype == "Patient" else f"Patient/{patient['id']}"
+            url = f"{upstream}/{rtype}?_count={page_size}&{_NARROWING[rtype]}={value}"
+            count += len(await _paged(http, url))
     return count, time.perf_counter() - started
 
 
 async def _export(
-    http: aiohttp.ClientSession, fhir: str, token: str
+    http: aiohttp.ClientSession, fhir: str, token: str, level: str
 ) -> tuple[dict[str, Any], float, float]:
     """The manifest, seconds from kick-off to manifest, seconds to download every file."""
     auth = {"Authorization": f"Bearer {token}"}
     started = time.perf_counter()
     async with http.get(
-        f"{fhir}/$export",
+        f"{fhir}/$export" if level == "system" else f"{fhir}/Patient/$export",
         params={"_type": ",".join(TYPES)},
         headers={**auth, "Prefer": "respond-async"},
     ) as response:
@@ -218,46 +242,52 @@ async def _run(args: argparse.Namespace) -> None:
             await register_demo(app[AUTH], app[AUDIT])
             async with aiohttp.ClientSession() as http:
                 token = await _token(http, settings.public_base_url)
-                await _direct(http, upstream.base_url, args.page_size)  # warm-up
-                await _export(http, settings.fhir_base_url, token)
-                rows = []
-                for _ in range(args.rounds):
-                    found, direct_s = await _direct(http, upstream.base_url, args.page_size)
-                    manifest, export_s, download_s = await _export(
-                        http, settings.fhir_base_url, token
-                    )
-                    released = sum(int(o["count"]) for o in manifest["output"])
-                    rows.append((found, direct_s, released, export_s, download_s))
+                results: dict[str, list[Row]] = {"system": [], "patient": []}
+                for level in results:
+                    await _direct(http, upstream.base_url, args.page_size, level)  # warm-up
+                    await _export(http, settings.fhir_base_url, token, level)
+                for _ in range(args.rounds):  # interleaved
+                    for level, rows in results.items():
+                        found, direct_s = await _direct(
+                            http, upstream.base_url, args.page_size, level
+                        )
+                        manifest, export_s, download_s = await _export(
+                            http, settings.fhir_base_url, token, level
+                        )
+                        released = sum(int(o["count"]) for o in manifest["output"])
+                        rows.append((found, direct_s, released, export_s, download_s))
         finally:
             await runner.cleanup()
-    _report(args, rows)
+    _report(args, results)
 
 
-def _report(args: argparse.Namespace, rows: list[tuple[int, float, int, float, float]]) -> None:
-    found = rows[0][0]
-    direct = statistics.median(r[0] / r[1] for r in rows)
-    export = statistics.median(r[0] / r[3] for r in rows)
-    released = statistics.median(r[2] / r[3] for r in rows)
-    download = statistics.median(r[2] / r[4] for r in rows)
+def _report(args: argparse.Namespace, results: dict[str, list[Row]]) -> None:
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    print(f"machine: {machine}")
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        f"{args.patients} extra patients x {args.observations} Observations + fixtures; "
+        f"page size {args.page_size}; {args.rounds} interleaved rounds, median"
     )
     print(
-        f"{found} resources in the upstream's searches ({args.patients} extra patients x "
-        f"{args.observations} Observations + fixtures); page size {args.page_size}; "
-        f"{args.rounds} rounds, median"
+        "| level | resources searched | direct paging, no checks (res/s) | export (res/s) "
+        "| ratio | released into files (res/s) | download (res/s) |"
     )
-    print("| path | resources/s | ratio to direct |")
-    print("| --- | ---: | ---: |")
-    print(f"| direct paging, no checks | {direct:,.0f} | 1.00 |")
-    print(f"| export: searched through the release path | {export:,.0f} | {export / direct:.2f} |")
-    print(f"| export: released into files | {released:,.0f} | |")
-    print(f"| download of the files (decrypted) | {download:,.0f} | |")
-    for found_n, direct_s, released_n, export_s, download_s in rows:
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for level, rows in results.items():
+        direct = statistics.median(r[0] / r[1] for r in rows)
+        export = statistics.median(r[0] / r[3] for r in rows)
+        released = statistics.median(r[2] / r[3] for r in rows)
+        download = statistics.median(r[2] / r[4] for r in rows)
         print(
-            f"  round: direct {found_n} in {direct_s:.2f} s; export {released_n} released in "
-            f"{export_s:.2f} s; download {download_s:.2f} s"
+            f"| {level} | {rows[0][0]:,} | {direct:,.0f} | {export:,.0f} | "
+            f"{export / direct:.2f} | {released:,.0f} | {download:,.0f} |"
         )
+    for level, rows in results.items():
+        for found_n, direct_s, released_n, export_s, download_s in rows:
+            print(
+                f"  {level}: direct {found_n} in {direct_s:.2f} s; export {released_n} released "
+                f"in {export_s:.2f} s; download {download_s:.2f} s"
+            )
 
 
 def main() -> None:

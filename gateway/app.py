@@ -17,7 +17,6 @@ key-encryption key, or one passed in (a KMS, say). Without either the applicatio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -81,6 +80,9 @@ from gateway.web.server import parser_limits
 from smart_auth.clock import Clock, system_clock
 from smart_auth.key_provider import KeyProvider
 from smart_auth.revocations import EPOCHS as EPOCHS_COLLECTION
+
+_EXPORT_STOP_SECONDS = 10.0
+"""The longest the export runner may take to stop when the application stops."""
 
 MONGODB_APP_NAME = "fhir-gateway"
 """How the gateway's connections introduce themselves to MongoDB (its logs, ``currentOp``)."""
@@ -262,9 +264,10 @@ async def _export_context(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        task.cancel()  # a job stopped mid-page resumes from its last written page
+        await asyncio.wait([task], timeout=_EXPORT_STOP_SECONDS)
+        if task.done() and not task.cancelled():
+            task.exception()
 
 
 async def _audit_forward_context(app: web.Application) -> AsyncIterator[None]:

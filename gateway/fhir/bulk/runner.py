@@ -38,7 +38,7 @@ from gateway.audit.events import MAX_DECISIONS
 from gateway.audit.facts import PatientRelease, RequestFacts
 from gateway.audit.log import AuditLog
 from gateway.fhir import compartment
-from gateway.fhir.access import authorize
+from gateway.fhir.access import AccessDecision, authorize
 from gateway.fhir.bulk.files import ExportFiles, owner_names
 from gateway.fhir.bulk.jobs import Cursor, JobStore, Status
 from gateway.fhir.bulk.params import Level
@@ -167,6 +167,16 @@ class _Released:
         return PatientRelease(patient, decisions, (), self.count, tuple(sorted(self.types)))
 
 
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """A page as the upstream answered it, with the decision its search was authorized under."""
+
+    resource_type: str
+    decision: AccessDecision
+    answer: Answer
+    next_link: str | None
+
+
 @dataclass(slots=True)
 class _Page:
     lines: dict[tuple[str, ...], list[bytes]] = field(default_factory=dict)
@@ -256,29 +266,46 @@ class Exporter:
                 return
         patients = dict(_Released.from_doc(doc) for doc in job.get("patients") or [])
         keep_until = datetime.now(UTC) + self._tuning.file_lifetime + timedelta(days=1)
-        while cursor.task < len(tasks):
-            task = tasks[cursor.task]
-            page, link = await self._page(job_id, context, task, cursor, keep_until, patients)
-            seq = cursor.seq + len(page.lines)
-            cursor = Cursor(cursor.task, link, seq) if link else Cursor(cursor.task + 1, None, seq)
-            exported = {task["type"]: page.released} if page.released else {}
-            moved = await self._jobs.advance(
-                job_id,
-                self._owner,
-                cursor,
-                exported=exported,
-                withheld=page.withheld,
-                patients=[r.to_doc(p) for p, r in sorted(patients.items())],
-                lease=self._tuning.lease,
-            )
-            if not moved:  # cancelled, or another instance holds it now
-                if await self._jobs.status_of(job_id) == Status.CANCELLED.value:
-                    await self._files.delete(job_id)  # what this page wrote after the cancel
-                return
-            for rtype, n in exported.items():
-                self._metrics.export_resources.labels(rtype).inc(n)
-            for reason, n in page.withheld.items():
-                self._metrics.export_withheld.labels(reason).inc(n)
+        # The next page is fetched while this one is released and written (upstream latency
+        # overlaps the gateway's work); the cursor still moves one written page at a time.
+        pending: asyncio.Future[_Fetched] | None = None
+        try:
+            while cursor.task < len(tasks):
+                task = tasks[cursor.task]
+                fetched = await (pending or self._fetch(context, task, cursor.link))
+                pending = None
+                link = fetched.next_link
+                after = Cursor(cursor.task, link) if link else Cursor(cursor.task + 1, None)
+                if after.task < len(tasks):
+                    pending = asyncio.ensure_future(
+                        self._fetch(context, tasks[after.task], after.link)
+                    )
+                page = await self._page(job_id, context, fetched, cursor, keep_until, patients)
+                cursor = Cursor(after.task, after.link, cursor.seq + len(page.lines))
+                exported = {task["type"]: page.released} if page.released else {}
+                moved = await self._jobs.advance(
+                    job_id,
+                    self._owner,
+                    cursor,
+                    exported=exported,
+                    withheld=page.withheld,
+                    patients=[r.to_doc(p) for p, r in sorted(patients.items())],
+                    lease=self._tuning.lease,
+                )
+                if not moved:  # cancelled, or another instance holds it now
+                    if await self._jobs.status_of(job_id) == Status.CANCELLED.value:
+                        await self._files.delete(job_id)  # what this page wrote after the cancel
+                    return
+                for rtype, n in exported.items():
+                    self._metrics.export_resources.labels(rtype).inc(n)
+                for reason, n in page.withheld.items():
+                    self._metrics.export_withheld.labels(reason).inc(n)
+        finally:
+            if pending is not None:  # never swallow this task's own cancellation
+                pending.cancel()
+                await asyncio.wait([pending])
+                if not pending.cancelled():
+                    pending.exception()  # retrieved: it has no page to go to
         await self._audit_patients(job, context, patients)
         now = datetime.now(UTC)
         await self._files.keep_until(job_id, now + self._tuning.file_lifetime)
@@ -353,28 +380,36 @@ class Exporter:
                     return self._rewriter.relative_to_public(url)
         return None
 
+    async def _fetch(
+        self, context: AccessContext, task: Mapping[str, Any], link: str | None
+    ) -> _Fetched:
+        """One page of a task from the upstream: its first (the search, authorized as any
+        search is) or the one its ``link`` names."""
+        rtype = str(task["type"])
+        params = [(str(k), str(v)) for k, v in task["params"]]
+        decision = authorize(context, parse("GET", rtype, params))  # the same as a search's
+        if link is None:
+            answer = await self._fetcher.fetch(Call(interaction=decision.interaction))
+        else:
+            answer = await self._fetcher.follow(link)
+        usable = answer.status < 400 and (answer.body or {}).get("resourceType") == "Bundle"
+        return _Fetched(rtype, decision, answer, self._next_link(answer) if usable else None)
+
     async def _page(
         self,
         job_id: str,
         context: AccessContext,
-        task: Mapping[str, Any],
+        fetched: _Fetched,
         cursor: Cursor,
         keep_until: datetime,
         patients: dict[str, _Released],
-    ) -> tuple[_Page, str | None]:
-        """One page of a task, released and written; the upstream's next link."""
-        rtype = str(task["type"])
-        params = [(str(k), str(v)) for k, v in task["params"]]
-        decision = authorize(context, parse("GET", rtype, params))  # the same as a search's
-        if cursor.link is None:
-            answer = await self._fetcher.fetch(Call(interaction=decision.interaction))
-        else:
-            answer = await self._fetcher.follow(cursor.link)
+    ) -> _Page:
+        """One fetched page, released and written."""
+        rtype, decision, answer = fetched.resource_type, fetched.decision, fetched.answer
         page = _Page()
         if answer.status >= 400 or (answer.body or {}).get("resourceType") != "Bundle":
             page.withheld[UPSTREAM_REASON] = 1
-            return page, None
-        next_link = self._next_link(answer)
+            return page
         matches = [
             e["resource"]
             for e in (answer.body or {}).get("entry") or []
@@ -418,7 +453,7 @@ class Exporter:
             page.withheld[SCOPE_REASON] = page.withheld.get(SCOPE_REASON, 0) + other
         for n, (names, lines) in enumerate(sorted(page.lines.items())):
             await self._files.write(job_id, rtype, cursor.seq + n, names, lines, keep_until)
-        return page, next_link
+        return page
 
     async def _audit_patients(
         self,
