@@ -205,6 +205,7 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
             jobs,
             files,
             fetcher,
+            gate,
             app[METRICS],
             fhir_base=settings.fhir_base_url,
             retry_after_seconds=max(1, round(settings.export_poll_seconds)),

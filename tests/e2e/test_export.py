@@ -216,6 +216,22 @@ async def test_c03_c10_c15_system_export_is_what_the_clients_searches_release_mi
     ) > 0
 
 
+async def test_c12_a_consent_withdrawn_after_the_job_withholds_its_lines_from_the_download(
+    gateway: RunningGateway, session_for: SessionFor, http: aiohttp.ClientSession
+) -> None:
+    token = await backend_token(gateway)
+    _, headers, _ = await kick_off(http, token, f"{gateway.fhir}/$export")
+    manifest = await finish(http, token, headers["Content-Location"])
+    before = await download(http, token, manifest)
+    assert any(_mentions(r, DANIEL) for lines in before.values() for r in lines)
+    await deny_daniel(gateway, session_for)  # after the job wrote Daniel's lines
+    after = await download_loose(http, token, manifest)
+    assert not any(_mentions(r, DANIEL) for lines in after.values() for r in lines)
+    for rtype, lines in before.items():
+        kept = [r for r in lines if not _mentions(r, DANIEL)]
+        assert after[rtype] == kept  # everyone else's lines, unchanged
+
+
 async def test_patient_level_export_with_type_filter_and_since(
     gateway: RunningGateway, session_for: SessionFor, http: aiohttp.ClientSession
 ) -> None:

@@ -9,7 +9,10 @@ AuditEvent as for any other request.
 - ``GET [base]/_export/[job]``: 202 with ``X-Progress`` and ``Retry-After`` while it runs; 200 with
   the manifest when done; 500 with an OperationOutcome when it failed.
 - ``DELETE [base]/_export/[job]``: cancel (202); its files are deleted.
-- ``GET [base]/_export/[job]/[Type].ndjson`` and ``.../errors.ndjson``: a file, decrypted.
+- ``GET [base]/_export/[job]/[Type].ndjson`` and ``.../errors.ndjson``: a file, decrypted, each
+  line checked again against its patients' consents as they are now: a consent withdrawn after
+  the job wrote a line withholds it from the download (C-12); a download is audited per patient
+  like a search, with what of theirs it released.
 
 A job, its status and its files are served only to tokens of the client that asked for it; to any
 other the job does not exist (404).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,7 +33,8 @@ from gateway.fhir.access import authorize
 from gateway.fhir.bulk.files import ExportFiles
 from gateway.fhir.bulk.jobs import ClientBusy, JobStore, Status
 from gateway.fhir.bulk.params import Level, check_headers, parse_kickoff
-from gateway.fhir.bulk.runner import REASONS, UPSTREAM_REASON
+from gateway.fhir.bulk.runner import REASONS, UPSTREAM_REASON, context_of
+from gateway.fhir.consent_gate import ConsentGate
 from gateway.fhir.context import AccessContext
 from gateway.fhir.fetch import Fetcher
 from gateway.fhir.interaction import parse
@@ -56,6 +61,7 @@ class BulkApi:
         jobs: JobStore,
         files: ExportFiles,
         fetcher: Fetcher,
+        consent: ConsentGate,
         metrics: Metrics,
         *,
         fhir_base: str,
@@ -64,6 +70,7 @@ class BulkApi:
         self._jobs = jobs
         self._files = files
         self._fetcher = fetcher
+        self._consent = consent
         self._metrics = metrics
         self._fhir_base = fhir_base
         self._retry_after = retry_after_seconds
@@ -95,6 +102,9 @@ class BulkApi:
         job = await self._jobs.get(job_id)
         if job is None or job.get("client_id") != context.client_id:
             raise NotFound("no such export for this client")
+        expires = job.get("expires_at")
+        if isinstance(expires, datetime) and expires <= datetime.now(UTC):
+            raise NotFound("this export has expired; its files are deleted")
         if job.get("status") == Status.CANCELLED.value:
             raise NotFound("this export was cancelled")
         return job
@@ -171,17 +181,20 @@ class BulkApi:
             raise NotFound("this export has no files yet")
         if file == ERRORS_FILE:
             return web.Response(body=_error_file(job), content_type=NDJSON_MEDIA)
+        if file not in (job.get("exported") or {}):
+            raise NotFound("this export has no such file")
         response = web.StreamResponse(headers={"Content-Type": NDJSON_MEDIA})
-        started = False
-        async for chunk in self._files.read(str(job["_id"]), file):
-            if not started:
-                await response.prepare(request)
-                started = True
+        await response.prepare(request)
+        consent = await self._consent.start(context_of(job))  # consents as they are now (C-12)
+        async for patients, chunk in self._files.read(str(job["_id"]), file):
+            if patients:
+                await self._consent.load(consent, patients)
+                chunk = b"".join(
+                    line + b"\n"
+                    for line in chunk.splitlines()
+                    if line and consent.still_permits(orjson.loads(line), patients)
+                )
             await response.write(chunk)
-        if not started:
-            if file not in (job.get("exported") or {}):
-                raise NotFound("this export has no such file")
-            await response.prepare(request)
         await response.write_eof()
         return response
 

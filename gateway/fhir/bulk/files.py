@@ -86,14 +86,17 @@ class ExportFiles:
             upsert=True,
         )
 
-    async def read(self, job: str, file: str) -> AsyncIterator[bytes]:
-        """The file's NDJSON, chunk by chunk; a chunk whose key is gone (the patient erased) or
-        that does not decrypt is left out."""
+    async def read(self, job: str, file: str) -> AsyncIterator[tuple[frozenset[str], bytes]]:
+        """The file's NDJSON, chunk by chunk, each with the patients its lines belong to (none
+        for data of no patient); a chunk whose key is gone (the patient erased) or that does not
+        decrypt is left out."""
         cursor = self._chunks.find({"job": job, "file": file}, sort=[("seq", 1)])
         async for doc in cursor:
             opened = await self._open(job, file, doc)
             if opened is not None:
-                yield opened
+                owners = [str(o) for o in doc["owners"]]
+                patients = frozenset(o.removeprefix("Patient/") for o in owners if o != SYSTEM)
+                yield patients, opened
 
     async def _open(self, job: str, file: str, doc: dict[str, Any]) -> bytes | None:
         data = bytes(doc["data"])

@@ -29,7 +29,7 @@ async def _files(db: AsyncDatabase[dict[str, Any]]) -> tuple[ExportFiles, DataKe
 
 
 async def _read(files: ExportFiles, job: str, file: str) -> bytes:
-    return b"".join([chunk async for chunk in files.read(job, file)])
+    return b"".join([chunk async for _, chunk in files.read(job, file)])
 
 
 def test_owners_are_the_patients_or_system() -> None:
@@ -47,6 +47,9 @@ async def test_p15_c22_chunks_decrypt_in_order_and_erasing_any_owner_shreds_thei
     await files.write("job1", "Practitioner", 2, owner_names(frozenset()), [DIRECTORY], LATER)
     assert await _read(files, "job1", "Observation") == ALONE + b"\n" + SHARED + b"\n"
     assert await files.files("job1") == {"Observation": 2, "Practitioner": 1}
+    owners = [patients async for patients, _ in files.read("job1", "Observation")]
+    assert owners == [frozenset({"a"}), frozenset({"a", "b"})]
+    assert [p async for p, _ in files.read("job1", "Practitioner")] == [frozenset()]
     async for doc in db[COLLECTION].find({}):
         assert b"Patient/" not in doc["data"] and b"Observation" not in doc["data"]
 
