@@ -37,8 +37,10 @@ from gateway.web.errors import BadRequest, FhirError, Forbidden
 from smart_auth.scopes import Context
 
 NDJSON = "application/fhir+ndjson"
-OUTPUT_FORMATS = frozenset({NDJSON, "application/ndjson", "ndjson"})
-"""``_outputFormat`` values meaning NDJSON (Bulk Data IG v2.0: the aliases servers accept)."""
+OUTPUT_FORMATS = frozenset({NDJSON, "application/fhir ndjson", "application/ndjson", "ndjson"})
+"""``_outputFormat`` values meaning NDJSON (Bulk Data IG v2.0: the aliases servers accept), and
+``application/fhir+ndjson`` as a query string decodes it when the client did not encode the
+``+`` (a space, in ``application/x-www-form-urlencoded``)."""
 
 _KNOWN = frozenset({"_outputFormat", "_since", "_type", "_typeFilter"})
 _SHAPING = frozenset(

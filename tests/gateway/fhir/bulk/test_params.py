@@ -102,6 +102,13 @@ def test_a_patient_or_user_token_is_refused() -> None:
         parse_kickoff(_token("system/Observation.r"), Level.SYSTEM, [])
 
 
+@pytest.mark.parametrize(
+    "value", ["application/fhir+ndjson", "application/fhir ndjson", "application/ndjson", "ndjson"]
+)
+def test_ndjson_and_its_aliases(value: str) -> None:
+    assert parse_kickoff(SYSTEM, Level.SYSTEM, [("_outputFormat", value)]).types
+
+
 def test_respond_async_is_required() -> None:
     check_headers({"Prefer": "respond-async"})
     check_headers({"Prefer": "handling=lenient, respond-async", "Accept": "application/fhir+json"})
