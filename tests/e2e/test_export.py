@@ -29,6 +29,7 @@ from gateway.cli import main
 from gateway.cli.admin import register_demo
 from gateway.fhir.bulk.files import COLLECTION as CHUNKS
 from gateway.fhir.bulk.jobs import COLLECTION as JOBS
+from gateway.localstack import free_port
 from tests.conftest import SESSION_KEK, RunningGateway, Stack, StartGateway
 from tests.e2e.conftest import SessionFor, register_client
 from tests.e2e.test_cache import _needles
@@ -615,3 +616,33 @@ async def test_the_capability_statement_advertises_the_export_operations(
                 "definition": f"http://hl7.org/fhir/uv/bulkdata/OperationDefinition/{definition}",
             }
         ]
+
+
+async def test_a_job_the_upstream_keeps_failing_fails_after_five_runs(
+    start_gateway: StartGateway, local_stack_env: Stack, http: aiohttp.ClientSession
+) -> None:
+    gateway = await start_gateway(
+        upstream_url=f"http://127.0.0.1:{free_port()}/fhir",  # nothing listens there
+        mongodb_uri=local_stack_env.mongo_uri,
+        export_lease_seconds=5,
+        export_poll_seconds=0.2,
+    )
+    token = await backend_token(gateway)
+    _, headers, _ = await kick_off(http, token, f"{gateway.fhir}/$export")
+    status_url = headers["Content-Location"]
+    deadline = time.monotonic() + 60
+    status, body = 202, None
+    while status == 202 and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        async with http.get(status_url, headers=bearer(token)) as response:
+            status, body = response.status, await response.read()
+    assert status == 500
+    body = orjson.loads(body or b"{}")
+    assert body["resourceType"] == "OperationOutcome"
+    assert "failed too often" in body["issue"][0]["diagnostics"]
+    job = await _db(gateway)[JOBS].find_one({"_id": status_url.rsplit("/", 1)[1]})
+    assert job is not None and job["failures"] == 5 and "active_client" not in job
+    metrics = gateway.server.app[METRICS].registry
+    assert metrics.get_sample_value("fhir_gateway_export_jobs_total", {"event": "failed"}) == 1
+    status, _, _ = await kick_off(http, token, f"{gateway.fhir}/$export")
+    assert status == 202  # a failed job no longer holds the client's place
