@@ -113,9 +113,11 @@ class BulkApi:
         self, context: AccessContext, request: web.Request, path: str, group: str | None
     ) -> web.StreamResponse:
         check_headers(request.headers)
-        level = (
-            Level.GROUP if group else Level.PATIENT if path.startswith("Patient/") else Level.SYSTEM
-        )
+        level = Level.SYSTEM
+        if group is not None:
+            level = Level.GROUP
+        elif path.startswith("Patient/"):
+            level = Level.PATIENT
         export = parse_kickoff(context, level, request.query.items(), group)
         if group is not None:
             authorize(context, parse("GET", f"Group/{group}"))  # the token may read the Group
