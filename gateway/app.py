@@ -4,7 +4,8 @@
 Each long-lived resource lives in its own cleanup context and cleans up only what it started: the
 MongoDB client, the upstream ``ClientSession``, the authorization server's stores, the encrypted
 cache, the audit log, the FHIR pipeline (with its own small session for external issuers' JWKS)
-and, when ``audit_forward_url`` is set, the forwarder of the audit log (with its own session to
+the bulk export jobs' runner (unless ``export_enabled`` is off) and, when ``audit_forward_url``
+is set, the forwarder of the audit log (with its own session to
 the audit repository). With ``cache_enabled`` the pipeline's fetcher is the caching one; the cache
 itself is opened either way, so that a withdrawal or an erasure still purges and shreds what an
 earlier run cached.
@@ -15,7 +16,9 @@ key-encryption key, or one passed in (a KMS, say). Without either the applicatio
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -33,6 +36,7 @@ from gateway.appkeys import (
     CONSENTS,
     DATABASE_GATE,
     EPOCHS,
+    EXPORTER,
     KEY_PROVIDER,
     METRICS,
     MONGO,
@@ -49,6 +53,10 @@ from gateway.audit.store import AuditReader
 from gateway.cache.cache import CacheLimits, ResourceCache
 from gateway.fhir.audit_api import AuditApi
 from gateway.fhir.authenticate import Authenticator
+from gateway.fhir.bulk.api import BulkApi
+from gateway.fhir.bulk.files import ExportFiles
+from gateway.fhir.bulk.jobs import JobStore
+from gateway.fhir.bulk.runner import Exporter, ExportTuning
 from gateway.fhir.cached import CachingFetcher
 from gateway.fhir.consent_api import ConsentApi
 from gateway.fhir.consent_gate import ConsentGate
@@ -77,6 +85,9 @@ from smart_auth.revocations import EPOCHS as EPOCHS_COLLECTION
 
 FHIR_ROUTES = frozenset({"fhir-base", "fhir"})
 """The names of the routes the FHIR pipeline answers."""
+
+_EXPORT_STOP_SECONDS = 10.0
+"""The longest the export runner may take to stop when the application stops."""
 
 MONGODB_APP_NAME = "fhir-gateway"
 """How the gateway's connections introduce themselves to MongoDB (its logs, ``currentOp``)."""
@@ -188,6 +199,40 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
     )
     gate = ConsentGate(consents, auth.clients, epochs)
     pages = PageSealer(secret, settings.page_link_lifetime_seconds)
+    release = Release(fetcher, gate, pages, app[REWRITER], settings.fhir_base_url)
+    bulk: BulkApi | None = None
+    if settings.export_enabled:
+        jobs = JobStore(db, app[CLOCK])
+        files = ExportFiles(db, app[CACHE].keys)
+        await jobs.ensure_indexes()
+        await files.ensure_indexes()
+        bulk = BulkApi(
+            jobs,
+            files,
+            fetcher,
+            gate,
+            app[METRICS],
+            fhir_base=settings.fhir_base_url,
+            retry_after_seconds=max(1, round(settings.export_poll_seconds)),
+        )
+        app[EXPORTER] = Exporter(
+            jobs,
+            files,
+            fetcher=fetcher,
+            release=release,
+            consent=gate,
+            clients=auth.clients,
+            rewriter=app[REWRITER],
+            audit=app[AUDIT],
+            metrics=app[METRICS],
+            tuning=ExportTuning(
+                page_size=settings.export_page_size,
+                lease=timedelta(seconds=settings.export_lease_seconds),
+                poll_seconds=settings.export_poll_seconds,
+                file_lifetime=timedelta(seconds=settings.export_file_lifetime_seconds),
+            ),
+            owner=app[AUDIT].chain,
+        )
     app[PIPELINE] = Pipeline(
         settings,
         authenticator=authenticator,
@@ -205,17 +250,31 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
             fhir_base=settings.fhir_base_url,
         ),
         pages=pages,
-        release=Release(fetcher, gate, pages, app[REWRITER], settings.fhir_base_url),
+        release=release,
         writes=WritePolicy(fetcher, gate),
         cors=Cors(auth.clients),
         rate_limit=rate_limit,
         audit=app[AUDIT],
         database=app[DATABASE_GATE].wait,
+        bulk=bulk,
     )
     try:
         yield
     finally:
         await jwks_http.close()
+
+
+async def _export_context(app: web.Application) -> AsyncIterator[None]:
+    """Bulk export jobs, run in the background (:mod:`gateway.fhir.bulk.runner`): a job this
+    instance was running when it stopped is resumed by whichever instance claims it next."""
+    task = asyncio.create_task(app[EXPORTER].run_forever(), name="bulk-export")
+    try:
+        yield
+    finally:
+        task.cancel()  # a job stopped mid-page resumes from its last written page
+        await asyncio.wait([task], timeout=_EXPORT_STOP_SECONDS)
+        if task.done() and not task.cancelled():
+            task.exception()
 
 
 async def _audit_forward_context(app: web.Application) -> AsyncIterator[None]:
@@ -284,6 +343,8 @@ def create_app(
     app.cleanup_ctx.append(_pipeline_context)
     if settings.audit_forward_url is not None:
         app.cleanup_ctx.append(_audit_forward_context)
+    if settings.export_enabled:
+        app.cleanup_ctx.append(_export_context)
     app.router.add_route("*", "/fhir", _handle_fhir, name="fhir-base")
     app.router.add_route("*", "/fhir/{path:.*}", _handle_fhir, name="fhir")
     return app

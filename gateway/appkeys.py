@@ -14,6 +14,7 @@ from pymongo import AsyncMongoClient
 from consent.store import ConsentStore
 from gateway.audit.log import AuditLog
 from gateway.cache.cache import ResourceCache
+from gateway.fhir.bulk.runner import Exporter
 from gateway.fhir.freshness import ChangeEpochs
 from gateway.fhir.pipeline import Pipeline
 from gateway.fhir.representation import Representation
@@ -45,6 +46,7 @@ AUDIT = web.AppKey("audit", AuditLog)
 CONSENTS = web.AppKey("consents", ConsentStore)
 CACHE = web.AppKey("cache", ResourceCache)
 DATABASE_GATE = web.AppKey("database_gate", DatabaseGate)
+EXPORTER = web.AppKey("exporter", Exporter)
 
 AUTH_SESSION = web.RequestKey("auth_session", Session)
 AUTH_SESSION_TOKEN = web.RequestKey("auth_session_token", str)

@@ -224,6 +224,36 @@ class Settings(BaseSettings):
         description="How long an instance keeps an unwrapped data key in memory.",
     )
 
+    # --- bulk export (FHIR Bulk Data Access IG v2.0; gateway.fhir.bulk)
+    export_enabled: bool = Field(
+        default=True,
+        description="Offer $export to backend-services tokens and run export jobs on this "
+        "instance.",
+    )
+    export_file_lifetime_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=30 * 86400,
+        description="How long a finished export's files can be downloaded before they are deleted.",
+    )
+    export_page_size: int = Field(
+        default=200, ge=1, le=1000, description="_count of each search an export pages through."
+    )
+    export_lease_seconds: int = Field(
+        default=60,
+        ge=5,
+        le=3600,
+        description="How long an instance holds an export job without progress before another "
+        "may take it over.",
+    )
+    export_poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="How often an idle instance looks for export jobs to run; also the "
+        "Retry-After of a running export's status.",
+    )
+
     # --- request limits (P-12)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_upstream_body_bytes: int = Field(

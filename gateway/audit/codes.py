@@ -61,6 +61,8 @@ LOGIN: Final = ("110122", "Login")
 LOGOUT: Final = ("110123", "Logout")
 SECURITY_ALERT: Final = ("110113", "Security Alert")
 PATIENT_RECORD: Final = ("110110", "Patient Record")
+EXPORT: Final = ("110106", "Export")
+"""A bulk export's release of a patient's data into its output files."""
 SECURITY_CONFIGURATION: Final = ("110129", "Security Configuration")
 SOFTWARE_CONFIGURATION: Final = ("110131", "Software Configuration")
 OBJECT_SECURITY_CHANGED: Final = ("110135", "Object Security Attributes Changed")

@@ -62,6 +62,8 @@ _REST: dict[str, tuple[str, str]] = {
     "batch": ("batch", c.EXECUTE),
     "transaction": ("transaction", c.EXECUTE),
     "operation": ("operation", c.EXECUTE),
+    # a bulk export's release of one patient's data into its files: an operation, and DICOM Export
+    "export": ("operation", c.EXECUTE),
 }
 QUERY_KINDS = frozenset(
     {
@@ -73,6 +75,7 @@ QUERY_KINDS = frozenset(
         "history-system",
         "history-instance",
         "operation",
+        "export",
     }
 )
 """Interactions recorded with a query entity and a count, never a list of what was released."""
@@ -303,7 +306,9 @@ def request_events(
             "resourceType": "AuditEvent",
             "id": ids(),
             "type": c.coding(c.AUDIT_EVENT_TYPE, "rest", "Restful Operation"),
-            "subtype": [c.coding(c.RESTFUL_INTERACTION, subtype, subtype)],
+            # an export shows as "Export" (its first subtype) on the patient's access history
+            "subtype": ([c.dicom(c.EXPORT)] if facts.interaction == "export" else [])
+            + [c.coding(c.RESTFUL_INTERACTION, subtype, subtype)],
             "action": action,
             "recorded": instant(facts.at),
             "outcome": outcome,

@@ -475,6 +475,8 @@ class AdminAction(Enum):
     CLIENT_REPLACED = (c.SOFTWARE_CONFIGURATION, c.UPDATE)
     CLIENT_REMOVED = (c.SOFTWARE_CONFIGURATION, c.DELETE)
     USER_ADDED = (c.SECURITY_ROLES_CHANGED, c.CREATE)
+    EXPORT_CANCELLED = (c.EXPORT, c.DELETE)
+    """A bulk export cancelled by an administrator (its files deleted); the entity is its app."""
 
 
 def admin_action(

@@ -1,5 +1,6 @@
 """The administration commands of ``fhir-gateway`` (SECURITY.md P-09): ``clients add|list|remove``,
-``users add``, ``keys rotate`` (:mod:`gateway.cli.keys`), ``patients erase``,
+``users add``, ``keys rotate`` (:mod:`gateway.cli.keys`), ``patients erase``, ``exports
+list|cancel`` (:mod:`gateway.cli.exports`),
 ``consent list|history|add|withdraw`` (an administrator acting on a documented request, C-23), and
 ``register-demo`` (the demo's apps and users from ``fixtures/``).
 
@@ -35,6 +36,7 @@ from gateway.audit.runtime import open_audit
 from gateway.audit.security import AdminAction
 from gateway.cache.cache import CacheLimits, ResourceCache
 from gateway.cli import demo_env
+from gateway.cli.exports import cancel_export, list_exports
 from gateway.cli.keys import rotate_keys
 from gateway.erasure import erase_patient
 from gateway.fhir.consent_api import revoke_if_withdrawn
@@ -247,6 +249,26 @@ def _patients_erase(args: argparse.Namespace) -> int:
             f"{len(erasure.consents_deleted)} draft(s) deleted, "
             f"{len(erasure.consents_kept)} kept as evidence"
         )
+        return 0
+
+    return _run_cached(args, work)
+
+
+def _exports_list(args: argparse.Namespace) -> int:
+    async def work(services: AuthServices, audit: AuditLog) -> int:
+        for line in await list_exports(services, args.limit):
+            print(line)
+        return 0
+
+    return _run(args, work)
+
+
+def _exports_cancel(args: argparse.Namespace) -> int:
+    async def work(services: AuthServices, audit: AuditLog, cache: ResourceCache) -> int:
+        client_id = await cancel_export(services, audit, cache, args.job)
+        if client_id is None:
+            raise CommandError(f"no export {args.job} to cancel")
+        print(f"cancelled export {args.job} of {client_id}; its files are deleted")
         return 0
 
     return _run_cached(args, work)
@@ -503,6 +525,15 @@ def add_commands(commands: Any, config_help: str) -> None:
     which.add_argument("--patient", help="the Patient id (the same, named)")
     erase.set_defaults(func=_patients_erase)
 
+    exports = commands.add_parser("exports", help="list and cancel bulk export jobs")
+    esub = exports.add_subparsers(dest="exports_command", required=True)
+    elist = esub.add_parser("list", help="the latest export jobs, newest first")
+    elist.add_argument("--limit", type=int, default=100, help="how many (default 100)")
+    elist.set_defaults(func=_exports_list)
+    ecancel = esub.add_parser("cancel", help="cancel an export job and delete its files")
+    ecancel.add_argument("--job", required=True, help="the job id (from 'exports list')")
+    ecancel.set_defaults(func=_exports_cancel)
+
     consent = commands.add_parser(
         "consent", help="read and change patients' Consents on a documented request (C-23)"
     )
@@ -542,6 +573,8 @@ def add_commands(commands: Any, config_help: str) -> None:
         uadd,
         rotate,
         erase,
+        elist,
+        ecancel,
         clist,
         chistory,
         cadd,

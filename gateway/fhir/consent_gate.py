@@ -166,6 +166,15 @@ class RequestConsent:
                 return decision
         return None
 
+    def still_permits(self, resource: dict[str, Any], owners: frozenset[str]) -> bool:
+        """Whether a resource released earlier (a line of a bulk export file) is still permitted
+        by every owner's consents now (loaded); counted as released to them when it is."""
+        if self.refusal_for(resource, owners) is not None:
+            return False
+        for patient in owners:
+            self._tally(patient).released(resource)
+        return True
+
     def last_refusal(self) -> Decision | None:
         return next((d for d in reversed(self.decisions) if not d.permitted), None)
 

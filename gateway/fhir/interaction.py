@@ -225,7 +225,9 @@ def parse(
     raise NotFound(f"'{path}' is not a FHIR interaction this gateway supports")
 
 
-_PATH_WORDS = frozenset({"_history", "_search", "metadata", ".well-known", "smart-configuration"})
+_PATH_WORDS = frozenset(
+    {"_history", "_search", "_export", "metadata", ".well-known", "smart-configuration"}
+)
 
 
 def path_shape(path: str, base: str = "/fhir") -> str:

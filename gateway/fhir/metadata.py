@@ -2,7 +2,12 @@
 S-08). The upstream's, with its URLs on the gateway's base (``gateway.proxy.rewrite``) and every
 ``rest.security`` replaced by the gateway's SMART section (``smart_auth.discovery``), and the
 types the gateway serves itself (``AuditEvent``, ``Consent``: never the upstream's) described as
-the gateway serves them; it needs no token and is readable from any origin."""
+the gateway serves them; it needs no token and is readable from any origin.
+
+With bulk export on (``export_enabled``), the gateway's own ``$export`` operations are advertised
+as the Bulk Data Access IG v2.0 asks (``instantiates`` its CapabilityStatement; the system,
+Patient and Group operations), and any ``$export`` the upstream advertises is replaced by them:
+the gateway answers ``$export`` itself (``gateway.fhir.bulk``)."""
 
 from __future__ import annotations
 
@@ -87,12 +92,56 @@ def describe_own(statement: dict[str, Any]) -> dict[str, Any]:
         )
     return statement
 
+BULK_DATA = "http://hl7.org/fhir/uv/bulkdata"
+BULK_CAPABILITY = f"{BULK_DATA}/CapabilityStatement/bulk-data"
+_EXPORT_OPERATIONS = {
+    None: ("export", f"{BULK_DATA}/OperationDefinition/export"),
+    "Patient": ("export", f"{BULK_DATA}/OperationDefinition/patient-export"),
+    "Group": ("export", f"{BULK_DATA}/OperationDefinition/group-export"),
+}
 
-async def capabilities(fetcher: Fetcher, endpoints: Endpoints, method: str) -> Answer:
+
+async def capabilities(
+    fetcher: Fetcher, endpoints: Endpoints, method: str, *, bulk_export: bool = False
+) -> Answer:
     """The CapabilityStatement as the gateway publishes it."""
     answer = await fetcher.fetch(Call(interaction=parse(method, "metadata")))
     if answer.status == 200 and answer.body is not None:
         answer.body = describe_own(add_security(answer.body, endpoints))
+        if bulk_export and answer.body.get("resourceType") == "CapabilityStatement":
+            add_bulk_export(answer.body)
         answer.headers.pop("ETag", None)  # the body is no longer the upstream's
     answer.headers.update(ANY_ORIGIN)
     return answer
+
+
+def _without_export(operations: Any) -> list[Any]:
+    return [o for o in operations or [] if not (isinstance(o, dict) and o.get("name") == "export")]
+
+
+def add_bulk_export(statement: dict[str, Any]) -> None:
+    """Advertise the gateway's ``$export`` operations (the module's docstring)."""
+    instantiates = [i for i in statement.get("instantiates") or [] if i != BULK_CAPABILITY]
+    statement["instantiates"] = [*instantiates, BULK_CAPABILITY]
+    rests = [r for r in statement.get("rest") or [] if isinstance(r, dict)]
+    if not rests:
+        rests = [{"mode": "server"}]
+        statement["rest"] = rests
+    rest = rests[0]
+    name, definition = _EXPORT_OPERATIONS[None]
+    rest["operation"] = [
+        *_without_export(rest.get("operation")),
+        {"name": name, "definition": definition},
+    ]
+    resources = [r for r in rest.get("resource") or [] if isinstance(r, dict)]
+    for rtype in ("Patient", "Group"):
+        found = next((r for r in resources if r.get("type") == rtype), None)
+        if found is None:
+            found = {"type": rtype}
+            resources.append(found)
+        name, definition = _EXPORT_OPERATIONS[rtype]
+        found["operation"] = [
+            *_without_export(found.get("operation")),
+            {"name": name, "definition": definition},
+        ]
+    rest["resource"] = resources

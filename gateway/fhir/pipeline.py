@@ -18,7 +18,9 @@
                      durable before the response goes (``auditing.py``, ``gateway.audit``)
 8. respond, with the CORS headers the caller's origin is entitled to (``gateway.web.cors``)
 
-``metadata`` is public (S-07/S-08): it needs no token (``metadata.py``). A batch runs each entry
+Bulk export (``$export``, its status and files) is handed to ``bulk/api.py`` after step 1; its
+jobs release every page through step 6 (``bulk/runner.py``). ``metadata`` is public
+(S-07/S-08): it needs no token (``metadata.py``). A batch runs each entry
 through steps 3 to 6; a transaction checks every entry through the write policy first
 (``batch.py``).
 """
@@ -40,6 +42,7 @@ from gateway.fhir.audit_api import AuditApi
 from gateway.fhir.authenticate import Authenticator
 from gateway.fhir.batch import Bundles
 from gateway.fhir.bodies import read_body, read_form
+from gateway.fhir.bulk.api import BulkApi, is_bulk_path
 from gateway.fhir.consent_api import ConsentApi
 from gateway.fhir.consent_gate import ConsentGate, refused
 from gateway.fhir.context import AccessContext
@@ -81,8 +84,10 @@ class Pipeline:
         rate_limit: ClusterRateLimit,
         audit: AuditLog,
         database: Callable[[], Awaitable[None]] | None = None,
+        bulk: BulkApi | None = None,
     ) -> None:
         self._settings = settings
+        self._bulk = bulk
         self._database = database
         self._audit = audit
         self._authenticator = authenticator
@@ -121,7 +126,14 @@ class Pipeline:
         if request.match_info.get("path", "") == "metadata":  # public, for any origin (S-08)
             request[METRIC_LABEL] = Kind.CAPABILITIES.value
             negotiate(request)
-            return (await capabilities(self._fetcher, self._endpoints, request.method)).render()
+            return (
+                await capabilities(
+                    self._fetcher,
+                    self._endpoints,
+                    request.method,
+                    bulk_export=self._bulk is not None,
+                )
+            ).render()
         path = request.match_info.get("path", "")
         audit = auditing.RequestAudit(
             method=request.method,
@@ -168,6 +180,11 @@ class Pipeline:
         request[CLIENT_ID] = context.client_id
         await self._within_rate_limit(context)
         await self._representation.check(context)  # C-25: a parent still acts for the child
+        if self._bulk is not None and is_bulk_path(path):  # bulk export (gateway.fhir.bulk)
+            audit.interaction = Kind.OPERATION.value
+            request[METRIC_LABEL] = "export"
+            await self._not_revoked(context)
+            return await self._bulk.handle(context, request, path)
         # 2. parse
         form = await read_form(request)
         if form:

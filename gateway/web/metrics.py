@@ -86,6 +86,27 @@ class Metrics:
             registry=self.registry,
         )
 
+        # bulk export (gateway.fhir.bulk): counts by outcome, type and reason; never ids
+        self.export_jobs = Counter(
+            "fhir_gateway_export_jobs",
+            "Bulk export jobs, by event: started (kicked off), done, failed, cancelled.",
+            ["event"],
+            registry=self.registry,
+        )
+        self.export_resources = Counter(
+            "fhir_gateway_export_resources",
+            "Resources released into bulk export files, by resource type.",
+            ["type"],
+            registry=self.registry,
+        )
+        self.export_withheld = Counter(
+            "fhir_gateway_export_withheld",
+            "Resources a bulk export found and did not release, by reason (consent, sensitive, "
+            "scope, unattributed, undecidable, minimisation, upstream-error).",
+            ["reason"],
+            registry=self.registry,
+        )
+
     def observe_request(self, interaction: str, status: int, seconds: float) -> None:
         code = str(status)
         self.requests.labels(interaction, code).inc()
