@@ -92,6 +92,7 @@ def describe_own(statement: dict[str, Any]) -> dict[str, Any]:
         )
     return statement
 
+
 BULK_DATA = "http://hl7.org/fhir/uv/bulkdata"
 BULK_CAPABILITY = f"{BULK_DATA}/CapabilityStatement/bulk-data"
 _EXPORT_OPERATIONS = {
