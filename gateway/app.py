@@ -232,6 +232,7 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
                 file_lifetime=timedelta(seconds=settings.export_file_lifetime_seconds),
             ),
             owner=app[AUDIT].chain,
+            revoked=authenticator.is_revoked,
         )
     app[PIPELINE] = Pipeline(
         settings,

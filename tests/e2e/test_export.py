@@ -11,6 +11,7 @@ import asyncio
 import re
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -430,6 +431,50 @@ async def test_a_job_cancelled_while_it_runs_stops_and_leaves_no_file(
     assert await db[CHUNKS].count_documents({"job": job_id}) == 0
     async with http.get(status_url, headers=bearer(token)) as response:
         assert response.status == 404
+
+
+@pytest.mark.parametrize("cut_off", ["token revoked", "client removed"])
+async def test_s25_a_job_whose_token_is_revoked_or_client_removed_stops_at_its_next_page(
+    start_gateway: StartGateway, local_stack_env: Stack, http: aiohttp.ClientSession, cut_off: str
+) -> None:
+    """The job runs under the kick-off's token: revoking that token, or removing the client,
+    stops it before its next page is kept (as the very next request would be refused), and its
+    files go."""
+    gateway = await start_gateway(
+        upstream_url=local_stack_env.upstream.base_url,
+        mongodb_uri=local_stack_env.mongo_uri,
+        export_page_size=1,
+        export_poll_seconds=0.1,
+    )
+    token = await backend_token(gateway)
+    _, headers, _ = await kick_off(http, token, f"{gateway.fhir}/Patient/$export")
+    job_id = headers["Content-Location"].rsplit("/", 1)[1]
+    db = _db(gateway)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = await db[JOBS].find_one({"_id": job_id})
+        if job is not None and job["tasks"] and job["cursor"]["task"] >= 2:
+            break
+        await asyncio.sleep(0.02)
+    assert await db[CHUNKS].count_documents({"job": job_id}) > 0
+    auth = gateway.server.app[AUTH]
+    if cut_off == "token revoked":
+        claims = pyjwt.decode(token, options={"verify_signature": False})
+        expires = datetime.fromtimestamp(claims["exp"], UTC)
+        await auth.revocations.revoke_token(claims["jti"], expires)
+    else:
+        assert await auth.clients.remove(CLIENT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = await db[JOBS].find_one({"_id": job_id})
+        if job is not None and job["status"] == "failed":
+            break
+        await asyncio.sleep(0.05)
+    assert job is not None and job["status"] == "failed", job
+    assert job["cursor"]["task"] < len(job["tasks"])  # it stopped mid-job
+    expected = "revoked" if cut_off == "token revoked" else "no longer registered"
+    assert expected in job["error"]
+    assert await db[CHUNKS].count_documents({"job": job_id}) == 0
 
 
 async def test_a_finished_export_cancelled_deletes_its_files(

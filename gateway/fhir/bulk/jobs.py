@@ -3,7 +3,7 @@ per kick-off, which any gateway instance may run while it holds the job's lease,
 where the job stands so that another instance resumes it after a stop::
 
     {"_id": <random job id>, "client_id": ..., "active_client": <client_id while not finished>,
-     "token": {issuer, subject, jti, fhir_user, purposes, scopes},   # the kick-off's system/ scopes
+     "token": {issuer, subject, jti, grant_id, fhir_user, purposes, scopes},  # system/ scopes
      "request": <the kick-off URL>, "path": ..., "query": ...,   # the last two for the audit
      "level": "system" | "patient" | "group", "group": <id>,
      "types": [...], "since": ..., "type_filters": [[type, [[name, value], ...]], ...],
@@ -100,6 +100,7 @@ class JobStore:
                 "issuer": context.issuer,
                 "subject": context.subject,
                 "jti": context.jti,
+                "grant_id": context.grant_id,
                 "fhir_user": context.fhir_user,
                 "purposes": list(context.purposes),
                 "scopes": str(context.scopes),

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -114,6 +114,7 @@ def context_of(job: Mapping[str, Any]) -> AccessContext:
         client_id=str(job["client_id"]),
         scopes=ScopeSet(tuple(s for s in scopes if s.context is Context.SYSTEM)),
         jti=str(token["jti"]),
+        grant_id=token.get("grant_id"),
         expires_at=datetime.max.replace(tzinfo=UTC),
         fhir_user=token.get("fhir_user"),
         purposes=tuple(token.get("purposes") or ()),
@@ -201,6 +202,7 @@ class Exporter:
         metrics: Metrics,
         tuning: ExportTuning,
         owner: str,
+        revoked: Callable[[AccessContext], Awaitable[bool]],
     ) -> None:
         self._jobs = jobs
         self._files = files
@@ -213,6 +215,7 @@ class Exporter:
         self._metrics = metrics
         self._tuning = tuning
         self._owner = owner
+        self._revoked = revoked
 
     async def run_forever(self) -> None:
         while True:
@@ -243,6 +246,18 @@ class Exporter:
             await self._fail(job, exc.diagnostics)
         return True
 
+    async def _cut_off(self, job: Mapping[str, Any], context: AccessContext) -> bool:
+        """Whether the job must stop, checked before every page as a request checks its token
+        (S-25): the client is no longer registered, or the kick-off's token (or its grant) was
+        revoked. It fails then, and its files are deleted."""
+        if await self._clients.get(context.client_id) is None:
+            await self._fail(job, "the client that asked for this export is no longer registered")
+            return True
+        if await self._revoked(context):
+            await self._fail(job, "the token that started this export was revoked")
+            return True
+        return False
+
     async def _fail(self, job: Mapping[str, Any], why: str) -> None:
         await self._files.delete(str(job["_id"]))
         if await self._jobs.finish(
@@ -253,8 +268,7 @@ class Exporter:
     async def _run(self, job: dict[str, Any]) -> None:
         job_id = str(job["_id"])
         context = context_of(job)
-        if await self._clients.get(context.client_id) is None:
-            await self._fail(job, "the client that asked for this export is no longer registered")
+        if await self._cut_off(job, context):
             return
         raw = job.get("cursor") or {}
         cursor = Cursor(int(raw.get("task", 0)), raw.get("link"), int(raw.get("seq", 0)))
@@ -273,6 +287,8 @@ class Exporter:
             while cursor.task < len(tasks):
                 task = tasks[cursor.task]
                 fetched = await (pending or self._fetch(context, task, cursor.link))
+                if await self._cut_off(job, context):  # before anything of this page is kept
+                    return
                 pending = None
                 link = fetched.next_link
                 after = Cursor(cursor.task, link) if link else Cursor(cursor.task + 1, None)
