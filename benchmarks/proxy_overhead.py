@@ -1,5 +1,6 @@
 """Proxy overhead, measured side by side in one run: the upstream FHIR server alone, a bare aiohttp
-pass-through proxy (``bare_proxy.py``) and the gateway, each in front of the same local upstream.
+pass-through proxy (``bare_proxy.py``) and the gateway, each in front of the same local upstream;
+for the read, also the gateway answering from its encrypted cache (SECURITY.md P-15).
 
 The gateway is measured as a client sees it: a third-party app with a patient's access token
 (``patient/*.rs``) and the patient's Consent, so every request is authenticated (signature,
@@ -8,6 +9,13 @@ by consent (the patient's Consents read from MongoDB, a decision and minimisatio
 and filtered (every released resource checked). The same
 requests go to the other targets, which ignore the token. The 1,000-entry search runs over a
 patient seeded with 1,000 Observations before the run.
+
+The gateway runs twice, on one database behind one public address: ``gateway`` with the cache off
+(every read goes to the upstream) and ``gateway, cache hits`` with it on and a TTL longer than the
+run (after the warm-up every read is a hit: decrypted and released through the same checks).
+Searches are not cached, so only the read runs against the second. The cost of the encryption
+itself — one AES-256-GCM encryption and one decryption of the read's resource, with its AAD — is
+measured in-process and set against the cached read's latency.
 
 Each target runs as its own process. The load comes from ``wrk`` when it is installed (it costs
 the machine least), otherwise from a small aiohttp load generator. Targets are measured in
@@ -38,9 +46,11 @@ from typing import Any
 
 import aiohttp
 import orjson
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pymongo import AsyncMongoClient
 
 from consent.store import Change, Channel, ConsentStore
+from gateway.cache.crypto import Record, decrypt, encrypt
 from gateway.localstack import free_port, local_stack
 from smart_auth.clients import ClientStore, ClientType, new_client
 from smart_auth.grants import Grant
@@ -62,6 +72,9 @@ TOKEN_PATIENTS = {
     "search (20 Observations)": "pat-amelia-rossi",
     "search (1,000 Observations)": BENCH_PATIENT,
 }
+
+
+CACHED = "gateway, cache hits"
 
 
 @dataclass
@@ -291,18 +304,35 @@ def main() -> None:
                 "FHIR_GATEWAY_PUBLIC_BASE_URL": f"http://127.0.0.1:{gateway_port}",
                 "FHIR_GATEWAY_KEY_ENCRYPTION_KEY": base64.b64encode(kek).decode(),
             }
-            processes.append(
-                subprocess.Popen(
-                    [str(Path(sys.executable).parent / "fhir-gateway"), "serve"],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+            cached_port = free_port()
+            gateways: dict[str, int] = {}
+            for port, cache in ((gateway_port, "false"), (cached_port, "true")):
+                processes.append(
+                    subprocess.Popen(
+                        [
+                            str(Path(sys.executable).parent / "fhir-gateway"),
+                            "serve",
+                            "--workers",
+                            "1",
+                        ],
+                        env={
+                            **env,
+                            "FHIR_GATEWAY_PORT": str(port),
+                            "FHIR_GATEWAY_CACHE_ENABLED": cache,
+                            "FHIR_GATEWAY_CACHE_TTL_SECONDS": "86400",
+                        },
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
                 )
-            )
+                gateways["gateway" if cache == "false" else CACHED] = processes[-1].pid
+            others = {"upstream": upstream.process.pid if upstream.process else 0}
+            others["MongoDB"] = _mongo.process.pid if _mongo and _mongo.process else 0
             targets = {
                 "upstream alone": origin,
                 "bare aiohttp proxy": f"http://127.0.0.1:{bare_port}",
                 "gateway": f"http://127.0.0.1:{gateway_port}",
+                CACHED: f"http://127.0.0.1:{cached_port}",
             }
             for base in targets.values():
                 _wait_http(base + "/fhir/metadata")
@@ -311,12 +341,26 @@ def main() -> None:
             )
             results: dict[tuple[str, str], list[Sample]] = {}
             single: dict[tuple[str, str], list[Sample]] = {}
+            cpu: dict[str, list[dict[str, float]]] = {}
+            crypto = _crypto_cost(upstream.base_url + SCENARIOS["read"].removeprefix("/fhir"))
             for _ in range(args.rounds):
                 for scenario, path in SCENARIOS.items():
                     for target, base in targets.items():
+                        if target == CACHED and scenario != "read":
+                            continue  # searches are not cached: the same path as "gateway"
                         load(base + path, tokens[scenario], 1)  # warm-up
+                        pids = {"gateway": gateways.get(target, 0), **others}
+                        before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
                         sample = load(base + path, tokens[scenario])
                         results.setdefault((scenario, target), []).append(sample)
+                        if scenario == "read" and target in gateways:
+                            requests = sample.rps * args.seconds
+                            cpu.setdefault(target, []).append(
+                                {
+                                    name: (_cpu_seconds(pid) - before[name]) / requests * 1e6
+                                    for name, pid in pids.items()
+                                }
+                            )
                         # One request at a time: the latency a request gains, without queueing.
                         alone = load(base + path, tokens[scenario], connections=1)
                         single.setdefault((scenario, target), []).append(alone)
@@ -325,6 +369,32 @@ def main() -> None:
                 process.terminate()
                 process.wait()
     _report(results, single, targets, args, use_wrk)
+    _report_cache(results, single, crypto, cpu)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process and its children have used so far; 0 where /proc is
+    not there."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (OSError, IndexError):
+        return 0.0
+    used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used + sum(_cpu_seconds(int(child)) for child in children)
+
+
+def _crypto_cost(url: str, rounds: int = 20_000) -> float:
+    """Microseconds for one encryption and one decryption of the resource at ``url`` (AES-256-GCM
+    with its AAD, random nonce), as the cache does them per miss and per hit."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = response.read()
+    cipher = AESGCM(AESGCM.generate_key(bit_length=256))
+    record = Record("Patient", "pat-amelia-rossi", "1", "Patient/pat-amelia-rossi")
+    started = time.perf_counter()
+    for _ in range(rounds):
+        decrypt(cipher, encrypt(cipher, body, record), record)
+    return (time.perf_counter() - started) / rounds * 1e6
 
 
 def _median(samples: list[Sample]) -> Sample:
@@ -352,6 +422,8 @@ def _report(
     print("| --- | --- | ---: | ---: | ---: |")
     for scenario in SCENARIOS:
         for target in targets:
+            if (scenario, target) not in results:
+                continue
             m = _median(results[(scenario, target)])
             print(f"| {scenario} | {target} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} |")
     print(
@@ -379,6 +451,44 @@ def _report(
             f"| {scenario} | {up.p50_ms:.2f} | {bare.p50_ms:.2f} | {gw.p50_ms:.2f} "
             f"| {gw.p50_ms / up.p50_ms:.2f} |"
         )
+
+
+def _report_cache(
+    results: dict[tuple[str, str], list[Sample]],
+    single: dict[tuple[str, str], list[Sample]],
+    crypto_us: float,
+    cpu: dict[str, list[dict[str, float]]],
+) -> None:
+    hit, miss = _median(results[("read", CACHED)]), _median(results[("read", "gateway")])
+    hit_alone = _median(single[("read", CACHED)])
+    miss_alone = _median(single[("read", "gateway")])
+    print("\nThe encrypted cache on the authenticated read\n")
+    print("| read | req/s | p50 ms | p50 ms, 1 connection |")
+    print("| --- | ---: | ---: | ---: |")
+    print(
+        f"| from the upstream (cache off) | {miss.rps:,.0f} | {miss.p50_ms:.2f} "
+        f"| {miss_alone.p50_ms:.2f} |"
+    )
+    print(f"| cache hit | {hit.rps:,.0f} | {hit.p50_ms:.2f} | {hit_alone.p50_ms:.2f} |")
+    if all(cpu.values()):
+        print("\nCPU per read under load, by process (µs; the load generator's own not counted)\n")
+        print("| read | gateway | MongoDB | upstream | together |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for target, label in (("gateway", "from the upstream"), (CACHED, "cache hit")):
+            used = {
+                name: statistics.median(round_[name] for round_ in cpu[target])
+                for name in ("gateway", "MongoDB", "upstream")
+            }
+            print(
+                f"| {label} | {used['gateway']:.0f} | {used['MongoDB']:.0f} "
+                f"| {used['upstream']:.0f} | {sum(used.values()):.0f} |"
+            )
+    share = crypto_us / (hit_alone.p50_ms * 1000) * 100
+    print(
+        f"\ncache hit / upstream read throughput: {hit.rps / miss.rps:.2f}x (goal >= 1.5x); "
+        f"encryption + decryption of the resource: {crypto_us:.1f} us = {share:.2f}% of a "
+        f"cached read alone (goal < 2%)"
+    )
 
 
 if __name__ == "__main__":

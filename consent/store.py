@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -118,6 +118,24 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
+class Written:
+    """A version of a Consent just stored (or a Consent deleted), as told to the store's
+    ``on_change`` (the gateway records it in its audit trail, AUDIT.md A-01)."""
+
+    consent_id: str
+    version: int
+    method: str
+    """``create``, ``update`` or ``delete``."""
+    patient_id: str | None
+    change: Change
+
+
+OnChange = Callable[[Written], Awaitable[None]]
+
+_METHODS = {"POST": "create", "PUT": "update", "DELETE": "delete"}
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryEntry:
     """One version of a Consent, for ``_history`` Bundles."""
 
@@ -147,8 +165,14 @@ class ConsentStore:
     """Typed access to the ``consents`` and ``consent_history`` collections."""
 
     def __init__(
-        self, db: AsyncDatabase[Document], *, clock: Callable[[], datetime] = _now
+        self,
+        db: AsyncDatabase[Document],
+        *,
+        clock: Callable[[], datetime] = _now,
+        on_change: OnChange | None = None,
     ) -> None:
+        self._on_change = on_change
+        """Told of every version written, after it is stored (the gateway audits it)."""
         self._consents = db[COLLECTION]
         self._history = db[HISTORY]
         # The change counters (smart_auth.revocations.EPOCHS; consent does not import smart_auth).
@@ -211,6 +235,10 @@ class ConsentStore:
         check it on each request and read again when it moved (C-12)."""
         await self._epochs.update_one({"_id": "consents"}, {"$inc": {"n": 1}}, upsert=True)
 
+    async def _written(self, written: Written) -> None:
+        if self._on_change is not None:
+            await self._on_change(written)
+
     async def _record(self, document: Document, method: str) -> None:
         await self._changed()
         await self._history.insert_one(
@@ -225,6 +253,16 @@ class ConsentStore:
                 "reason": document.get("reason"),
                 "resource": document["resource"] if method != "DELETE" else None,
             }
+        )
+        change = _change_of(document) or Change("unknown", Channel.SYSTEM)
+        await self._written(
+            Written(
+                document["_id"],
+                document["version"],
+                _METHODS[method],
+                document.get("patient_id"),
+                change,
+            )
         )
 
     async def create(self, resource: Mapping[str, Any], *, change: Change) -> dict[str, Any]:
@@ -482,6 +520,13 @@ class ConsentStore:
             await self._consents.delete_many({"_id": {"$in": never}, "ever_active": False})
             await self._history.delete_many({"consent_id": {"$in": never}})
             await self._changed()
+            for document in documents:
+                if document["_id"] in never:
+                    await self._written(
+                        Written(
+                            document["_id"], document["version"] + 1, "delete", patient_id, change
+                        )
+                    )
         kept = sorted(d["_id"] for d in documents if d["_id"] not in never)
         return ErasureReport(tuple(withdrawn), tuple(sorted(never)), tuple(kept))
 

@@ -2,8 +2,12 @@
 ``fhir-gateway serve``, ``fhir-gateway demo`` and every test.
 
 Each long-lived resource lives in its own cleanup context and cleans up only what it started: the
-MongoDB client, the upstream ``ClientSession``, the authorization server's stores, and the FHIR
-pipeline (with its own small session for external issuers' JWKS).
+MongoDB client, the upstream ``ClientSession``, the authorization server's stores, the encrypted
+cache, the audit log, the FHIR pipeline (with its own small session for external issuers' JWKS)
+and, when ``audit_forward_url`` is set, the forwarder of the audit log (with its own session to
+the audit repository). With ``cache_enabled`` the pipeline's fetcher is the caching one; the cache
+itself is opened either way, so that a withdrawal or an erasure still purges and shreds what an
+earlier run cached.
 
 The secrets kept in MongoDB are sealed by a key provider (P-19): the one of the configured
 key-encryption key, or one passed in (a KMS, say). Without either the application is not built.
@@ -15,13 +19,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pymongo
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
 from consent.store import ConsentStore
 from gateway.appkeys import (
+    AUDIT,
     AUTH,
+    CACHE,
     CLOCK,
+    CONSENTS,
     EPOCHS,
     KEY_PROVIDER,
     METRICS,
@@ -32,7 +40,14 @@ from gateway.appkeys import (
     SETTINGS,
     UPSTREAM,
 )
+from gateway.audit.acts import consent_written, grants_revoked
+from gateway.audit.forward import open_forwarder
+from gateway.audit.runtime import open_audit
+from gateway.audit.store import AuditReader
+from gateway.cache.cache import CacheLimits, ResourceCache
+from gateway.fhir.audit_api import AuditApi
 from gateway.fhir.authenticate import Authenticator
+from gateway.fhir.cached import CachingFetcher
 from gateway.fhir.consent_api import ConsentApi
 from gateway.fhir.consent_gate import ConsentGate
 from gateway.fhir.fetch import Fetcher
@@ -48,31 +63,40 @@ from gateway.proxy.rewrite import UrlRewriter
 from gateway.proxy.upstream import Upstream, create_session
 from gateway.settings import Settings, SettingsError, load_key_provider
 from gateway.web.cors import Cors
+from gateway.web.database import DatabaseGate
 from gateway.web.health import CHECK_TIMEOUT, Health
-from gateway.web.logs import AccessLogger
 from gateway.web.metrics import Metrics
-from gateway.web.middleware import add_request_id, middlewares
+from gateway.web.middleware import add_request_id, middlewares, transport_headers
 from gateway.web.requestkeys import LOG_PATH
+from gateway.web.server import parser_limits
 from smart_auth.clock import Clock, system_clock
 from smart_auth.key_provider import KeyProvider
+from smart_auth.revocations import EPOCHS as EPOCHS_COLLECTION
+
+MONGODB_APP_NAME = "fhir-gateway"
+"""How the gateway's connections introduce themselves to MongoDB (its logs, ``currentOp``)."""
 
 
 def runner_options(settings: Settings) -> dict[str, Any]:
-    """Options for ``web.AppRunner``/``TestServer``. The HTTP parser's own limits sit well above the
-    gateway's, so that an oversized URL or header set reaches ``request_limits`` and gets a FHIR
-    answer (414/431) instead of the parser's bare 400."""
-    return {
-        "max_line_size": max(65536, settings.max_url_bytes * 4),
-        "max_field_size": max(65536, settings.max_header_bytes * 4),
-        "max_headers": max(1024, settings.max_header_count * 4),
-        "access_log_class": AccessLogger,
-    }
+    """Options for ``web.AppRunner``/``TestServer``: the HTTP parser's limits
+    (:func:`gateway.web.server.parser_limits`). :func:`gateway.web.server.make_runner` adds what
+    a plain runner lacks (a head timeout, FHIR answers to what the parser refuses)."""
+    return dict(parser_limits(settings))
 
 
 async def _mongo_context(app: web.Application) -> AsyncIterator[None]:
+    """The MongoDB client. Every operation is bounded (``timeoutMS``), so a database that holds a
+    query makes the request fail closed (503) instead of wait; one that is gone fails after the
+    server-selection timeout (:mod:`gateway.web.database`). Idle connections are closed on this
+    side before the server's (or a firewall's) idle cut can break one under a write."""
     settings = app[SETTINGS]
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.mongodb_uri, serverSelectionTimeoutMS=5000, tz_aware=True
+        settings.mongodb_uri,
+        appname=MONGODB_APP_NAME,
+        timeoutMS=round(settings.mongodb_timeout_seconds * 1000),
+        serverSelectionTimeoutMS=round(settings.mongodb_server_selection_timeout_seconds * 1000),
+        maxIdleTimeMS=round(settings.mongodb_max_idle_seconds * 1000),
+        tz_aware=True,
     )
     app[MONGO] = client
     try:
@@ -91,6 +115,43 @@ async def _upstream_context(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
+async def _audit_context(app: web.Application) -> AsyncIterator[None]:
+    """The audit log (AUDIT.md): this instance's chain, its spool, checkpoints signed with the
+    key ring's signing key; and the stores that tell it what they change, so that nothing
+    changes a Consent or revokes a grant unrecorded (:mod:`gateway.audit.acts`)."""
+    settings = app[SETTINGS]
+    db = app[MONGO][settings.mongodb_database]
+    async with open_audit(settings, db, app[AUTH].keys) as audit:
+        app[AUDIT] = audit
+        consents = ConsentStore(db, on_change=consent_written(audit))
+        await consents.ensure_indexes()
+        app[CONSENTS] = consents
+        app[AUTH].revoker.on_revoke = grants_revoked(audit)
+        try:
+            yield
+        finally:
+            app[AUTH].revoker.on_revoke = None
+
+
+async def _cache_context(app: web.Application) -> AsyncIterator[None]:
+    """The encrypted cache (P-15): its data keys sealed by the key provider, its entries in
+    MongoDB; a sweep in progress is awaited on the way out."""
+    settings = app[SETTINGS]
+    cache = ResourceCache(
+        app[MONGO][settings.mongodb_database],
+        app[KEY_PROVIDER],
+        app[METRICS],
+        CacheLimits.from_settings(settings),
+        clock=app[CLOCK],
+    )
+    await cache.ensure_indexes()
+    app[CACHE] = cache
+    try:
+        yield
+    finally:
+        await cache.close()
+
+
 async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
     """The FHIR pipeline: token validation against the key ring and any external issuers (with
     their own small HTTP session for fetching JWKS), and the shared paging secret."""
@@ -100,8 +161,7 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
     epochs = app[EPOCHS]
     configured = settings.paging_secret.get_secret_value() if settings.paging_secret else None
     secret = await load_secret(db, configured, app[KEY_PROVIDER])
-    consents = ConsentStore(db)
-    await consents.ensure_indexes()
+    consents = app[CONSENTS]
     jwks_http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
     authenticator = Authenticator(
         issuer=settings.public_base_url,
@@ -116,7 +176,11 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
     )
     rate_limit = ClusterRateLimit(db, settings.rate_limit_per_client)
     await rate_limit.ensure_indexes()
-    fetcher = Fetcher(app[UPSTREAM], app[REWRITER], app[METRICS])
+    fetcher = (
+        CachingFetcher(app[UPSTREAM], app[REWRITER], app[METRICS], app[CACHE], epochs)
+        if settings.cache_enabled
+        else Fetcher(app[UPSTREAM], app[REWRITER], app[METRICS])
+    )
     gate = ConsentGate(consents, auth.clients, epochs)
     pages = PageSealer(secret, settings.page_link_lifetime_seconds)
     app[PIPELINE] = Pipeline(
@@ -125,17 +189,36 @@ async def _pipeline_context(app: web.Application) -> AsyncIterator[None]:
         representation=app[REPRESENTATION],
         fetcher=fetcher,
         consent=gate,
-        consents=ConsentApi(consents, auth.revoker, auth.clients, settings.fhir_base_url),
+        consents=ConsentApi(
+            consents, auth.revoker, auth.clients, app[CACHE], settings.fhir_base_url
+        ),
+        audit_events=AuditApi(
+            AuditReader(db),
+            auth.clients,
+            paging_secret=secret,
+            page_lifetime_seconds=settings.page_link_lifetime_seconds,
+            fhir_base=settings.fhir_base_url,
+        ),
         pages=pages,
         release=Release(fetcher, gate, pages, app[REWRITER], settings.fhir_base_url),
         writes=WritePolicy(fetcher, gate),
         cors=Cors(auth.clients),
         rate_limit=rate_limit,
+        audit=app[AUDIT],
     )
     try:
         yield
     finally:
         await jwks_http.close()
+
+
+async def _audit_forward_context(app: web.Application) -> AsyncIterator[None]:
+    """Forwarding the audit log to an audit repository (``audit_forward_url``), in the
+    background: requests never wait for it."""
+    settings = app[SETTINGS]
+    db = app[MONGO][settings.mongodb_database]
+    async with open_forwarder(settings, db, app[METRICS]):
+        yield
 
 
 def create_app(
@@ -164,10 +247,16 @@ def create_app(
     )
     app.cleanup_ctx.append(_mongo_context)
     app.cleanup_ctx.append(_upstream_context)
+    app.cleanup_ctx.append(_cache_context)
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(transport_headers)
 
     async def mongo_answers() -> bool:
-        await app[MONGO].admin.command("ping")
+        # A query like the one every FHIR request makes first (the change counters), not a bare
+        # ping: a database that answers pings but holds queries is not ready.
+        with pymongo.timeout(CHECK_TIMEOUT):
+            db = app[MONGO][settings.mongodb_database]
+            await db[EPOCHS_COLLECTION].find_one({"_id": "revocations"})
         return True
 
     async def upstream_answers() -> bool:
@@ -176,7 +265,13 @@ def create_app(
     checks = {"mongodb": mongo_answers, "upstream": upstream_answers}
     Health(checks, metrics, settings.metrics_token).add_routes(app)
     setup_authserver(app)  # before the catch-all /fhir route: it serves /fhir/.well-known/...
-    app.cleanup_ctx.append(_pipeline_context)  # after the authorization server's (key ring)
+    # Innermost, so that its 503 is rendered by the error middleware of the request's area.
+    gate = DatabaseGate(lambda: app.get(MONGO), settings.mongodb_server_selection_timeout_seconds)
+    app.middlewares.append(gate.middleware)
+    app.cleanup_ctx.append(_audit_context)  # after the authorization server's (key ring)
+    app.cleanup_ctx.append(_pipeline_context)
+    if settings.audit_forward_url is not None:
+        app.cleanup_ctx.append(_audit_forward_context)
     app.router.add_route("*", "/fhir", _handle_fhir)
     app.router.add_route("*", "/fhir/{path:.*}", _handle_fhir)
     return app

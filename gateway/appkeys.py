@@ -11,6 +11,9 @@ from typing import Any
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
+from consent.store import ConsentStore
+from gateway.audit.log import AuditLog
+from gateway.cache.cache import ResourceCache
 from gateway.fhir.freshness import ChangeEpochs
 from gateway.fhir.pipeline import Pipeline
 from gateway.fhir.representation import Representation
@@ -37,6 +40,9 @@ REPRESENTATION = web.AppKey("representation", Representation)
 KEY_PROVIDER = web.AppKey[KeyProvider]("key_provider")
 CLOCK = web.AppKey[Clock]("clock")
 PIPELINE = web.AppKey("pipeline", Pipeline)
+AUDIT = web.AppKey("audit", AuditLog)
+CONSENTS = web.AppKey("consents", ConsentStore)
+CACHE = web.AppKey("cache", ResourceCache)
 
 AUTH_SESSION = web.RequestKey("auth_session", Session)
 AUTH_SESSION_TOKEN = web.RequestKey("auth_session_token", str)

@@ -40,7 +40,9 @@ class EmbeddedError(RuntimeError):
     """A local-stack process could not be started."""
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """In a child process (between fork and exec, or at the start of a forked worker): have the
+    kernel send it SIGTERM when its parent dies (Linux; elsewhere nothing)."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError):
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -83,7 +85,7 @@ def _spawn(
             stderr=log_file,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     finally:
         if log:

@@ -20,6 +20,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FilePath,
+    IPvAnyNetwork,
     SecretStr,
     ValidationError,
     field_validator,
@@ -103,6 +105,23 @@ class Settings(BaseSettings):
         default="http://127.0.0.1:8080",
         description="The gateway's public origin as callers see it; the FHIR base is this + /fhir.",
     )
+    tls_cert_file: FilePath | None = Field(
+        default=None,
+        description="Certificate chain (PEM) for serving https itself (P-01); with tls_key_file.",
+    )
+    tls_key_file: FilePath | None = Field(default=None, description="Its private key (PEM).")
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses (CIDRs) of reverse proxies whose X-Forwarded-For, -Proto and -Host "
+        "headers are believed; from anyone else they are ignored.",
+    )
+    header_read_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="A request's line and headers must arrive within this time of their first "
+        "byte; a client that trickles them is disconnected.",
+    )
 
     # --- the upstream FHIR server
     upstream_url: str | None = Field(default=None, description="The upstream FHIR base URL.")
@@ -110,10 +129,24 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Other base URLs the upstream writes into its responses (rewritten too).",
     )
-    upstream_auth: Literal["none", "bearer", "basic"] = "none"
+    upstream_auth: Literal["none", "bearer", "basic", "client_credentials"] = "none"
     upstream_bearer_token: SecretStr | None = None
     upstream_username: str | None = None
     upstream_password: SecretStr | None = None
+    upstream_oauth_token_url: str | None = Field(
+        default=None, description="The upstream's token endpoint (client_credentials)."
+    )
+    upstream_oauth_client_id: str | None = None
+    upstream_oauth_client_secret: SecretStr | None = Field(
+        default=None, description="Client secret (client_secret_basic); or a private key file."
+    )
+    upstream_oauth_private_key_file: FilePath | None = Field(
+        default=None, description="Private key (PEM or JWK) signing private_key_jwt assertions."
+    )
+    upstream_oauth_key_id: str | None = Field(
+        default=None, description="The assertion's kid (default: the key's RFC 7638 thumbprint)."
+    )
+    upstream_oauth_scope: str | None = None
     upstream_timeout_seconds: float = Field(default=30.0, gt=0)
     upstream_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     upstream_max_connections: int = Field(default=100, ge=1)
@@ -128,6 +161,26 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices(f"{ENV_PREFIX}MONGODB_URI", "MONGODB_URI", "mongodb_uri"),
     )
     mongodb_database: str = Field(default="fhir_gateway", pattern=r"^[A-Za-z0-9_-]{1,63}$")
+    mongodb_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Client-side limit on each MongoDB operation (PyMongo's timeoutMS); a request "
+        "whose database work does not finish in time is refused with 503.",
+    )
+    mongodb_server_selection_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="While MongoDB is unreachable, how long a request waits for it before its "
+        "503 (gateway.web.database); also the driver's serverSelectionTimeoutMS.",
+    )
+    mongodb_max_idle_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Pooled MongoDB connections unused this long are closed by the gateway, before "
+        "a server or a network device in between drops them.",
+    )
 
     # --- secrets at rest (P-19): one of the two is required to serve
     key_encryption_key_file: Path | None = Field(
@@ -136,6 +189,39 @@ class Settings(BaseSettings):
     )
     key_encryption_key: SecretStr | None = Field(
         default=None, description="The key-encryption key itself: 32 random bytes in base64."
+    )
+    previous_key_encryption_key_files: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Earlier key-encryption keys, still opened but never used to wrap (P-16).",
+    )
+    previous_key_encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Earlier key-encryption keys themselves, in base64 (comma-separated).",
+    )
+
+    # --- the encrypted cache of upstream reads (P-15, C-10, C-13, C-22)
+    cache_enabled: bool = Field(
+        default=True, description="Serve reads by id and vreads from the encrypted cache."
+    )
+    cache_ttl_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=86400,
+        description="A cached resource is served without asking the upstream this long after it "
+        "was fetched or revalidated.",
+    )
+    cache_revalidate_seconds: int = Field(
+        default=3600,
+        ge=0,
+        description="After its TTL, an entry is kept this long to be revalidated with its ETag.",
+    )
+    cache_max_entries: int = Field(default=100_000, ge=1)
+    cache_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    cache_key_memory_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="How long an instance keeps an unwrapped data key in memory.",
     )
 
     # --- request limits (P-12)
@@ -209,11 +295,66 @@ class Settings(BaseSettings):
         description="Bearer token that /metrics requires; without one /metrics is not served.",
     )
 
+    # --- the audit log (AUDIT.md A-07 … A-13)
+    audit_chain_name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._:@-]{1,100}$",
+        description="This instance's audit chain; unique per running instance, stable across its "
+        "restarts (default: host name and port).",
+    )
+    audit_spool_dir: Path = Field(
+        default=Path("audit-spool"),
+        description="Local directory where audit events wait, fsynced, while MongoDB is down.",
+    )
+    audit_write_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    audit_checkpoint_events: int = Field(default=1000, ge=1)
+    audit_checkpoint_seconds: float = Field(default=300.0, gt=0)
+    audit_retention_days: int = Field(default=2192, ge=1)
+
+    # --- forwarding the audit log to an audit repository (off by default)
+    audit_forward_url: str | None = Field(
+        default=None,
+        description="Where stored AuditEvents are sent (PUT [base]/AuditEvent/[id]): 'upstream' "
+        "(the upstream FHIR server, with its credentials and TLS settings) or a FHIR base URL; "
+        "unset: not forwarded.",
+    )
+    audit_forward_bearer_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token sent to a forward URL (not with 'upstream', which uses the "
+        "upstream_auth settings); unset: no Authorization header.",
+    )
+    audit_forward_batch_size: int = Field(
+        default=100, ge=1, le=1000, description="Events read and sent per chain per round."
+    )
+    audit_forward_poll_seconds: float = Field(
+        default=1.0, gt=0, le=300, description="How often the forwarder looks for new events."
+    )
+    audit_forward_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="Time one PUT to the audit repository may take."
+    )
+    audit_forward_backoff_seconds: float = Field(
+        default=1.0, gt=0, description="The first wait after the repository failed; doubles."
+    )
+    audit_forward_backoff_max_seconds: float = Field(
+        default=60.0, gt=0, description="The longest wait between attempts."
+    )
+    audit_forward_lease_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        description="How long an instance holds a chain's forwarding without renewing it.",
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("upstream_aliases", mode="before")
+    @field_validator(
+        "upstream_aliases",
+        "trusted_proxies",
+        "previous_key_encryption_key_files",
+        "previous_key_encryption_keys",
+        mode="before",
+    )
     @classmethod
-    def _aliases_list(cls, value: object) -> object:
+    def _lists(cls, value: object) -> object:
         return _split_list(value)
 
     @field_validator("public_base_url")
@@ -226,16 +367,51 @@ class Settings(BaseSettings):
     def _upstream(cls, value: str | None) -> str | None:
         return None if value is None else _http_base(value, "upstream_url")
 
+    @field_validator("upstream_oauth_token_url")
+    @classmethod
+    def _token_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_base(value, "upstream_oauth_token_url")
+
     @field_validator("upstream_aliases")
     @classmethod
     def _aliases(cls, value: list[str]) -> list[str]:
         return [_http_base(v, "upstream_aliases") for v in value]
+
+    @field_validator("audit_forward_url")
+    @classmethod
+    def _forward_url(cls, value: str | None) -> str | None:
+        if value is None or value == "upstream":
+            return value
+        return _http_base(value, "audit_forward_url ('upstream' or a FHIR base URL)")
+
+    @model_validator(mode="after")
+    def _forwarding(self) -> Settings:
+        if self.audit_forward_bearer_token is not None and self.audit_forward_url in (
+            None,
+            "upstream",
+        ):
+            raise ValueError(
+                "audit_forward_bearer_token is for an audit_forward_url that is a FHIR base URL; "
+                "with 'upstream' the upstream_auth settings are used"
+            )
+        if self.audit_forward_backoff_seconds > self.audit_forward_backoff_max_seconds:
+            raise ValueError(
+                "audit_forward_backoff_seconds must not exceed audit_forward_backoff_max_seconds"
+            )
+        return self
 
     @field_validator("key_encryption_key")
     @classmethod
     def _key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             parse_key(value.get_secret_value().encode())  # raises ValueError, never echoing it
+        return value
+
+    @field_validator("previous_key_encryption_keys")
+    @classmethod
+    def _previous_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            parse_key(key.get_secret_value().encode())  # raises ValueError, never echoing it
         return value
 
     @model_validator(mode="after")
@@ -254,6 +430,25 @@ class Settings(BaseSettings):
             raise ValueError("upstream_auth = basic needs upstream_username and upstream_password")
         if (self.upstream_client_cert_file is None) != (self.upstream_client_key_file is None):
             raise ValueError("upstream_client_cert_file and upstream_client_key_file go together")
+        if self.upstream_auth == "client_credentials":
+            if not self.upstream_oauth_token_url or not self.upstream_oauth_client_id:
+                raise ValueError(
+                    "upstream_auth = client_credentials needs upstream_oauth_token_url and "
+                    "upstream_oauth_client_id"
+                )
+            if (self.upstream_oauth_client_secret is None) == (
+                self.upstream_oauth_private_key_file is None
+            ):
+                raise ValueError(
+                    "upstream_auth = client_credentials needs upstream_oauth_client_secret or "
+                    "upstream_oauth_private_key_file (one of them)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
         return self
 
     @model_validator(mode="after")
@@ -323,10 +518,26 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 def load_key_provider(settings: Settings) -> LocalKeyProvider:
-    """The key provider of the configured key-encryption key; :class:`SettingsError` naming the
-    settings when there is none or it cannot be read."""
+    """The key provider of the configured key-encryption key, which wraps, and of the previous
+    ones, which only unwrap (P-16: they stay readable while ``fhir-gateway keys rotate`` re-wraps
+    what they wrapped); :class:`SettingsError` naming the settings when there is no current key
+    or one cannot be read."""
+    previous = [
+        parse_key(key.get_secret_value().encode()) for key in settings.previous_key_encryption_keys
+    ]
+    for file in settings.previous_key_encryption_key_files:
+        try:
+            previous.append(read_key_file(file))
+        except ValueError as exc:
+            raise SettingsError(
+                f"{_describe(('previous_key_encryption_key_files',))}: {exc}"
+            ) from None
+    return LocalKeyProvider(_current_key(settings), previous)
+
+
+def _current_key(settings: Settings) -> bytes:
     if settings.key_encryption_key is not None:
-        return LocalKeyProvider(parse_key(settings.key_encryption_key.get_secret_value().encode()))
+        return parse_key(settings.key_encryption_key.get_secret_value().encode())
     path = settings.key_encryption_key_file
     if path is None:
         raise SettingsError(
@@ -337,6 +548,6 @@ def load_key_provider(settings: Settings) -> LocalKeyProvider:
             "them in clear; 'fhir-gateway demo' makes a throwaway key for trying it out"
         )
     try:
-        return LocalKeyProvider(read_key_file(path))
+        return read_key_file(path)
     except ValueError as exc:
         raise SettingsError(f"{_describe(('key_encryption_key_file',))}: {exc}") from None

@@ -15,6 +15,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from smart_auth.clock import Clock, system_clock
+from smart_auth.idempotent import insert_once
 
 COLLECTION = "authorization_codes"
 
@@ -80,7 +81,8 @@ class CodeStore:
         code_challenge_method: str | None,
     ) -> None:
         now = self._clock()
-        await self._codes.insert_one(
+        await insert_once(
+            self._codes,
             {
                 "_id": digest(code),
                 "client_id": client_id,
@@ -92,7 +94,7 @@ class CodeStore:
                 "expires_at": now + self._lifetime,
                 "purge_at": now + self._lifetime + timedelta(minutes=10),
                 "used": False,
-            }
+            },
         )
 
     async def redeem(self, code: str, client_id: str) -> Redemption:

@@ -22,6 +22,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from smart_auth.clock import Clock, system_clock
+from smart_auth.idempotent import insert_once, retried
 
 COLLECTION = "authorization_flows"
 LIFETIME = timedelta(minutes=15)
@@ -96,7 +97,7 @@ class FlowStore:
             "next_page": next_page,
             "expires_at": self._clock() + LIFETIME,
         }
-        await self._flows.insert_one(doc)
+        await insert_once(self._flows, doc)
         return _from_doc(doc)
 
     async def get(self, flow_id: object) -> Flow | None:
@@ -108,15 +109,25 @@ class FlowStore:
     async def signed_in(
         self, flow_id: str, *, user_id: str, session_id: str, acts_for: tuple[str, ...]
     ) -> Flow | None:
-        doc = await self._flows.find_one_and_update(
-            {"_id": flow_id},
-            {"$set": {"user_id": user_id, "session_id": session_id, "acts_for": list(acts_for)}},
-            return_document=ReturnDocument.AFTER,
+        doc = await retried(
+            lambda: self._flows.find_one_and_update(
+                {"_id": flow_id},
+                {
+                    "$set": {
+                        "user_id": user_id,
+                        "session_id": session_id,
+                        "acts_for": list(acts_for),
+                    }
+                },
+                return_document=ReturnDocument.AFTER,
+            )
         )
         return _from_doc(doc) if doc else None
 
     async def choose_patient(self, flow_id: str, patient: str) -> None:
-        await self._flows.update_one({"_id": flow_id}, {"$set": {"patient": patient}})
+        await retried(
+            lambda: self._flows.update_one({"_id": flow_id}, {"$set": {"patient": patient}})
+        )
 
     async def finish(self, flow_id: str) -> bool:
         """End the flow (once: a second approval of the same flow finds nothing)."""

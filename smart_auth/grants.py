@@ -16,6 +16,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from smart_auth.clock import Clock, system_clock
+from smart_auth.idempotent import insert_once
 from smart_auth.revocations import RevocationList
 
 COLLECTION = "grants"
@@ -112,7 +113,7 @@ class GrantStore:
         await self._grants.create_index("consent_id")
 
     async def add(self, grant: Grant) -> None:
-        await self._grants.insert_one(_to_doc(grant))
+        await insert_once(self._grants, _to_doc(grant))
 
     async def get(self, grant_id: str) -> Grant | None:
         """The grant, unless it was revoked or has ended."""

@@ -30,8 +30,9 @@ bytes of HMAC-SHA-256 under the key of a fixed label; it tells nothing about the
 version id cannot disagree with its key: a gateway given another KEK sees an unknown version and
 says so before decrypting anything. A provider holds several versions, wraps with the current one
 and unwraps with any. Rotation (P-16) makes a new KEK current, keeps the old ones while blobs
-naming them are re-wrapped (``unwrap``, then ``wrap``, of the data key; the ciphertext stays), and
-then drops them.
+naming them are re-wrapped (``unwrap``, then ``wrap``, of the data key; the ciphertext stays:
+:mod:`smart_auth.rewrap`), and then drops them. Every store that keeps wrapped keys says where, as
+a :class:`WrappedField`, so that re-wrapping finds all of them.
 
 A KMS behind the same interface. ``wrap`` and ``unwrap`` are coroutines so that they may be
 network calls. Vault Transit: ``wrap`` POSTs the base64 data key to ``transit/encrypt/<name>`` and
@@ -40,8 +41,9 @@ returns ``WrappedKey("vault:<name>:v<N>", ciphertext)``, ``unwrap`` POSTs it to
 ``transit/rewrap`` serves rotation. AWS KMS (``Encrypt``/``Decrypt`` with the key ARN), Google
 Cloud KMS (``encrypt``/``decrypt`` of a CryptoKeyVersion) and Azure Key Vault (``wrapKey``/
 ``unwrapKey``) fit the same way; their failures should be raised as :class:`KeyProviderError`.
-The key ring and the paging signer keep what they unseal in memory, so a KMS is called at start-up
-and on rotation, never per request.
+The key ring and the paging signer keep what they unseal in memory, and the encrypted cache keeps
+each unwrapped data key for a bounded time (``cache_key_memory_seconds``), so a KMS is called at
+start-up, on rotation and when a cache data key is first needed by an instance, not per request.
 """
 
 from __future__ import annotations
@@ -133,6 +135,16 @@ class LocalKeyProvider:
             raise UnwrapError(
                 f"its data key does not unwrap under {wrapped.version}: it was altered"
             ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedField:
+    """Where a store keeps data keys that a KEK wrapped: a collection, and the dotted path of the
+    subdocument holding ``kek`` (the version) and ``key`` (the wrapped data key) — the form of
+    :meth:`Sealed.to_doc`, which the cache's data keys share."""
+
+    collection: str
+    path: str
 
 
 @dataclass(frozen=True, slots=True)

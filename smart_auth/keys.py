@@ -37,11 +37,20 @@ from joserfc.jwk import KeySet, RSAKey
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from smart_auth.key_provider import KeyProvider, KeyProviderError, Sealed, seal, unseal
+from smart_auth.key_provider import (
+    KeyProvider,
+    KeyProviderError,
+    Sealed,
+    WrappedField,
+    seal,
+    unseal,
+)
 
 KEYS = "signing_keys"
 STATE = "signing_key_state"
 ALGORITHM = "RS256"
+SEALED = WrappedField(KEYS, "private")
+"""Where the private keys are sealed (re-wrapped on KEK rotation, P-16)."""
 _CLOCK_SKEW = timedelta(minutes=5)
 
 log = logging.getLogger(__name__)

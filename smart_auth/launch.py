@@ -17,6 +17,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from smart_auth.clock import Clock, system_clock
+from smart_auth.idempotent import insert_once
 
 COLLECTION = "launch_contexts"
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -73,7 +74,8 @@ class LaunchStore:
             need_patient_banner=need_patient_banner,
             smart_style_url=smart_style_url,
         )
-        await self._contexts.insert_one(
+        await insert_once(
+            self._contexts,
             {
                 "_id": context.launch,
                 "created_by": created_by,
@@ -82,7 +84,7 @@ class LaunchStore:
                 "need_patient_banner": need_patient_banner,
                 "smart_style_url": smart_style_url,
                 "expires_at": self._clock() + self._lifetime,
-            }
+            },
         )
         return context
 

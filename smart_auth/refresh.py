@@ -24,6 +24,7 @@ from authlib.oauth2.rfc6749.authenticate_client import authenticate_none
 from pymongo.asynchronous.database import AsyncDatabase
 
 from smart_auth.clock import Clock, system_clock
+from smart_auth.idempotent import insert_once
 
 COLLECTION = "refresh_tokens"
 
@@ -103,7 +104,8 @@ class RefreshStore:
         """Store a new refresh token; returns when it expires if unused."""
         now = self._clock()
         expires = min(now + self._idle, family_end)
-        await self._tokens.insert_one(
+        await insert_once(
+            self._tokens,
             {
                 "_id": digest(token),
                 "client_id": client_id,
@@ -113,7 +115,7 @@ class RefreshStore:
                 "created_at": now,
                 "expires_at": expires,
                 "purge_at": family_end,
-            }
+            },
         )
         return expires
 

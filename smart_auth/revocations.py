@@ -18,6 +18,8 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from smart_auth.idempotent import retried
+
 COLLECTION = "revocations"
 EPOCHS = "change_epochs"
 """One counter document per kind of change (``{"_id": "revocations", "n": int}``): every write to
@@ -36,15 +38,21 @@ class RevocationList:
         await self._entries.create_index("expires_at", expireAfterSeconds=0)
 
     async def _add(self, key: str, expires_at: datetime, reason: str) -> None:
-        await self._entries.update_one(
-            {"_id": key},
-            {
-                "$max": {"expires_at": expires_at},
-                "$setOnInsert": {"revoked_at": datetime.now(UTC), "reason": reason},
-            },
-            upsert=True,
+        await retried(
+            lambda: self._entries.update_one(
+                {"_id": key},
+                {
+                    "$max": {"expires_at": expires_at},
+                    "$setOnInsert": {"revoked_at": datetime.now(UTC), "reason": reason},
+                },
+                upsert=True,
+            )
         )
-        await self._epochs.update_one({"_id": COLLECTION}, {"$inc": {"n": 1}}, upsert=True)
+        # An $inc is not idempotent, but this counter only has to move after the write: moved
+        # twice, it costs a cache refill; not moved, the revocation could go unseen.
+        await retried(
+            lambda: self._epochs.update_one({"_id": COLLECTION}, {"$inc": {"n": 1}}, upsert=True)
+        )
 
     async def revoke_token(self, jti: str, expires_at: datetime, reason: str = "revoked") -> None:
         """Revoke one access token until it would have expired anyway."""

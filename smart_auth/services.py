@@ -11,8 +11,8 @@ What the collections hold, and how their secrets are protected:
   recovery codes (SHA-256);
 - no secret: clients' public keys, grants, consents, flows and launch contexts (each bound to a
   browser cookie or a signed-in user that the database does not hold), sessions' CSRF tokens
-  (worthless without the session cookie), revocations, throttling counters, security events,
-  migrations.
+  (worthless without the session cookie), revocations, throttling counters, migrations.
+  (Security events are AuditEvents, in the gateway's audit trail.)
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from smart_auth.accounts.events import SecurityEvents
+from smart_auth.accounts.sessions import SEALED as SEALED_PENDING_TOTP
 from smart_auth.accounts.sessions import SessionStore
 from smart_auth.accounts.throttle import LoginThrottle, Throttle
+from smart_auth.accounts.users import SEALED as SEALED_TOTP
 from smart_auth.accounts.users import UserStore
 from smart_auth.backend_services import JtiStore
 from smart_auth.client_keys import ClientKeyResolver
@@ -37,13 +38,17 @@ from smart_auth.codes import CodeStore
 from smart_auth.flows import FlowStore
 from smart_auth.grants import GrantStore
 from smart_auth.jwks import JwksFetcher
-from smart_auth.key_provider import KeyProvider
+from smart_auth.key_provider import KeyProvider, WrappedField
+from smart_auth.keys import SEALED as SEALED_SIGNING_KEYS
 from smart_auth.keys import KeyRing
 from smart_auth.launch import LaunchStore
 from smart_auth.refresh import RefreshStore
 from smart_auth.revocation import Revoker
 from smart_auth.revocations import RevocationList
 from smart_auth.tokens import TokenPolicy
+
+SEALED_FIELDS: tuple[WrappedField, ...] = (SEALED_SIGNING_KEYS, SEALED_TOTP, SEALED_PENDING_TOTP)
+"""Every place where the authorization server keeps secrets sealed by the key provider."""
 
 MIGRATIONS = "migrations"  # one document per start-up migration that ran to its end
 _SEALED = "secrets-sealed"
@@ -96,7 +101,6 @@ class AuthServices:
     jtis: JtiStore
     client_keys: ClientKeyResolver
     revoker: Revoker
-    events: SecurityEvents
     db: AsyncDatabase[dict[str, Any]]
     clock: Clock = system_clock
 
@@ -114,7 +118,6 @@ class AuthServices:
             self.keys,
             self.revocations,
             self.jtis,
-            self.events,
         ):
             await store.ensure_indexes()
 
@@ -179,7 +182,6 @@ def build_services(
         jtis=JtiStore(db),
         client_keys=ClientKeyResolver(fetch_jwks, config.client_jwks_max_cache),
         revoker=Revoker(grants, refresh, revocations, sessions),
-        events=SecurityEvents(db),
         db=db,
         clock=clock,
     )

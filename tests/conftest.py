@@ -3,14 +3,17 @@
 ``local_stack`` starts the real local stack once per test session: SecantusDB (a MongoDB
 wire-protocol server) and the local upstream FHIR server (Medplum's FHIR router under Node). When
 ``MONGODB_URI`` is set, that MongoDB is used instead of the embedded one. ``start_gateway`` builds
-a gateway with ``create_app`` and serves it on a real loopback port, each with its own database
-and, unless a test says otherwise, the session's throwaway key-encryption key (``SESSION_KEK``).
+a gateway with ``create_app`` and serves it on a real loopback port on the gateway's own runner
+(as ``fhir-gateway serve`` does; over TLS when the settings name a certificate), each with its own
+database and, unless a test says otherwise, the session's throwaway key-encryption key
+(``SESSION_KEK``).
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -20,11 +23,13 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.app import create_app, runner_options
+from gateway.app import create_app
 from gateway.localstack import LocalUpstream, free_port, local_stack
 from gateway.settings import Settings, load_settings
+from gateway.web.server import make_runner, tls_context
 from smart_auth.clock import Clock, system_clock
 from smart_auth.key_provider import KeyProvider
 
@@ -35,6 +40,17 @@ SESSION_KEK = base64.b64encode(os.urandom(32)).decode()  # this test session's, 
 class Stack:
     mongo_uri: str
     upstream: LocalUpstream
+
+
+class GatewayServer(TestServer):
+    """aiohttp's test server on the gateway's runner (:func:`gateway.web.server.make_runner`)."""
+
+    def __init__(self, app: web.Application, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.settings = settings
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return make_runner(self.app, self.settings, **kwargs)
 
 
 @dataclass
@@ -79,6 +95,7 @@ def gateway_settings(port: int, **overrides: Any) -> Settings:
         "public_base_url": f"http://127.0.0.1:{port}",
         "mongodb_database": f"test_{uuid.uuid4().hex[:12]}",
         "key_encryption_key": SESSION_KEK,
+        "audit_spool_dir": Path(tempfile.mkdtemp(prefix="audit-spool-")),
         **overrides,
     }
     return load_settings(**values)
@@ -96,9 +113,10 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
         port = free_port()
         settings = gateway_settings(port, **overrides)
         app = create_app(settings, key_provider=key_provider, clock=clock)
-        server = TestServer(app, host="127.0.0.1", port=port)
+        server = GatewayServer(app, settings, host="127.0.0.1", port=port)
+        tls = tls_context(settings)
         try:
-            await server.start_server(**runner_options(settings))
+            await server.start_server(**({"ssl": tls} if tls else {}))
         except BaseException:  # a gateway that refuses to start still closes what it opened
             await server.close()
             raise

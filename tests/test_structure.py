@@ -21,7 +21,10 @@ LAYERS: dict[str, int] = {
     # the FHIR API and what it shares with the administration side
     "gateway.fhir": 50,
     "gateway.erasure": 50,
-    "gateway.audit": 50,
+    # the audit trail, which the FHIR API and the authorization server write to, and the encrypted
+    # cache (below the FHIR API and erasure, which read, shred and purge through it)
+    "gateway.audit": 45,
+    "gateway.cache": 45,
     # plumbing: the proxy to the FHIR server, the web layer, settings, the local stack
     "gateway.proxy": 40,
     "gateway.web": 30,
@@ -32,6 +35,7 @@ LAYERS: dict[str, int] = {
     "smart_auth.accounts": 12,
     "smart_auth.key_provider": 10,
     "smart_auth.clock": 10,
+    "smart_auth.idempotent": 10,
     "consent": 10,
 }
 

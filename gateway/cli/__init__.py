@@ -2,7 +2,8 @@
 
 ``serve`` runs the gateway from its settings (environment and an optional TOML file); it needs a
 key-encryption key (P-19) and stops with a message naming the settings when there is none, or when
-the one given does not open the secrets already in MongoDB.
+the one given does not open the secrets already in MongoDB. ``--workers N`` runs N processes on the
+same port (:mod:`gateway.cli.serving`; default one per core).
 ``demo`` starts the embedded MongoDB and the seeded local FHIR server, then the gateway on
 127.0.0.1:8080 (``--host``, ``--port``), prints where everything is, writes the settings the
 administration commands need to ``.demo.env`` (:mod:`gateway.cli.demo_env`), and stops all three on
@@ -19,14 +20,18 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
 
-from gateway.app import create_app, runner_options
+from gateway.app import create_app
+from gateway.appkeys import SETTINGS
+from gateway.audit.cli import add_commands as add_audit_commands
+from gateway.audit.runtime import default_chain_name
 from gateway.cli import demo_env
 from gateway.cli.admin import CommandError, add_commands, register_demo_sync
+from gateway.cli.serving import default_workers, serve, serve_workers
 from gateway.localstack import EmbeddedError, local_stack
 from gateway.settings import Settings, SettingsError, load_settings
 from gateway.web.logs import configure_logging
@@ -54,30 +59,48 @@ async def _settle_gc(_app: web.Application) -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-def _run(app: web.Application, settings: Settings, banner: str | None = None) -> None:
+def _run(
+    app: web.Application, settings: Settings, banner: str | None = None, *, reuse_port: bool = False
+) -> None:
     """Serve until SIGINT/SIGTERM; ``banner`` is printed once the gateway is listening."""
     app.on_startup.append(_settle_gc)
-    web.run_app(
+    serve(
         app,
-        host=settings.host,
-        port=settings.port,
-        print=(lambda _: print(banner, flush=True)) if banner else None,
-        **runner_options(settings),
+        settings,
+        banner=(lambda: print(banner, flush=True)) if banner else None,
+        reuse_port=reuse_port,
     )
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.log_level)
-    app = create_app(settings)
+    if args.workers and args.workers > 1 and settings.port == 0:
+        raise SettingsError("--workers above 1 needs a fixed port (port = 0 picks one per process)")
+    workers = args.workers or (default_workers() if settings.port else 1)
+    scheme = "https" if settings.tls_cert_file else "http"
     log.info(
-        "FHIR gateway listening on %s:%s, FHIR base %s",
+        "FHIR gateway on %s://%s:%s (%s), FHIR base %s",
+        scheme,
         settings.host,
         settings.port,
+        "1 process" if workers == 1 else f"{workers} worker processes",
         settings.fhir_base_url,
     )
-    _run(app, settings)
-    return 0
+    app = create_app(settings)  # built (not started) once: a bad setting is reported once
+    if workers == 1:
+        _run(app, settings)
+        return 0
+
+    def worker(n: int) -> int:  # in each worker process: starts its own copy of the application
+        # Each worker writes an audit chain of its own (one writer per chain, A-07).
+        chain = settings.audit_chain_name or default_chain_name(settings.port)
+        ours = settings.model_copy(update={"audit_chain_name": f"{chain}:w{n}"})
+        app[SETTINGS] = ours
+        _run(app, ours, reuse_port=True)
+        return 0
+
+    return serve_workers(settings, workers, lambda n: _reported(lambda: worker(n)))
 
 
 def _demo_key(settings: Settings, workdir: Path) -> Settings:
@@ -107,6 +130,7 @@ def _demo(args: argparse.Namespace) -> int:
             upstream_url=upstream.base_url,
             mongodb_uri=mongo_uri,
             **({} if _env_sets("metrics_token") else {"metrics_token": DEMO_METRICS_TOKEN}),
+            **({} if _env_sets("audit_spool_dir") else {"audit_spool_dir": workdir / "audit"}),
         )
         settings = _demo_key(settings, workdir)
         configure_logging(settings.log_level)
@@ -155,6 +179,13 @@ def _banner(settings: Settings, env_file: Path) -> str:
     )
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fhir-gateway",
@@ -166,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway from its settings")
     serve.add_argument(
         "--config", type=Path, help="a TOML settings file (environment wins over it)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        help="worker processes sharing the port (SO_REUSEPORT), each a whole gateway against the "
+        "same MongoDB; 1 serves in this process (default: one per CPU core)",
     )
     serve.set_defaults(func=_serve)
 
@@ -197,13 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_demo)
     add_commands(commands, "a TOML settings file (environment wins over it)")
+    add_audit_commands(commands, "a TOML settings file (environment wins over it)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return _reported(lambda: int(args.func(args)))
+
+
+def _reported(command: Callable[[], int]) -> int:
+    """Run ``command``; the errors an operator can act on become a message and an exit status."""
     try:
-        return int(args.func(args))
+        return command()
     except SettingsError as exc:
         print(f"fhir-gateway: {exc}", file=sys.stderr)
         return 2

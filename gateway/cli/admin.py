@@ -1,7 +1,7 @@
 """The administration commands of ``fhir-gateway`` (SECURITY.md P-09): ``clients add|list|remove``,
-``users add``, ``keys rotate``, ``patients erase``, ``consent list|history|add|withdraw`` (an
-administrator acting on a documented request, C-23), and ``register-demo`` (the demo's apps and
-users from ``fixtures/``).
+``users add``, ``keys rotate`` (:mod:`gateway.cli.keys`), ``patients erase``,
+``consent list|history|add|withdraw`` (an administrator acting on a documented request, C-23), and
+``register-demo`` (the demo's apps and users from ``fixtures/``).
 
 Each command reads the same settings as ``serve`` (environment and ``--config``, the key-encryption
 key included: the stores it opens seal their secrets, P-19), plus an env file (``--env-file``;
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,12 +26,22 @@ from pymongo.errors import PyMongoError
 
 from consent.errors import ConsentError, InvalidParameter
 from consent.store import Change, Channel, ConsentStore
+from gateway.audit import security
+from gateway.audit.acts import consent_written, grants_revoked
+from gateway.audit.errors import AuditError
+from gateway.audit.facts import Actor
+from gateway.audit.log import AuditLog
+from gateway.audit.runtime import open_audit
+from gateway.audit.security import AdminAction
+from gateway.cache.cache import CacheLimits, ResourceCache
 from gateway.cli import demo_env
+from gateway.cli.keys import rotate_keys
 from gateway.erasure import erase_patient
 from gateway.fhir.consent_api import revoke_if_withdrawn
 from gateway.localstack import FIXTURES
 from gateway.oauth import open_services
 from gateway.settings import Settings, SettingsError, load_key_provider, load_settings
+from gateway.web.metrics import Metrics
 from smart_auth.accounts.passwords import WeakPassword
 from smart_auth.accounts.users import Role, UserError
 from smart_auth.clients import ClientError, ClientType, new_client
@@ -41,7 +52,17 @@ class CommandError(Exception):
     """A command that cannot be done; the message says why."""
 
 
-async def _with_services(settings: Settings, work: Callable[[AuthServices], Awaitable[int]]) -> int:
+Work = Callable[[AuthServices, AuditLog], Awaitable[int]]
+
+
+def cli_chain() -> str:
+    """The audit chain of commands on this host (one at a time: they wait for each other)."""
+    return f"{socket.gethostname()}:cli"
+
+
+async def _with_services(settings: Settings, work: Work) -> int:
+    """Run ``work`` with the authorization server's stores and the audit log of commands (what
+    a command changes is recorded there, like what the gateway does: AUDIT.md A-01)."""
     if settings.mongodb_uri is None:
         raise SettingsError("FHIR_GATEWAY_MONGODB_URI or MONGODB_URI is required")
     key_provider = load_key_provider(settings)
@@ -49,10 +70,17 @@ async def _with_services(settings: Settings, work: Callable[[AuthServices], Awai
         settings.mongodb_uri, serverSelectionTimeoutMS=5000, tz_aware=True
     )
     try:
-        services = await open_services(client[settings.mongodb_database], settings, key_provider)
-        return await work(services)
+        db = client[settings.mongodb_database]
+        services = await open_services(db, settings, key_provider)
+        async with open_audit(
+            settings, db, services.keys, chain=cli_chain(), lock_timeout=30
+        ) as audit:
+            services.revoker.on_revoke = grants_revoked(audit)
+            return await work(services, audit)
     except PyMongoError as exc:
         raise CommandError(f"MongoDB did not answer ({type(exc).__name__})") from None
+    except AuditError as exc:
+        raise CommandError(f"the audit log cannot be written, so nothing was done: {exc}") from None
     finally:
         await client.close()
 
@@ -70,8 +98,35 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, **demo_env.read(env_file))
 
 
-def _run(args: argparse.Namespace, work: Callable[[AuthServices], Awaitable[int]]) -> int:
+def _run(args: argparse.Namespace, work: Work) -> int:
     return asyncio.run(_with_services(_settings(args), work))
+
+
+CachedWork = Callable[[AuthServices, AuditLog, ResourceCache], Awaitable[int]]
+
+
+def _run_cached(args: argparse.Namespace, work: CachedWork) -> int:
+    """``_run`` for a command that purges or shreds cached resources too (C-13, C-22)."""
+    settings = _settings(args)
+
+    async def with_cache(services: AuthServices, audit: AuditLog) -> int:
+        cache = ResourceCache(
+            services.db,
+            load_key_provider(settings),
+            Metrics(),
+            CacheLimits.from_settings(settings),
+        )
+        await cache.ensure_indexes()
+        return await work(services, audit, cache)
+
+    return asyncio.run(_with_services(settings, with_cache))
+
+
+async def _audited(
+    audit: AuditLog, build: Callable[..., dict[str, Any]], *args: Any, **details: Any
+) -> None:
+    """Record an act of the command line (actor ``cli``) before the command reports it done."""
+    await audit.record([build(audit.observer, Actor.cli(), *args, **details)])
 
 
 def _read(path: Path) -> str:
@@ -90,7 +145,7 @@ def _client_type(args: argparse.Namespace) -> ClientType:
 
 
 def _clients_add(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices) -> int:
+    async def work(services: AuthServices, audit: AuditLog) -> int:
         try:
             client = new_client(
                 client_id=args.client_id,
@@ -111,8 +166,11 @@ def _clients_add(args: argparse.Namespace) -> int:
             await services.clients.add(client, replace=args.replace)
         except (ClientError, json.JSONDecodeError) as exc:
             raise CommandError(str(exc)) from None
-        await services.events.record(
-            "cli-client-added", actor="cli", detail={"client_id": client.client_id}
+        await _audited(
+            audit,
+            security.admin_action,
+            AdminAction.CLIENT_REPLACED if args.replace else AdminAction.CLIENT_ADDED,
+            client_id=client.client_id,
         )
         print(f"registered {client.client_id} ({client.client_type.value})")
         return 0
@@ -121,7 +179,7 @@ def _clients_add(args: argparse.Namespace) -> int:
 
 
 def _clients_list(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices) -> int:
+    async def work(services: AuthServices, audit: AuditLog) -> int:
         for client in await services.clients.all():
             print(
                 f"{client.client_id}\t{client.client_type.value}\t{client.name}\t"
@@ -133,11 +191,11 @@ def _clients_list(args: argparse.Namespace) -> int:
 
 
 def _clients_remove(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices) -> int:
+    async def work(services: AuthServices, audit: AuditLog) -> int:
         if not await services.clients.remove(args.client_id):
             raise CommandError(f"no client {args.client_id}")
-        await services.events.record(
-            "cli-client-removed", actor="cli", detail={"client_id": args.client_id}
+        await _audited(
+            audit, security.admin_action, AdminAction.CLIENT_REMOVED, client_id=args.client_id
         )
         print(f"removed {args.client_id}")
         return 0
@@ -146,7 +204,7 @@ def _clients_remove(args: argparse.Namespace) -> int:
 
 
 def _users_add(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices) -> int:
+    async def work(services: AuthServices, audit: AuditLog) -> int:
         try:
             user = await services.users.add(
                 username=args.username,
@@ -158,10 +216,12 @@ def _users_add(args: argparse.Namespace) -> int:
             )
         except (UserError, WeakPassword) as exc:
             raise CommandError(str(exc)) from None
-        await services.events.record(
-            "cli-user-added",
-            actor="cli",
-            detail={"username": user.username, "role": user.role.value},
+        await _audited(
+            audit,
+            security.admin_action,
+            AdminAction.USER_ADDED,
+            user_id=user.user_id,
+            role=user.role.value,
         )
         print(f"added {user.username} ({user.role.value})")
         return 0
@@ -170,34 +230,41 @@ def _users_add(args: argparse.Namespace) -> int:
 
 
 def _patients_erase(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices) -> int:
+    async def work(services: AuthServices, audit: AuditLog, cache: ResourceCache) -> int:
         try:
             erasure = await erase_patient(
-                services, ConsentStore(services.db), args.patient, actor="cli"
+                services, _consents(services, audit), cache, audit, args.patient, actor=Actor.cli()
             )
         except InvalidParameter as exc:
             raise CommandError(str(exc)) from None
         print(
             f"Patient/{erasure.patient}: {erasure.grants_revoked} app grant(s) revoked, "
+            f"{erasure.cache_keys_destroyed} cache key(s) destroyed, "
             f"{len(erasure.consents_withdrawn)} consent(s) withdrawn, "
             f"{len(erasure.consents_deleted)} draft(s) deleted, "
             f"{len(erasure.consents_kept)} kept as evidence"
         )
         return 0
 
-    return _run(args, work)
+    return _run_cached(args, work)
 
 
-def _consent_work(
-    args: argparse.Namespace, work: Callable[[AuthServices, ConsentStore], Awaitable[int]]
-) -> int:
-    async def run(services: AuthServices) -> int:
+ConsentWork = Callable[[AuthServices, ConsentStore, ResourceCache], Awaitable[int]]
+
+
+def _consents(services: AuthServices, audit: AuditLog) -> ConsentStore:
+    """The consents, each change stored recorded in the audit log (gateway.audit.acts)."""
+    return ConsentStore(services.db, on_change=consent_written(audit))
+
+
+def _consent_work(args: argparse.Namespace, work: ConsentWork) -> int:
+    async def run(services: AuthServices, audit: AuditLog, cache: ResourceCache) -> int:
         try:
-            return await work(services, ConsentStore(services.db))
+            return await work(services, _consents(services, audit), cache)
         except ConsentError as exc:
             raise CommandError(str(exc)) from None
 
-    return _run(args, run)
+    return _run_cached(args, run)
 
 
 def _cli_change(args: argparse.Namespace) -> Change:
@@ -208,7 +275,7 @@ def _cli_change(args: argparse.Namespace) -> Change:
 
 
 def _consent_list(args: argparse.Namespace) -> int:
-    async def work(_services: AuthServices, store: ConsentStore) -> int:
+    async def work(_services: AuthServices, store: ConsentStore, _cache: ResourceCache) -> int:
         for consent in await store.search(patient_id=args.patient, limit=1000):
             provision = consent.get("provision") or {}
             print(
@@ -221,7 +288,7 @@ def _consent_list(args: argparse.Namespace) -> int:
 
 
 def _consent_history(args: argparse.Namespace) -> int:
-    async def work(_services: AuthServices, store: ConsentStore) -> int:
+    async def work(_services: AuthServices, store: ConsentStore, _cache: ResourceCache) -> int:
         for entry in await store.history(args.id):
             change = entry.change
             who = f"{change.by} ({change.channel.value})" if change else "(not recorded)"
@@ -234,15 +301,12 @@ def _consent_history(args: argparse.Namespace) -> int:
 
 
 def _consent_add(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices, store: ConsentStore) -> int:
+    async def work(services: AuthServices, store: ConsentStore, cache: ResourceCache) -> int:
         try:
             consent = json.loads(_read(args.file))
         except json.JSONDecodeError as exc:
             raise CommandError(f"{args.file}: not JSON ({exc.msg})") from None
         created = await store.create(consent, change=_cli_change(args))
-        await services.events.record(
-            "cli-consent-created", actor="cli", detail={"consent": created["id"]}
-        )
         print(f"created Consent/{created['id']}")
         return 0
 
@@ -250,13 +314,10 @@ def _consent_add(args: argparse.Namespace) -> int:
 
 
 def _consent_withdraw(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices, store: ConsentStore) -> int:
+    async def work(services: AuthServices, store: ConsentStore, cache: ResourceCache) -> int:
         current = await store.read(args.id)
         updated = await store.withdraw(args.id, change=_cli_change(args))
-        await revoke_if_withdrawn(services.revoker, current, updated)
-        await services.events.record(
-            "cli-consent-withdrawn", actor="cli", detail={"consent": args.id}
-        )
+        await revoke_if_withdrawn(services.revoker, cache, current, updated)
         print(f"Consent/{args.id} is inactive (version {updated['meta']['versionId']})")
         return 0
 
@@ -264,19 +325,20 @@ def _consent_withdraw(args: argparse.Namespace) -> int:
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices) -> int:
-        old = await services.keys.signing_key()
-        print(f"rotating the token signing key (current {old.kid})...", flush=True)
-        new = await services.keys.rotate()
-        await services.events.record("cli-keys-rotated", actor="cli", detail={"kid": new.kid})
-        print(f"new signing key {new.kid}; {old.kid} stays in the JWKS until its tokens expire")
-        return 0
+    settings = _settings(args)
 
-    return _run(args, work)
+    async def work(services: AuthServices, audit: AuditLog) -> int:
+        rotation = await rotate_keys(services, audit, load_key_provider(settings))
+        return 0 if rotation.complete else 1
+
+    return asyncio.run(_with_services(settings, work))
 
 
-async def register_demo(services: AuthServices, fixtures: Path = FIXTURES) -> list[str]:
-    """Register the demo's clients and users from ``fixtures`` (idempotent)."""
+async def register_demo(
+    services: AuthServices, audit: AuditLog, fixtures: Path = FIXTURES
+) -> list[str]:
+    """Register the demo's clients and users from ``fixtures`` (idempotent; each registration
+    recorded in the audit log)."""
     done: list[str] = []
     for path in sorted((fixtures / "clients").glob("*.json")):
         spec = json.loads(path.read_text(encoding="utf-8"))
@@ -299,10 +361,13 @@ async def register_demo(services: AuthServices, fixtures: Path = FIXTURES) -> li
             jwks_uri=spec.get("jwks_uri"),
         )
         await services.clients.add(client, replace=True)
+        await _audited(
+            audit, security.admin_action, AdminAction.CLIENT_REPLACED, client_id=client.client_id
+        )
         done.append(client.client_id)
     for spec in json.loads(_read(fixtures / "users.json"))["users"]:
         if await services.users.by_username(spec["username"]) is None:
-            await services.users.add(
+            user = await services.users.add(
                 username=spec["username"],
                 role=Role(spec["role"]),
                 password=spec["password"],
@@ -310,19 +375,25 @@ async def register_demo(services: AuthServices, fixtures: Path = FIXTURES) -> li
                 fhir_user=spec.get("fhir_user"),
                 related_persons=tuple(spec.get("related_persons", ())),
             )
+            await _audited(
+                audit,
+                security.admin_action,
+                AdminAction.USER_ADDED,
+                user_id=user.user_id,
+                role=user.role.value,
+            )
         done.append(spec["username"])
     return done
 
 
 def _register_demo(args: argparse.Namespace) -> int:
-    async def work(services: AuthServices) -> int:
+    async def work(services: AuthServices, audit: AuditLog) -> int:
         try:
-            done = await register_demo(services, args.fixtures)
+            done = await register_demo(services, audit, args.fixtures)
         except (ClientError, UserError, WeakPassword, KeyError, json.JSONDecodeError) as exc:
             raise CommandError(
                 f"the fixtures in {args.fixtures} cannot be registered: {exc}"
             ) from None
-        await services.events.record("cli-demo-registered", actor="cli", detail={"done": done})
         print(f"registered the demo apps and users (demo credentials only): {', '.join(done)}")
         return 0
 
@@ -332,8 +403,8 @@ def _register_demo(args: argparse.Namespace) -> int:
 def register_demo_sync(settings: Settings) -> list[str]:
     result: list[str] = []
 
-    async def work(services: AuthServices) -> int:
-        result.extend(await register_demo(services))
+    async def work(services: AuthServices, audit: AuditLog) -> int:
+        result.extend(await register_demo(services, audit))
         return 0
 
     asyncio.run(_with_services(settings, work))
@@ -400,12 +471,20 @@ def add_commands(commands: Any, config_help: str) -> None:
 
     keys = commands.add_parser("keys", help="rotate keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
-    rotate = ksub.add_parser("rotate", help="rotate the token signing key (P-17)")
+    rotate = ksub.add_parser(
+        "rotate",
+        help="rotate the token signing key (P-17) and re-wrap every sealed secret and cache data "
+        "key under the current key-encryption key (P-16)",
+    )
     rotate.set_defaults(func=_keys_rotate)
 
     patients = commands.add_parser("patients", help="act on what the gateway holds of a patient")
     psub = patients.add_subparsers(dest="patients_command", required=True)
-    erase = psub.add_parser("erase", help="erase a patient's consents and revoke every app (C-22)")
+    erase = psub.add_parser(
+        "erase",
+        help="erase a patient: revoke every app, destroy their cache keys, withdraw their "
+        "consents (C-22)",
+    )
     erase.add_argument("--patient", required=True, help="the Patient id")
     erase.set_defaults(func=_patients_erase)
 

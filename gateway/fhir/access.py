@@ -31,6 +31,14 @@ AUTHORITY_TYPES = frozenset({"RelatedPerson", "Person", "Linkage"})
 """Resources that confer authority over others' records (SECURITY.md P-20); ``Patient.link`` is
 checked on the write itself (``writes.check_authority_unchanged``)."""
 
+NEVER_FROM_UPSTREAM = frozenset({"AuditEvent", "Consent"})
+"""Types the gateway answers from its own store and never releases from the upstream, whatever
+brought them (includes, ``$everything``, history): the audit log is ``/fhir/AuditEvent``
+(``audit_api.py``), and AuditEvents the upstream holds (forwarded ones among them, AUDIT.md A-11)
+follow other rules than the log's; the Consents that decide are the gateway's (``/fhir/Consent``,
+C-02), read under the authority rules of C-23, and Consents the upstream holds (the EHR's own
+paper consents, say) would escape them."""
+
 READ: frozenset[Letter] = frozenset({"r"})
 SEARCH: frozenset[Letter] = frozenset({"s"})
 SEE: frozenset[Letter] = frozenset({"r", "s"})
@@ -114,6 +122,14 @@ class AccessPolicy:
         return _scopes_for(self.context, interaction.resource_type or "", letters)
 
     def permits(self, resource: Mapping[str, Any], letters: frozenset[Letter] = SEE) -> bool:
+        """Whether this token may have ``resource`` from the upstream (or write it there)."""
+        if resource.get("resourceType") in NEVER_FROM_UPSTREAM:
+            return False
+        return self.permits_served(resource, letters)
+
+    def permits_served(self, resource: Mapping[str, Any], letters: frozenset[Letter] = SEE) -> bool:
+        """:meth:`permits` for a resource the gateway serves from its own store (a Consent): the
+        scopes and the compartment decide, whatever its type."""
         rtype = resource.get("resourceType")
         if not isinstance(rtype, str):
             return False
@@ -145,6 +161,8 @@ class AccessPolicy:
         """An entry that names a resource without carrying it (a deletion in a history Bundle):
         only a ``user/`` or ``system/`` scope without restriction covers it, since nothing can be
         checked against the compartment or a granular restriction."""
+        if resource_type in NEVER_FROM_UPSTREAM:
+            return False
         return any(
             s.covers_type(resource_type)
             and s.letters & letters
@@ -157,7 +175,7 @@ class AccessPolicy:
         """A contained resource: its type must be covered, and it may not point at a patient the
         token does not reach."""
         rtype = contained.get("resourceType")
-        if not isinstance(rtype, str):
+        if not isinstance(rtype, str) or rtype in NEVER_FROM_UPSTREAM:
             return False
         scopes = [s for s in self.context.scopes if s.covers_type(rtype) and s.letters & letters]
         if not scopes:
@@ -263,6 +281,8 @@ def _system_level(context: AccessContext, interaction: FhirInteraction) -> Acces
     letters = SEARCH if interaction.kind is Kind.SEARCH_SYSTEM else SEE
     if "Consent" in types:
         raise Forbidden("Consents are served at /fhir/Consent, not by a system-level search")
+    if "AuditEvent" in types:
+        raise Forbidden("AuditEvents are served at /fhir/AuditEvent, not by a system-level search")
     for rtype in types or ["*"]:
         if not any(s.resource_type in ("*", rtype) and s.letters & letters for s in scopes):
             raise Forbidden(f"the access token has no scope that allows searching {rtype}")

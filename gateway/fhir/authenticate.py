@@ -11,6 +11,9 @@ Revocation is checked separately (:meth:`Authenticator.is_revoked`: the revocati
 afresh, the list itself only when the counter moved, :mod:`gateway.fhir.freshness`) so the pipeline
 can run it concurrently with the upstream fetch of a read; a write waits for it. Signature checks
 are cached per token string (a token's claims never change); expiry is checked on every request.
+A cached external token is checked again whenever its issuer's JWKS has been fetched anew since
+(the JWKS is kept for its ``Cache-Control`` lifetime, capped by ``client_jwks_max_cache_seconds``):
+a key the issuer withdrew from its JWKS stops its tokens then, not at their expiry.
 """
 
 from __future__ import annotations
@@ -113,7 +116,8 @@ class Authenticator:
             min_refetch_seconds=jwks_refresh_min_seconds,
         )
         self._key_sets: dict[int, tuple[Mapping[str, Any], KeySet]] = {}
-        self._verified: dict[str, AccessContext] = {}
+        # A verified token's context and, for an external issuer's, the JWKS it was verified with.
+        self._verified: dict[str, tuple[AccessContext, Mapping[str, Any] | None]] = {}
         self._epochs = epochs
         self._revoked: EpochCache[str, bool] = EpochCache(revocations.revoked_among)
 
@@ -123,14 +127,21 @@ class Authenticator:
         """Verify the request's bearer token (signature, issuer, audience, expiry)."""
         token = bearer_token(headers, query)
         cached = self._verified.get(token)
+        if (
+            cached is not None
+            and cached[1] is not None  # an external token: the key set it was verified with?
+            and await self._external_jwks(cached[0].issuer) is not cached[1]
+        ):
+            cached = None  # fetched anew since: verify again
         if cached is None:
             cached = await self._verify(token)
             if len(self._verified) >= _CACHE_SIZE:
                 self._verified.pop(next(iter(self._verified)))
             self._verified[token] = cached
-        if cached.expires_at.timestamp() + _LEEWAY_SECONDS < time.time():
+        context = cached[0]
+        if context.expires_at.timestamp() + _LEEWAY_SECONDS < time.time():
             raise Unauthorized("the access token has expired")
-        return cached
+        return context
 
     async def is_revoked(self, context: AccessContext) -> bool:
         """Has this token or its grant been revoked (S-25)? Answered from what was read under the
@@ -147,7 +158,8 @@ class Authenticator:
             raise ServiceUnavailable("access cannot be checked right now; try again") from None
         return any(found.values())
 
-    async def _verify(self, token: str) -> AccessContext:
+    async def _verify(self, token: str) -> tuple[AccessContext, Mapping[str, Any] | None]:
+        """The token's context and, for an external issuer's token, the JWKS that verified it."""
         header, unverified = _unverified(token)
         alg = header.get("alg")
         if alg not in ALGORITHMS:
@@ -156,28 +168,32 @@ class Authenticator:
         if not isinstance(issuer, str) or (issuer != self._issuer and issuer not in self._external):
             raise Unauthorized("the access token comes from an issuer this server does not trust")
         kid = header.get("kid")
-        keys = await self._keys(issuer, kid if isinstance(kid, str) else None)
+        external = issuer != self._issuer
+        if external:
+            jwks = await self._external_jwks(issuer, kid if isinstance(kid, str) else None)
+        else:
+            jwks = await self._own_jwks()
         try:
-            claims = jwt.decode(token, keys, algorithms=ALGORITHMS).claims
+            claims = jwt.decode(token, self._key_set(jwks), algorithms=ALGORITHMS).claims
         except (JoseError, ValueError) as exc:
             raise Unauthorized(
                 f"the access token's signature does not verify ({exc.__class__.__name__})"
             ) from None
-        external = issuer != self._issuer
         if not external and header.get("typ") not in ("at+jwt", "application/at+jwt"):
             raise Unauthorized("this server's access tokens are 'at+jwt' (RFC 9068)")
-        return self._context(claims, issuer, external)
+        return self._context(claims, issuer, external), jwks if external else None
 
-    async def _keys(self, issuer: str, kid: str | None) -> KeySet:
-        """The issuer's public keys: this gateway's key ring, or an external issuer's JWKS."""
+    async def _external_jwks(self, issuer: str, kid: str | None = None) -> Mapping[str, Any]:
+        """An external issuer's JWKS, as cached (fetched anew once its lifetime is over, or for
+        a ``kid`` it does not hold)."""
         try:
-            if issuer == self._issuer:
-                jwks: Mapping[str, Any] = await self._own_jwks()
-            else:
-                jwks = await self._jwks.get(self._external[issuer], kid=kid)
+            return await self._jwks.get(self._external[issuer], kid=kid)
         except JwksUnavailable as exc:
             log.warning("cannot load an issuer's JWKS: %s", exc)
             raise Unauthorized("the issuer's signing keys are not available") from None
+
+    def _key_set(self, jwks: Mapping[str, Any]) -> KeySet:
+        """The imported keys of a JWKS document (kept per document)."""
         known = self._key_sets.get(id(jwks))
         if known is not None and known[0] is jwks:
             return known[1]

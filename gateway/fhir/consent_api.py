@@ -13,8 +13,8 @@ broken rule; the body is validated before anything else reads it, so no body, ho
 gets further (SECURITY.md P-22).
 
 Withdrawal takes effect at once: setting a Consent inactive (or any status but active) or deleting
-it is seen by the very next FHIR request on every instance (consents are read per request), and
-the tokens the app got under it are revoked (C-13).
+it is seen by the very next FHIR request on every instance (consents are read per request), the
+tokens the app got under it are revoked, and the patient's cached resources are purged (C-13).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from consent.errors import (
 from consent.model import patient_id_of, validate
 from consent.references import patient_id
 from consent.store import Change, Channel, ConsentStore, HistoryEntry
-from gateway.fhir import writes
+from gateway.cache.cache import ResourceCache
+from gateway.fhir import auditing, writes
 from gateway.fhir.access import AccessDecision, authorize
 from gateway.fhir.context import AccessContext
 from gateway.fhir.interaction import FhirInteraction, Kind
@@ -56,6 +57,21 @@ from smart_auth.revocation import Revoker
 from smart_auth.scopes import Letter
 
 _SEARCH_PARAMS = frozenset({"patient", "status", "_count", "_id"})
+
+
+def _served(answer: Answer) -> None:
+    """The Consents an answer releases, for the request's audit record (A-04)."""
+    audit = auditing.current()
+    body = answer.body
+    if audit is None or body is None:
+        return
+    if body.get("resourceType") == "Consent":
+        audit.served(body)
+    elif body.get("resourceType") == "Bundle":
+        for entry in body.get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict) and resource.get("resourceType") == "Consent":
+                audit.served(resource)
 
 
 def _headers(resource: Mapping[str, Any]) -> dict[str, str]:
@@ -81,11 +97,17 @@ class ConsentApi:
     """The FHIR REST interactions on Consent."""
 
     def __init__(
-        self, store: ConsentStore, revoker: Revoker, clients: ClientStore, fhir_base: str
+        self,
+        store: ConsentStore,
+        revoker: Revoker,
+        clients: ClientStore,
+        cache: ResourceCache,
+        fhir_base: str,
     ) -> None:
         self._store = store
         self._revoker = revoker
         self._clients = clients
+        self._cache = cache
         self._base = fhir_base
 
     async def _writer(self, context: AccessContext) -> authority.Writer:
@@ -103,9 +125,11 @@ class ConsentApi:
     ) -> Answer:
         decision = authorize(context, _as_consent_search(interaction))
         try:
-            return await self._handle(context, decision, body, headers)
+            answer = await self._handle(context, decision, body, headers)
         except ConsentError as exc:
             raise fhir_error(exc, if_match=_if_match(headers) is not None) from None
+        _served(answer)
+        return answer
 
     @staticmethod
     def _visible(
@@ -115,7 +139,7 @@ class ConsentApi:
         letters: frozenset[Letter],
     ) -> bool:
         """Within the token's scopes and patients, and one the app may read (C-23)."""
-        if not decision.policy.permits(resource, letters):
+        if not decision.policy.permits_served(resource, letters):
             return False
         return writer.manages_consent or authority.concerns(resource, writer.client_id)
 
@@ -173,14 +197,14 @@ class ConsentApi:
             updated = await self._store.update(
                 cid, body, change=change, if_match=_if_match(headers)
             )
-            await revoke_if_withdrawn(self._revoker, current, updated)
+            await revoke_if_withdrawn(self._revoker, self._cache, current, updated)
             return Answer(200, _headers(updated), updated)
         if kind is Kind.DELETE:
             assert cid is not None
             current = await self._changeable(cid, context, decision, writer)
             authority.check_delete(writer, current)
             await self._store.delete(cid, change=change, if_match=_if_match(headers))
-            await revoke_if_withdrawn(self._revoker, current, None)
+            await revoke_if_withdrawn(self._revoker, self._cache, current, None)
             return Answer(204)
         raise Forbidden(
             f"{kind} is not available on Consent; use read, search, create, update or delete"
@@ -277,10 +301,15 @@ class ConsentApi:
 
 
 async def revoke_if_withdrawn(
-    revoker: Revoker, before: Mapping[str, Any], after: Mapping[str, Any] | None
+    revoker: Revoker,
+    cache: ResourceCache,
+    before: Mapping[str, Any],
+    after: Mapping[str, Any] | None,
 ) -> None:
     """C-13: when a change ends a permit (``after`` is ``None`` for a deletion), the app's tokens
-    granted under this Consent, and its tokens for this patient, are revoked with it."""
+    granted under this Consent, and its tokens for this patient, are revoked with it, and the
+    patient's cached resources are purged — all of them, not only those fetched for that app:
+    the cache does not record for whom it fetched, and the next reads refill it."""
     if not _grants_access(before) or (after is not None and _grants_access(after)):
         return
     await revoker.revoke_consent(str(before.get("id", "")))
@@ -289,6 +318,7 @@ async def revoke_if_withdrawn(
         return
     for client_id in sorted(authority.client_ids(before)):
         await revoker.revoke_app_for_patient(client_id, patient)
+    await cache.purge_patient(patient)
 
 
 def _grants_access(consent: Mapping[str, Any]) -> bool:

@@ -32,8 +32,9 @@ from consent.mentions import without_mentions
 from consent.minimise import profile_for
 from consent.references import patient_id
 from consent.store import ConsentStore
-from gateway.fhir import compartment
+from gateway.fhir import auditing, compartment
 from gateway.fhir.access import AccessDecision
+from gateway.fhir.auditing import Tally
 from gateway.fhir.context import AccessContext
 from gateway.fhir.freshness import ChangeEpochs, EpochCache
 from gateway.fhir.interaction import FhirInteraction, Kind
@@ -58,6 +59,9 @@ class RequestConsent:
     ``collect`` (create) or ``correct`` (update, patch, delete), C-24."""
     evaluators: dict[str, Evaluator] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
+    tallies: dict[str, Tally] = field(default_factory=dict)
+    """Per patient: the decisions taken on their data and what of it was released, for the
+    request's audit record (A-04, A-05; :mod:`gateway.fhir.auditing`)."""
     contexts: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     """Binary security contexts read for this request (``Type/id`` -> the resource): a Binary is
     decided as the resource it belongs to (FHIR R4 Binary 2.3.1.1)."""
@@ -78,9 +82,20 @@ class RequestConsent:
         """A decision that withholds everything of these patients, if there is one (no consent
         at all, or a blanket deny): the request is answered with it, whatever the upstream
         returned."""
-        refusals = [self.evaluators[p].refusal() for p in patients if p in self.evaluators]
-        found = [r for r in refusals if r is not None]
-        return found[0] if found and len(found) == len(refusals) else None
+        refusals = {p: self.evaluators[p].refusal() for p in patients if p in self.evaluators}
+        found = [r for r in refusals.values() if r is not None]
+        if not found or len(found) != len(refusals):
+            return None
+        for patient, refusal in refusals.items():
+            if refusal is not None:
+                self._tally(patient).decisions.append(refusal)
+        return found[0]
+
+    def _tally(self, patient: str) -> Tally:
+        tally = self.tallies.get(patient)
+        if tally is None:
+            tally = self.tallies[patient] = Tally()
+        return tally
 
     def release(
         self, resource: dict[str, Any], owners: frozenset[str] | None = None
@@ -101,6 +116,7 @@ class RequestConsent:
                 return None
             decision = evaluator.decide(decided)
             self.decisions.append(decision)
+            self._tally(patient).decisions.append(decision)
             if not decision.permitted:
                 return None
             # Several owners: only what every one of them permits it for (the strictest profile).
@@ -116,10 +132,13 @@ class RequestConsent:
                 released = profile.apply(resource)
             except Unreleasable as exc:  # C-28: e.g. a modifier research may not drop
                 reason = f"not released for {', '.join(purposes)}: {exc}"
-                self.decisions.append(
-                    Decision(permitted=False, basis=Basis.MINIMISATION, reason=reason)
-                )
+                refusal = Decision(permitted=False, basis=Basis.MINIMISATION, reason=reason)
+                self.decisions.append(refusal)
+                for patient in owners:
+                    self._tally(patient).decisions.append(refusal)
                 return None
+        for patient in owners:
+            self._tally(patient).released(resource)
         # C-26: narrative and references' displays may mention what consent withholds.
         return without_mentions(released) if hide_mentions else released
 
@@ -142,6 +161,7 @@ class RequestConsent:
                 raise RuntimeError(f"consents of Patient/{patient} were not loaded")
             decision = evaluator.decide(resource)
             self.decisions.append(decision)
+            self._tally(patient).decisions.append(decision)
             if not decision.permitted:
                 return decision
         return None
@@ -184,7 +204,11 @@ class ConsentGate:
             trusted = await self._is_trusted(context.client_id)
         except PyMongoError:
             raise ServiceUnavailable("consent cannot be checked right now; try again") from None
-        return RequestConsent(context, trusted, datetime.now(UTC), action)
+        consent = RequestConsent(context, trusted, datetime.now(UTC), action)
+        audit = auditing.current()
+        if audit is not None:
+            audit.gather(consent.tallies)
+        return consent
 
     async def load(self, request: RequestConsent, patients: Iterable[str]) -> None:
         """Read the active consents of these patients (fresh, C-12) and compile them."""

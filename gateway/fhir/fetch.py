@@ -5,7 +5,8 @@ A :class:`Call` is what the pipeline runs: a whole request, or one entry of a ba
 transaction, already parsed (step 2). :class:`Fetcher` sends it — the upstream request is rebuilt
 from the parsed interaction, never copied from the caller's (P-10), request bodies have the
 gateway's URLs rewritten to the upstream's, and a form search goes as a form — and decodes the
-answer for the caller (:mod:`gateway.proxy.answer`).
+answer for the caller (:mod:`gateway.proxy.answer`). With the cache on, the pipeline's fetcher is
+:class:`gateway.fhir.cached.CachingFetcher`, which answers reads by id from the encrypted cache.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from gateway.fhir.bodies import FORM
 from gateway.fhir.interaction import FhirInteraction, Kind
 from gateway.proxy.answer import Answer, decode_answer
 from gateway.proxy.rewrite import UrlRewriter
-from gateway.proxy.upstream import Upstream
+from gateway.proxy.upstream import Upstream, UpstreamResponse
 from gateway.web.metrics import Metrics
 
 
@@ -53,6 +54,11 @@ class Fetcher:
         self._metrics = metrics
 
     async def fetch(self, call: Call) -> Answer:
+        """The call's answer, decoded for the caller."""
+        return self.decode(await self.send(call))
+
+    async def send(self, call: Call) -> UpstreamResponse:
+        """The call sent to the upstream; its answer as it came."""
         interaction = call.interaction
         params: list[tuple[str, str]] = list(interaction.params)
         body, media = call.raw, call.media
@@ -69,12 +75,17 @@ class Fetcher:
             headers=call.headers,
         )
         self._metrics.upstream_latency.labels(interaction.kind.value).observe(upstream.seconds)
+        return upstream
+
+    def decode(self, upstream: UpstreamResponse) -> Answer:
+        """An upstream answer for the caller (:func:`gateway.proxy.answer.decode_answer`)."""
         return decode_answer(upstream, self._rewriter)
 
     async def current(self, resource_type: str | None, resource_id: str | None) -> Any:
-        """The resource as the upstream holds it now (``None`` when it does not answer 200)."""
+        """The resource as the upstream holds it now (``None`` when it does not answer 200);
+        never from a cache: what a write is checked against must be the upstream's."""
         read = FhirInteraction(Kind.READ, "GET", resource_type, resource_id)
-        answer = await self.fetch(Call(interaction=read))
+        answer = self.decode(await self.send(Call(interaction=read)))
         return answer.body if answer.status == 200 else None
 
     async def follow(self, relative_link: str) -> Answer:

@@ -1,7 +1,9 @@
 """Fresh answers without a query per answer: the change counters.
 
 Every write to the revocation list and to the consents moves a counter in ``change_epochs``
-(``{"_id": "revocations", "n": ...}``, ``{"_id": "consents", "n": ...}``) after the write is done.
+(``{"_id": "revocations", "n": ...}``, ``{"_id": "consents", "n": ...}``) after the write is done;
+so do a write through the gateway, a purge and a shred of the encrypted cache (``cache``,
+``cache_keys``: :mod:`gateway.cache.cache`), and a change of representation.
 For every request the gateway reads those counters afresh — one small ``_id`` query, shared by
 the requests that arrive together (:mod:`gateway.fhir.coalesce`) and always made after the request
 arrived. An answer cached under the counter it was read at is reused only while the counter has
@@ -19,10 +21,12 @@ from typing import Any, Generic, TypeVar
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from gateway.cache.cache import ENTRIES_CHANGED, KEYS_SHREDDED
 from gateway.fhir.coalesce import Coalescer
+from smart_auth.idempotent import retried
 from smart_auth.revocations import EPOCHS
 
-_KINDS = ["revocations", "consents", "representation"]
+_KINDS = ["revocations", "consents", "representation", ENTRIES_CHANGED, KEYS_SHREDDED]
 _CACHE_LIMIT = 50_000
 
 K = TypeVar("K", bound=Hashable)
@@ -34,6 +38,10 @@ class Epochs:
     revocations: int
     consents: int
     representation: int = 0
+    cache: int = 0
+    """The encrypted cache's entries changed (a write, a purge, a shred: :mod:`gateway.cache`)."""
+    cache_keys: int = 0
+    """The encrypted cache's data keys were shredded."""
 
 
 class ChangeEpochs:
@@ -53,6 +61,8 @@ class ChangeEpochs:
                 found.get("revocations", 0),
                 found.get("consents", 0),
                 found.get("representation", 0),
+                found.get(ENTRIES_CHANGED, 0),
+                found.get(KEYS_SHREDDED, 0),
             )
         }
 
@@ -61,7 +71,10 @@ class ChangeEpochs:
         RelatedPerson, Person or Patient through the gateway)."""
         if kind not in _KINDS:
             raise ValueError(f"no change counter {kind!r}")
-        await self._collection.update_one({"_id": kind}, {"$inc": {"n": 1}}, upsert=True)
+        # Retried on a lost connection: a counter moved twice only costs a cache refill.
+        await retried(
+            lambda: self._collection.update_one({"_id": kind}, {"$inc": {"n": 1}}, upsert=True)
+        )
 
     async def current(self) -> Epochs:
         """The counters as they are now (read after this call began)."""

@@ -37,12 +37,14 @@ from gateway.fhir.context import AccessContext
 from gateway.fhir.interaction import FhirInteraction, Kind
 from gateway.proxy.rewrite import UrlRewriter
 from gateway.web.errors import Forbidden
-from smart_auth.key_provider import KeyProvider, Sealed, seal, unseal
+from smart_auth.key_provider import KeyProvider, Sealed, WrappedField, seal, unseal
 from smart_auth.scopes import Letter
 
 _STATE = "gateway_state"
 _SECRET_ID = "paging_secret"  # noqa: S105 - the name of a document, not a secret
 _AAD = "paging-secret"
+SEALED = WrappedField(_STATE, "sealed")
+"""Where the paging secret is sealed (re-wrapped on KEK rotation, P-16)."""
 _PAGE_RELATIONS = frozenset({"next", "previous", "prev", "first", "last"})
 _VERSION = "p1"
 _SALT_BYTES = 16

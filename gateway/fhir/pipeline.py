@@ -14,7 +14,8 @@
                      check and the consent read, a write waits for the revocation check
 6. ``release``       every resource checked again, decided by consent, minimised, shaped; totals,
                      contained, includes; paging links sealed (``release.py``)
-7. (audit)           not built yet: releases are not yet recorded
+7. ``audit``         one AuditEvent per patient whose data the request touched, refusals included,
+                     durable before the response goes (``auditing.py``, ``gateway.audit``)
 8. respond, with the CORS headers the caller's origin is entitled to (``gateway.web.cors``)
 
 ``metadata`` is public (S-07/S-08): it needs no token (``metadata.py``). A batch runs each entry
@@ -25,12 +26,16 @@ through steps 3 to 6; a transaction checks every entry through the write policy 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from urllib.parse import urlencode
 
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.audit.log import AuditLog
+from gateway.fhir import auditing
 from gateway.fhir.access import AccessDecision, authorize
+from gateway.fhir.audit_api import AuditApi
 from gateway.fhir.authenticate import Authenticator
 from gateway.fhir.batch import Bundles
 from gateway.fhir.bodies import read_body, read_form
@@ -51,7 +56,7 @@ from gateway.proxy.negotiation import negotiate
 from gateway.settings import Settings
 from gateway.web.cors import Cors
 from gateway.web.errors import FhirError, Forbidden, TooManyRequests, Unauthorized
-from gateway.web.requestkeys import CLIENT_ID, METRIC_LABEL
+from gateway.web.requestkeys import CALLER, CLIENT_ID, METRIC_LABEL, REQUEST_ID
 from smart_auth.discovery import Endpoints
 
 
@@ -67,18 +72,22 @@ class Pipeline:
         fetcher: Fetcher,
         consent: ConsentGate,
         consents: ConsentApi,
+        audit_events: AuditApi,
         pages: PageSealer,
         release: Release,
         writes: WritePolicy,
         cors: Cors,
         rate_limit: ClusterRateLimit,
+        audit: AuditLog,
     ) -> None:
         self._settings = settings
+        self._audit = audit
         self._authenticator = authenticator
         self._representation = representation
         self._fetcher = fetcher
         self._consent = consent
         self._consents = consents
+        self._audit_events = audit_events
         self._pages = pages
         self._release = release
         self._writes = writes
@@ -110,28 +119,53 @@ class Pipeline:
             request[METRIC_LABEL] = Kind.CAPABILITIES.value
             negotiate(request)
             return (await capabilities(self._fetcher, self._endpoints, request.method)).render()
+        path = request.match_info.get("path", "")
+        audit = auditing.RequestAudit(
+            method=request.method,
+            path="_page" if path.startswith("_page/") else path,  # never a link's token
+            query=_without_token(request.query.items()),
+            address=request.get(CALLER) or request.remote or "",
+            request_id=request.get(REQUEST_ID),
+        )
         try:
-            response = await self._handle(request)
+            with auditing.recording(audit):
+                response = await self._handle(request, audit)
+            await self._audit.record_request(audit.facts(response.status))  # 7
         except FhirError as exc:
+            _interaction_of_refused(request, audit)
+            await self._audit.record_request(audit.facts(exc.status, exc.diagnostics))  # A-01
             if "Origin" in request.headers:
                 exc.headers.update(await self._cors.headers(request, request.get(CLIENT_ID)))
+            raise
+        except Exception:
+            _interaction_of_refused(request, audit)
+            await self._audit.record_request(audit.facts(500, "the gateway failed"))
             raise
         if "Origin" in request.headers:
             response.headers.update(await self._cors.headers(request, request.get(CLIENT_ID)))
         return response
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(
+        self, request: web.Request, audit: auditing.RequestAudit
+    ) -> web.StreamResponse:
         request[METRIC_LABEL] = "fhir"
         negotiate(request)
         path = request.match_info.get("path", "")
         # 1. authenticate
         context = await self._authenticator.authenticate(request.headers, request.query)
+        audit.context = context
         request[CLIENT_ID] = context.client_id
         await self._within_rate_limit(context)
         await self._representation.check(context)  # C-25: a parent still acts for the child
         # 2. parse
         form = await read_form(request)
+        if form:
+            audit.query = _without_token(form)
         interaction = parse(request.method, path, request.query.items(), form)
+        audit.interaction = interaction.kind.value
+        audit.resource_type = interaction.resource_type
+        audit.resource_id = interaction.resource_id
+        audit.version_id = interaction.version_id
         if interaction.kind in WRITE_KINDS or interaction.kind is Kind.OPERATION:
             authorize(context, interaction)  # a token that may not write is refused unread
         interaction, body, raw, media = await read_body(request, interaction)
@@ -173,9 +207,14 @@ class Pipeline:
             return await self._bundles.transaction(context, call)
         if call.interaction.resource_type == "Consent":
             return await self._consents.handle(context, call.interaction, call.body, call.headers)
+        if call.interaction.resource_type == "AuditEvent":  # the audit log, from MongoDB
+            return await self._audit_events.handle(context, call)
         if kind is Kind.PAGE:  # 3: the decision its search had, bound to this token
             assert call.interaction.page is not None
             page = self._pages.open(call.interaction.page, context)
+            audit = auditing.current()
+            if audit is not None:  # the search it continues, never the link's token
+                audit.path, _, audit.query = page.upstream.lstrip("/").partition("?")
             answer = await self._fetcher.follow(page.upstream)
             if answer.status < 400 and (answer.body or {}).get("resourceType") != "Bundle":
                 raise Forbidden("this paging link does not lead to a Bundle")
@@ -241,6 +280,28 @@ class Pipeline:
             raise TooManyRequests(
                 f"too many requests from this app; try again in {wait} s", retry_after=wait
             )
+
+
+def _interaction_of_refused(request: web.Request, audit: auditing.RequestAudit) -> None:
+    """For the record of a request refused before it was parsed (a missing token, the rate
+    limit): what it asked for, as far as its method and path say; an operation if they say
+    nothing the gateway understands."""
+    if audit.interaction != "unknown":
+        return
+    try:
+        interaction = parse(request.method, audit.path, request.query.items(), [])
+    except FhirError:
+        audit.interaction = Kind.OPERATION.value
+        return
+    audit.interaction = interaction.kind.value
+    audit.resource_type = interaction.resource_type
+    audit.resource_id = interaction.resource_id
+    audit.version_id = interaction.version_id
+
+
+def _without_token(params: Iterable[tuple[str, str]]) -> str:
+    """The query as the audit record keeps it: never a token (A-03)."""
+    return urlencode([(k, v) for k, v in params if k != "access_token"])
 
 
 def _connected(request: web.Request) -> Callable[[], bool]:

@@ -2,8 +2,9 @@
 upstream, alone or in a transaction (FHIR R4 3.1.0 create/update/patch/delete; SMART.md S-26 … S-29;
 CONSENT.md C-24; SECURITY.md P-20). :class:`WritePolicy` runs the checks in this order:
 
-1. Consents are written through ``/fhir/Consent`` only; a merge patch becomes an update of the
-   current version (the upstreams take JSON Patch only).
+1. Consents are written through ``/fhir/Consent`` only, and AuditEvents not at all (AUDIT.md
+   A-06); a merge patch becomes an update of the current version (the upstreams take JSON Patch
+   only).
 2. The body: created and updated bodies are valid FHIR; a JSON Patch names no ``id``,
    ``resourceType`` or the whole document.
 3. The resource before the write (read from the upstream for every update, patch and delete: whose
@@ -54,6 +55,7 @@ from gateway.web.errors import (
     BadRequest,
     Conflict,
     Forbidden,
+    MethodNotAllowed,
     NotFound,
     Unprocessable,
     UnsupportedMediaType,
@@ -260,6 +262,11 @@ class WritePolicy:
         headers = call.headers.copy()
         if interaction.resource_type == "Consent":
             raise BadRequest("Consents are written through /fhir/Consent, one at a time")
+        if interaction.resource_type == "AuditEvent":  # in a transaction; alone: audit_api.py
+            raise MethodNotAllowed(
+                "AuditEvents cannot be created, changed or deleted: the audit log is append-only "
+                "and the gateway records its events itself"
+            )
         if kind in (Kind.CREATE, Kind.UPDATE):
             validate(call.body)
         if kind is Kind.PATCH:

@@ -33,11 +33,14 @@ from consent.errors import (
     InvalidParameter,
 )
 from consent.store import Change, Channel, ConsentStore, HistoryEntry
-from gateway.appkeys import AUTH
+from gateway.appkeys import AUDIT, AUTH, CACHE, CONSENTS
+from gateway.audit import security
+from gateway.audit.security import AdminAction
 from gateway.erasure import erase_patient
 from gateway.fhir.consent_api import revoke_if_withdrawn
+from gateway.oauth.audited import acting, audited
 from gateway.oauth.errors import ApiError
-from gateway.oauth.rendering import current_session, record
+from gateway.oauth.rendering import current_session
 from gateway.web.requestkeys import METRIC_LABEL
 from smart_auth.accounts.passwords import WeakPassword
 from smart_auth.accounts.sessions import Session
@@ -162,8 +165,12 @@ async def add_client(request: web.Request) -> web.Response:
         await request.app[AUTH].clients.add(client)
     except (ClientError, ValueError) as exc:
         raise ApiError(400, "invalid_client_metadata", str(exc)) from None
-    await record(
-        request, "admin-client-added", actor=session.user_id, detail={"client_id": client.client_id}
+    await audited(
+        request,
+        security.admin_action,
+        acting(request, user_id=session.user_id),
+        AdminAction.CLIENT_ADDED,
+        client_id=client.client_id,
     )
     return web.json_response(client_json(client), status=201)
 
@@ -173,8 +180,12 @@ async def remove_client(request: web.Request) -> web.Response:
     client_id = request.match_info["client_id"]
     if not await request.app[AUTH].clients.remove(client_id):
         raise ApiError(404, "not_found", "no such client")
-    await record(
-        request, "admin-client-removed", actor=session.user_id, detail={"client_id": client_id}
+    await audited(
+        request,
+        security.admin_action,
+        acting(request, user_id=session.user_id),
+        AdminAction.CLIENT_REMOVED,
+        client_id=client_id,
     )
     return web.Response(status=204)
 
@@ -209,19 +220,28 @@ async def add_user(request: web.Request) -> web.Response:
         )
     except (UserError, WeakPassword, ValueError) as exc:
         raise ApiError(400, "invalid_request", str(exc)) from None
-    await record(
+    await audited(
         request,
-        "admin-user-added",
-        actor=session.user_id,
-        detail={"username": user.username, "role": user.role.value},
+        security.admin_action,
+        acting(request, user_id=session.user_id),
+        AdminAction.USER_ADDED,
+        user_id=user.user_id,
+        role=user.role.value,
     )
     return web.json_response({"username": user.username, "role": user.role.value}, status=201)
 
 
 async def rotate_keys(request: web.Request) -> web.Response:
     session = await _caller(request, (Role.ADMIN,))
+    old = await request.app[AUTH].keys.signing_key()
     key = await request.app[AUTH].keys.rotate()
-    await record(request, "admin-keys-rotated", actor=session.user_id, detail={"kid": key.kid})
+    await audited(
+        request,
+        security.key_rotated,
+        acting(request, user_id=session.user_id),
+        new_kid=key.kid,
+        old_kid=old.kid,
+    )
     return web.json_response({"kid": key.kid})
 
 
@@ -231,9 +251,11 @@ async def erase_patient_data(request: web.Request) -> web.Response:
     try:
         erasure = await erase_patient(
             request.app[AUTH],
-            ConsentStore(request.app[AUTH].db),
+            request.app[CONSENTS],
+            request.app[CACHE],
+            request.app[AUDIT],
             request.match_info["patient_id"],
-            actor=session.user_id,
+            actor=acting(request, user_id=session.user_id),
         )
     except InvalidParameter as exc:
         raise ApiError(400, "invalid_request", str(exc)) from None
@@ -255,7 +277,7 @@ def _reason(body: dict[str, Any]) -> str:
 
 
 def _consents(request: web.Request) -> ConsentStore:
-    return ConsentStore(request.app[AUTH].db)
+    return request.app[CONSENTS]  # each change it stores is audited (gateway.audit.acts)
 
 
 def _history_json(entry: HistoryEntry) -> dict[str, Any]:
@@ -301,18 +323,11 @@ async def add_consent(request: web.Request) -> web.Response:
     created = await _consent_call(
         _consents(request).create(_object(body, "consent"), change=change)
     )
-    await record(
-        request,
-        "admin-consent-created",
-        actor=session.user_id,
-        detail={"consent": created["id"], "reason": change.reason},
-    )
     return web.json_response(created, status=201)
 
 
 async def _change_consent(
     request: web.Request,
-    kind: str,
     change_it: Callable[[ConsentStore, str, dict[str, Any], Change], Awaitable[dict[str, Any]]],
 ) -> web.Response:
     """An administrator's change of one Consent, with the documented reason: stored as a new
@@ -323,9 +338,7 @@ async def _change_consent(
     store, consent_id = _consents(request), request.match_info["consent_id"]
     current = await _consent_call(store.read(consent_id))
     updated = await _consent_call(change_it(store, consent_id, body, change))
-    await revoke_if_withdrawn(request.app[AUTH].revoker, current, updated)
-    detail = {"consent": consent_id, "reason": change.reason}
-    await record(request, kind, actor=session.user_id, detail=detail)
+    await revoke_if_withdrawn(request.app[AUTH].revoker, request.app[CACHE], current, updated)
     return web.json_response(updated)
 
 
@@ -339,7 +352,7 @@ async def update_consent(request: web.Request) -> web.Response:
         consent = _object(body, "consent")
         return store.update(consent_id, consent, change=change, if_match=if_match)
 
-    return await _change_consent(request, "admin-consent-updated", update)
+    return await _change_consent(request, update)
 
 
 async def withdraw_consent(request: web.Request) -> web.Response:
@@ -350,7 +363,7 @@ async def withdraw_consent(request: web.Request) -> web.Response:
     ) -> Awaitable[dict[str, Any]]:
         return store.withdraw(consent_id, change=change)
 
-    return await _change_consent(request, "admin-consent-withdrawn", withdraw)
+    return await _change_consent(request, withdraw)
 
 
 async def create_launch(request: web.Request) -> web.Response:
@@ -367,8 +380,11 @@ async def create_launch(request: web.Request) -> web.Response:
         )
     except LaunchError as exc:
         raise ApiError(400, "invalid_request", str(exc)) from None
-    await record(
-        request, "launch-created", actor=session.user_id, detail={"patient": context.patient}
+    await audited(
+        request,
+        security.launch_created,
+        acting(request, user_id=session.user_id),
+        patient=context.patient,
     )
     return web.json_response({"launch": context.launch}, status=201)
 

@@ -18,16 +18,17 @@ from aiohttp import web
 from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidRequestError
 
 from gateway.appkeys import AUTH, AUTH_SERVER, SETTINGS, UPSTREAM
+from gateway.audit import security
 from gateway.fhir.representation import acts_for
 from gateway.oauth.actsfor import patient_names
 from gateway.oauth.adapter import call, plain_request, stored_request, to_response
+from gateway.oauth.audited import acting, audited
 from gateway.oauth.consents import write_app_consent
 from gateway.oauth.errors import BadPage, NotAllowed, NotSignedIn
 from gateway.oauth.rendering import (
     BROWSER_COOKIE,
     current_session,
     origin_of,
-    record,
     redirect,
     render,
     set_cookie,
@@ -205,7 +206,16 @@ async def consent_submit(request: web.Request) -> web.Response:
     ticked = [v for v in form.getall("scope", []) if isinstance(v, str)]
     granted = granted_scope(offered, ticked) if form.get("decision") == "approve" else ""
     if not granted:
-        await record(request, "app-denied", actor=user.user_id, detail={"client": client.client_id})
+        await audited(
+            request,
+            security.app_authorization,
+            acting(request, user_id=user.user_id, fhir_user=user.fhir_user),
+            client_id=client.client_id,
+            patient=patient,
+            permitted=False,
+            scope=offered,
+            purposes=client.purposes,
+        )
         raise AccessDeniedError(redirect_uri=validated.redirect_uri, state=flow.params.get("state"))
     now = datetime.now(UTC)
     expiry = str(form.get("expiry", DEFAULT_EXPIRY))
@@ -233,13 +243,18 @@ async def consent_submit(request: web.Request) -> web.Response:
         if "online_access" in scopes and "offline_access" not in scopes
         else None,
     )
-    answer = await call(request, server.issue_code, plain, grant)
-    await record(
+    await audited(  # before the code leaves
         request,
-        "app-approved",
-        actor=user.user_id,
-        detail={"client": client.client_id, "scope": granted, "patient": patient},
+        security.app_authorization,
+        acting(request, user_id=user.user_id, fhir_user=user.fhir_user),
+        client_id=client.client_id,
+        patient=patient,
+        permitted=True,
+        scope=granted,
+        purposes=client.purposes,
+        consent_id=consent_id,
     )
+    answer = await call(request, server.issue_code, plain, grant)
     return to_response(answer)
 
 

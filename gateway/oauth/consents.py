@@ -9,8 +9,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from consent.errors import ConsentError
-from consent.store import Change, Channel, ConsentStore
-from gateway.appkeys import MONGO, SETTINGS
+from consent.store import Change, Channel
+from gateway.appkeys import CONSENTS
 from gateway.fhir.fhirdata import PATIENT_COMPARTMENT_PARAMS
 from gateway.oauth.errors import BadPage
 from smart_auth.accounts.users import User
@@ -26,12 +26,11 @@ async def write_app_consent(
     request: web.Request, client: Client, patient: str, user: User, terms: ConsentTerms
 ) -> str:
     """Write the Consent and return its id (before any code is issued)."""
-    db = request.app[MONGO][request.app[SETTINGS].mongodb_database]
     types = list(terms.resource_types)
     if "*" in types:
         types = list(_COMPARTMENT_TYPES)
     try:
-        created = await ConsentStore(db).grant_app(
+        created = await request.app[CONSENTS].grant_app(
             patient,
             client.client_id,
             client.name,

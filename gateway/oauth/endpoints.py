@@ -14,20 +14,26 @@ SMART configuration is 404, whatever the caller's token (OpenID Connect discover
 
 from __future__ import annotations
 
+import base64
+from typing import Any
+
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from pymongo.errors import PyMongoError
 
 from gateway.appkeys import AUTH, AUTH_SERVER, SETTINGS
+from gateway.audit import security
 from gateway.fhir.metadata import ANY_ORIGIN
 from gateway.oauth.adapter import call, plain_request, to_response
+from gateway.oauth.audited import acting, audited
 from gateway.web.requestkeys import METRIC_LABEL
 from smart_auth.discovery import (
     Endpoints,
     openid_configuration,
     smart_configuration,
 )
+from smart_auth.requests import PlainRequest
 
 
 def endpoints(request: web.Request) -> Endpoints:
@@ -98,8 +104,36 @@ async def token_cors(request: web.Request, handler: Handler) -> web.StreamRespon
 async def token(request: web.Request) -> web.Response:
     request[METRIC_LABEL] = "token"
     server = request.app[AUTH_SERVER]
-    answer = await call(request, server.create_token_response, await plain_request(request))
+    plain = await plain_request(request)
+    answer = await call(request, server.create_token_response, plain)
+    if answer.status == 200 and isinstance(answer.body, dict):
+        await _token_issued(request, answer.body, plain)  # before the token leaves (A-08)
     return to_response(answer)
+
+
+async def _token_issued(request: web.Request, body: dict[str, Any], plain: PlainRequest) -> None:
+    """A-01: the token the gateway just issued, named by its ``jti`` (never by its value)."""
+    token = body.get("access_token")
+    if not isinstance(token, str) or token.count(".") != 2:
+        return
+    payload = token.split(".")[1]
+    claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    client_id = str(claims.get("client_id", ""))
+    sub = claims.get("sub")
+    grant_type = plain.form.get("grant_type", "")
+    user = sub if isinstance(sub, str) and sub != client_id else None
+    fhir_user = claims.get("fhirUser") if isinstance(claims.get("fhirUser"), str) else None
+    await audited(
+        request,
+        security.token_issued,
+        acting(request, user_id=user, fhir_user=fhir_user),
+        client_id=client_id,
+        jti=str(claims.get("jti", "")),
+        grant_type=grant_type,
+        scope=str(claims.get("scope", "")),
+        patient=claims.get("patient") if isinstance(claims.get("patient"), str) else None,
+        purposes=tuple(str(p) for p in claims.get("purpose_of_use") or ()),
+    )
 
 
 async def _endpoint(request: web.Request, label: str, endpoint: str) -> web.Response:

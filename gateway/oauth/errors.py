@@ -7,6 +7,7 @@
      ├── InvalidGrantError    400        is known to be registered, a redirect carrying ``error``
      ├── InvalidRequestError  400        and ``state`` (RFC 6749 4.1.2.1); before that, a page
      └── ... (Authlib's tree)            (S-11: never redirect to an unchecked URI)
+    AuditUnavailable                    503: a page, or {"error": "temporarily_unavailable"}
     PageError                           a readable HTML page
      ├── BadPage              400        (expired or tampered form, unknown flow)
      ├── NotSignedIn          401
@@ -14,8 +15,9 @@
     ApiError                            JSON {"error", "error_description"} (admin and launch APIs)
 
 Under ``/auth``, ``/admin``, ``/account`` and the well-known documents nothing else renders errors:
-no stack trace, no 500 for a client's mistake; an unexpected failure is a 500 page or JSON naming
-the request id (P-14). Everything else, and any FHIR error, is left to the FHIR error middleware.
+no stack trace, no 500 for a client's mistake; a database that does not answer is a 503, any other
+unexpected failure a 500 page or JSON naming the request id (P-14). Everything else, and any FHIR
+error, is left to the FHIR error middleware.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Error
+from pymongo.errors import PyMongoError
 
+from gateway.audit.errors import AuditUnavailable
 from gateway.oauth.adapter import NO_STORE
 from gateway.oauth.rendering import render
 from gateway.web.errors import FhirError
@@ -127,6 +131,20 @@ def _unexpected(request: web.Request) -> web.Response:
     return _json(500, {"error": "server_error", "error_description": f"request id {request_id}"})
 
 
+def _unavailable(request: web.Request, why: str) -> web.Response:
+    """503: what the gateway could not do now (``why``), and that it was not done."""
+    if _is_page(request):
+        return render(
+            "error.html",
+            503,
+            title="Please try again in a moment",
+            message=f"{why[:1].upper()}{why[1:]}, so nothing was done. Please try again shortly.",
+            detail="",
+        )
+    body = {"error": "temporarily_unavailable", "error_description": f"{why}; try again"}
+    return _json(503, body, {"Retry-After": "5"})
+
+
 @web.middleware
 async def auth_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith(PREFIXES):
@@ -141,6 +159,8 @@ async def auth_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         )
     except ApiError as error:
         return _json(error.status, {"error": error.error, "error_description": error.description})
+    except AuditUnavailable:  # A-08: what cannot be recorded is not done
+        return _unavailable(request, "the audit trail cannot be written")
     except FhirError:
         raise  # the FHIR API's own answer (gateway.web.middleware renders it)
     except web.HTTPException as exc:
@@ -149,6 +169,9 @@ async def auth_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if _is_page(request):
             return render("error.html", exc.status, title=exc.reason, message=exc.reason, detail="")
         return _json(exc.status, {"error": "invalid_request", "error_description": exc.reason})
+    except PyMongoError as exc:  # slow or gone (timeoutMS, server selection)
+        log.warning("the database did not answer: %s", type(exc).__name__)
+        return _unavailable(request, "the database did not answer")
     except Exception:
         log.exception("unexpected error while handling %s %s", request.method, request.path)
         return _unexpected(request)

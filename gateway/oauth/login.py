@@ -15,6 +15,8 @@ import logging
 from aiohttp import web
 
 from gateway.appkeys import AUTH, AUTH_SESSION_TOKEN, SETTINGS
+from gateway.audit import security
+from gateway.oauth.audited import acting, audited
 from gateway.oauth.authorize import after_sign_in
 from gateway.oauth.errors import BadPage, NotSignedIn
 from gateway.oauth.rendering import (
@@ -23,7 +25,6 @@ from gateway.oauth.rendering import (
     clear_cookie,
     client_address,
     current_session,
-    record,
     redirect,
     render,
     set_cookie,
@@ -99,7 +100,13 @@ async def login_submit(request: web.Request) -> web.Response:
     user = await _password_ok(request, username, password)
     address = client_address(request)
     if user is None:
-        await record(request, "login-failed", actor=None, detail={"username": username[:64]})
+        await audited(
+            request,
+            security.login,
+            acting(request, username=username[:64]),
+            succeeded=False,
+            reason="the name or the password was not right, or sign-in is locked",
+        )
         return render("login.html", 401, flow=flow, error=GENERIC_FAILURE, username=username)
     second_factor = user.mfa_enrolled
     enrol = _needs_enrolment(request, user)
@@ -110,7 +117,13 @@ async def login_submit(request: web.Request) -> web.Response:
         address=address,
         user_agent=request.headers.get("User-Agent", ""),
     )
-    await record(request, "login", actor=user.user_id, detail={"mfa_pending": second_factor})
+    await audited(
+        request,
+        security.login,
+        acting(request, user_id=user.user_id, fhir_user=user.fhir_user),
+        succeeded=True,
+        second_factor_pending=second_factor or enrol,
+    )
     if second_factor:
         response = redirect(f"/auth/mfa?flow={flow.flow_id}")
     elif enrol:
@@ -156,7 +169,13 @@ async def mfa_submit(request: web.Request) -> web.Response:
             )
     if not ok:
         await auth.throttle.failed(user.username, address)
-        await record(request, "mfa-failed", actor=user.user_id, detail={})
+        await audited(
+            request,
+            security.login,
+            acting(request, user_id=user.user_id, fhir_user=user.fhir_user),
+            succeeded=False,
+            reason="the second factor was not right",
+        )
         return render("mfa.html", 401, flow=flow, error="That code is not right. Try again.")
     await auth.throttle.succeeded(user.username)
     await auth.sessions.mfa_done(session.session_id)
@@ -198,7 +217,13 @@ async def mfa_setup_submit(request: web.Request) -> web.Response:
     )
     await auth.users.claim_totp_step(user.user_id, step)
     await auth.sessions.mfa_done(session.session_id)
-    await record(request, "mfa-enrolled", actor=user.user_id, detail={})
+    await audited(
+        request,
+        security.second_factor_changed,
+        acting(request, user_id=user.user_id, fhir_user=user.fhir_user),
+        user.user_id,
+        "enrolled",
+    )
     flow_id = str(form.get("flow", ""))
     next_url = f"/auth/continue?flow={flow_id}" if flow_id else "/auth/signed-in"
     return render("recovery_codes.html", codes=codes, next_url=next_url)
@@ -240,10 +265,12 @@ async def logout_submit(request: web.Request) -> web.Response:
             raise BadPage("This form has expired. Reload the page and try again.")
         if form.get("everywhere") == "1":
             await auth.revoker.sign_out_everywhere(session.user_id)
-            await record(request, "sign-out-everywhere", actor=session.user_id, detail={})
+            await audited(
+                request, security.logout, acting(request, user_id=session.user_id), everywhere=True
+            )
         else:
             await auth.sessions.end(request.get(AUTH_SESSION_TOKEN))
-            await record(request, "logout", actor=session.user_id, detail={})
+            await audited(request, security.logout, acting(request, user_id=session.user_id))
     response = render("logout.html", csrf="", signed_in=False)
     clear_cookie(response, SESSION_COOKIE)
     return response

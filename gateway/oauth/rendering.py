@@ -117,16 +117,3 @@ async def current_session(
 
 def client_address(request: web.Request) -> str:
     return request.remote or "unknown"
-
-
-async def record(
-    request: web.Request, kind: str, *, actor: str | None, detail: dict[str, Any]
-) -> None:
-    """A security event (sign-ins, failures, admin actions; P-09, P-18). Never a secret in it."""
-    await request.app[AUTH].events.record(
-        kind,
-        actor=actor,
-        address=client_address(request),
-        user_agent=request.headers.get("User-Agent", "")[:256],
-        detail=detail,
-    )

@@ -2,8 +2,9 @@
 
 Every request goes to the configured base URL and nowhere else (P-10): the path is rebuilt from a
 parsed :class:`~gateway.fhir.interaction.FhirInteraction`, redirects are not followed, and the
-gateway authenticates with its own credentials (P-02). Failures become FHIR errors that say what
-happened without naming the upstream (P-14): unreachable → 502, too slow → 504, a 5xx → 502.
+gateway authenticates with its own credentials (P-02, :mod:`gateway.proxy.credentials`). Failures
+become FHIR errors that say what happened without naming the upstream (P-14): unreachable → 502,
+too slow → 504, a 5xx → 502.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from gateway.proxy.credentials import credentials_for
 from gateway.settings import Settings
 from gateway.web.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.web.logs import request_id_var
@@ -101,15 +103,7 @@ class Upstream:
         self._session = session
         self._base = URL(settings.upstream_url)
         self._max_body = settings.max_upstream_body_bytes
-        self._auth_header: dict[str, str] = {}
-        if settings.upstream_auth == "bearer" and settings.upstream_bearer_token:
-            token = settings.upstream_bearer_token.get_secret_value()
-            self._auth_header = {"Authorization": f"Bearer {token}"}
-        elif settings.upstream_auth == "basic" and settings.upstream_password:
-            basic = aiohttp.BasicAuth(
-                settings.upstream_username or "", settings.upstream_password.get_secret_value()
-            )
-            self._auth_header = {"Authorization": basic.encode()}
+        self._credentials = credentials_for(settings, session)
 
     @property
     def base_url(self) -> str:
@@ -144,7 +138,8 @@ class Upstream:
         """Send one request; raise 502/504 FHIR errors when the upstream cannot answer. ``url``
         (from :meth:`link_url`) replaces ``relative_path`` and ``params``. The caller's request id
         goes along as ``X-Request-Id``, so that both servers' logs can be matched."""
-        out: dict[str, str] = {**(headers or {}), "Accept": FHIR_JSON_ACCEPT, **self._auth_header}
+        own = await self._credentials.headers()
+        out: dict[str, str] = {**(headers or {}), "Accept": FHIR_JSON_ACCEPT, **own}
         if content_type:
             out["Content-Type"] = content_type
         request_id = request_id_var.get()
@@ -157,6 +152,8 @@ class Upstream:
                 method, url, data=_payload(body), headers=out, allow_redirects=False
             ) as response:
                 payload = await self._read(response)
+                if response.status == 401:
+                    self._credentials.rejected()
                 return UpstreamResponse(
                     response.status, response.headers, payload, time.perf_counter() - started
                 )

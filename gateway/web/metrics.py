@@ -3,7 +3,7 @@ that several gateways in one process (tests) never share counters."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -34,6 +34,55 @@ class Metrics:
             "Time the upstream FHIR server took to answer, by interaction.",
             ["interaction"],
             buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        # forwarding to an audit repository (gateway.audit.forward): counts only, no chain names
+        self.audit_forward_backlog = Gauge(
+            "fhir_gateway_audit_forward_backlog",
+            "AuditEvents stored in MongoDB and not yet taken by the audit repository (every "
+            "chain), as this instance last counted.",
+            registry=self.registry,
+        )
+        self.audit_forwarded = Counter(
+            "fhir_gateway_audit_forwarded",
+            "AuditEvents this instance sent to the audit repository and it took.",
+            registry=self.registry,
+        )
+        self.audit_forward_failures = Counter(
+            "fhir_gateway_audit_forward_failures",
+            "Attempts to send an AuditEvent that the audit repository refused or did not answer.",
+            registry=self.registry,
+        )
+
+        self.cache_hits = Counter(
+            "fhir_gateway_cache_hits",
+            "Reads by id answered from the encrypted cache without the upstream, by interaction.",
+            ["interaction"],
+            registry=self.registry,
+        )
+        self.cache_misses = Counter(
+            "fhir_gateway_cache_misses",
+            "Cacheable reads the cache could not answer (fetched from the upstream), by "
+            "interaction.",
+            ["interaction"],
+            registry=self.registry,
+        )
+        self.cache_revalidations = Counter(
+            "fhir_gateway_cache_revalidations",
+            "Stale entries revalidated with the upstream (If-None-Match), by outcome: unchanged "
+            "(304, the entry is kept) or changed.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.cache_decrypt_failures = Counter(
+            "fhir_gateway_cache_decrypt_failures",
+            "Cache entries that did not decrypt (altered, or moved from another record); each is "
+            "treated as a miss and logged.",
+            registry=self.registry,
+        )
+        self.cache_evictions = Counter(
+            "fhir_gateway_cache_evictions",
+            "Entries removed to keep the cache within its bounds (entries, bytes).",
             registry=self.registry,
         )
 

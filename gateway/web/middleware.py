@@ -5,8 +5,14 @@ application's settings and metrics):
    response as ``X-Request-Id``) and the request metrics.
 2. ``fhir_errors`` — the one place where a :class:`~gateway.web.errors.FhirError` (or aiohttp's own
    HTTP errors, or an unexpected exception) becomes an OperationOutcome response. Nothing else
-   renders FHIR errors; no stack trace ever reaches the caller (P-14).
+   renders FHIR errors; no stack trace ever reaches the caller (P-14). A MongoDB failure that no
+   step turned into a FHIR error (a timeout, an outage) is a 503: the gateway refuses rather than
+   answer without its checks.
 3. ``request_limits`` — URL length, header count and size, declared body size (P-12).
+
+With ``trusted_proxies`` set, ``forwarded`` comes first (:mod:`gateway.web.forwarded`). Two
+``on_response_prepare`` signals finish every response: :func:`add_request_id` and
+:func:`transport_headers`.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ import logging
 import os
 import time
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
+from pymongo.errors import PyMongoError
 
 from gateway.settings import Settings
 from gateway.web.errors import (
@@ -24,19 +31,25 @@ from gateway.web.errors import (
     HeadersTooLarge,
     InternalError,
     PayloadTooLarge,
+    ServiceUnavailable,
     UriTooLong,
     error_for_status,
     error_response,
 )
+from gateway.web.forwarded import forwarded
 from gateway.web.logs import request_id_var
 from gateway.web.metrics import Metrics
-from gateway.web.requestkeys import METRIC_LABEL, REQUEST_ID
+from gateway.web.requestkeys import FORWARDED_HTTPS, METRIC_LABEL, REQUEST_ID
 
 log = logging.getLogger(__name__)
 
+HSTS = "max-age=31536000"
+"""``Strict-Transport-Security`` on https responses: a year, this host only."""
+
 
 def middlewares(settings: Settings, metrics: Metrics) -> list[Middleware]:
-    """The middlewares of an application, outermost first."""
+    """The middlewares of an application, outermost first (``forwarded`` only when there are
+    trusted proxies)."""
 
     @web.middleware
     async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -47,7 +60,8 @@ def middlewares(settings: Settings, metrics: Metrics) -> list[Middleware]:
         _check_limits(request, settings)
         return await handler(request)
 
-    return [request_context, fhir_errors, request_limits]
+    chain: list[Middleware] = [request_context, fhir_errors, request_limits]
+    return [forwarded(settings.trusted_proxies), *chain] if settings.trusted_proxies else chain
 
 
 async def _request_context(
@@ -81,6 +95,11 @@ async def fhir_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         return error_response(error_for_status(exc.status, exc.reason))
+    except PyMongoError as exc:  # slow or gone (timeoutMS, server selection): fail closed
+        log.warning("the database did not answer: %s", type(exc).__name__)
+        return error_response(
+            ServiceUnavailable("the gateway cannot reach its database right now; try again")
+        )
     except Exception:
         log.exception("unexpected error while handling %s %s", request.method, request.path)
         return error_response(
@@ -102,6 +121,16 @@ def _check_limits(request: web.Request, settings: Settings) -> None:
     declared = request.content_length
     if declared is not None and declared > settings.max_body_bytes:
         raise PayloadTooLarge(f"the request body is larger than {settings.max_body_bytes} bytes")
+
+
+async def transport_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` signal: no response names the server software (aiohttp sets
+    ``Server`` to its own name and version); a response to an https request carries
+    ``Strict-Transport-Security`` (P-01), whether the gateway terminated TLS or a trusted proxy
+    did."""
+    response.headers.popall(hdrs.SERVER, None)
+    if request.secure or request.get(FORWARDED_HTTPS):
+        response.headers.setdefault(hdrs.STRICT_TRANSPORT_SECURITY, HSTS)
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

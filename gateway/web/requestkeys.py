@@ -18,3 +18,7 @@ CLIENT_ID = web.RequestKey("client_id", str)
 LOG_PATH = web.RequestKey("log_path", str)
 """The request's path as the access log writes it (no ids), where its handler knows better than
 the route it matched (the FHIR API: ``/fhir/Patient/{id}``)."""
+CALLER = web.RequestKey("caller", str)
+"""The caller's address as a trusted proxy reported it (:mod:`gateway.web.forwarded`)."""
+FORWARDED_HTTPS = web.RequestKey("forwarded_https", bool)
+"""Whether a trusted proxy reported that the caller used https."""

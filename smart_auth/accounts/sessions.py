@@ -20,9 +20,19 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from smart_auth.clock import Clock, system_clock
-from smart_auth.key_provider import KeyProvider, KeyProviderError, Sealed, seal, unseal
+from smart_auth.idempotent import insert_once, retried
+from smart_auth.key_provider import (
+    KeyProvider,
+    KeyProviderError,
+    Sealed,
+    WrappedField,
+    seal,
+    unseal,
+)
 
 COLLECTION = "sessions"
+SEALED = WrappedField(COLLECTION, "pending_totp")
+"""Where TOTP secrets being enrolled are sealed (re-wrapped on KEK rotation, P-16)."""
 
 
 def digest(token: str) -> str:
@@ -97,7 +107,7 @@ class SessionStore:
             "address": address[:64],
             "user_agent": user_agent[:256],
         }
-        await self._sessions.insert_one(doc)
+        await insert_once(self._sessions, doc)
         return token, _from_doc(doc)
 
     async def resume(self, token: str | None) -> Session | None:
@@ -106,13 +116,15 @@ class SessionStore:
         if not isinstance(token, str) or not token or len(token) > 128:
             return None
         now = self._clock()
-        doc = await self._sessions.find_one_and_update(
-            {"_id": digest(token), "idle_until": {"$gt": now}, "expires_at": {"$gt": now}},
-            {"$set": {"last_seen": now, "idle_until": now + self._idle}},
-            return_document=ReturnDocument.AFTER,
+        doc = await retried(
+            lambda: self._sessions.find_one_and_update(
+                {"_id": digest(token), "idle_until": {"$gt": now}, "expires_at": {"$gt": now}},
+                {"$set": {"last_seen": now, "idle_until": now + self._idle}},
+                return_document=ReturnDocument.AFTER,
+            )
         )
         if doc is None:
-            await self._sessions.delete_one({"_id": digest(token)})
+            await retried(lambda: self._sessions.delete_one({"_id": digest(token)}))
             return None
         return _from_doc(doc)
 
@@ -126,15 +138,20 @@ class SessionStore:
         return found is not None
 
     async def mfa_done(self, session_id: str) -> None:
-        await self._sessions.update_one(
-            {"_id": session_id}, {"$set": {"mfa_pending": False}, "$unset": {"pending_totp": ""}}
+        await retried(
+            lambda: self._sessions.update_one(
+                {"_id": session_id},
+                {"$set": {"mfa_pending": False}, "$unset": {"pending_totp": ""}},
+            )
         )
 
     async def set_pending_secret(self, session_id: str, secret: str) -> None:
         """Keep a TOTP secret being enrolled (P-04) until the user confirms a code from it."""
         sealed = await seal(self._provider, secret.encode(), f"totp-pending:{session_id}")
-        await self._sessions.update_one(
-            {"_id": session_id}, {"$set": {"pending_totp": sealed.to_doc()}}
+        await retried(
+            lambda: self._sessions.update_one(
+                {"_id": session_id}, {"$set": {"pending_totp": sealed.to_doc()}}
+            )
         )
 
     async def pending_secret(self, session_id: str) -> str | None:
@@ -159,7 +176,7 @@ class SessionStore:
 
     async def end(self, token: str | None) -> None:
         if isinstance(token, str) and token:
-            await self._sessions.delete_one({"_id": digest(token)})
+            await retried(lambda: self._sessions.delete_one({"_id": digest(token)}))
 
     async def end_all(self, user_id: str) -> int:
         return (await self._sessions.delete_many({"user_id": user_id})).deleted_count

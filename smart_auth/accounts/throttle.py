@@ -17,6 +17,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from smart_auth.clock import Clock, system_clock
+from smart_auth.idempotent import retried
 
 COLLECTION = "login_throttle"
 _MAX_LOCK = timedelta(days=1)
@@ -74,4 +75,4 @@ class LoginThrottle:
 
     async def succeeded(self, username: str) -> None:
         account, _ = self._keys(username, "")
-        await self._entries.delete_one({"_id": account})
+        await retried(lambda: self._entries.delete_one({"_id": account}))

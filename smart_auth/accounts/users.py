@@ -29,9 +29,19 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from smart_auth.accounts.passwords import check_policy, hash_password
-from smart_auth.key_provider import KeyProvider, KeyProviderError, Sealed, seal, unseal
+from smart_auth.idempotent import retried
+from smart_auth.key_provider import (
+    KeyProvider,
+    KeyProviderError,
+    Sealed,
+    WrappedField,
+    seal,
+    unseal,
+)
 
 COLLECTION = "users"
+SEALED = WrappedField(COLLECTION, "mfa.sealed_secret")
+"""Where the TOTP secrets are sealed (re-wrapped on KEK rotation, P-16)."""
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{2,63}$")
 _REFERENCE = re.compile(r"^(Patient|Practitioner|RelatedPerson|Person)/[A-Za-z0-9\-.]{1,64}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -190,22 +200,17 @@ class UserStore:
     async def set_password(self, user_id: str, password: str, username: str) -> None:
         check_policy(password, username)
         digest = await asyncio.to_thread(hash_password, password)
-        await self._users.update_one({"_id": user_id}, {"$set": {"password_hash": digest}})
+        await retried(
+            lambda: self._users.update_one({"_id": user_id}, {"$set": {"password_hash": digest}})
+        )
 
     async def enrol_mfa(self, user_id: str, secret: str, recovery_digests: list[str]) -> None:
         sealed = await seal(self._provider, secret.encode(), _totp_aad(user_id))
-        await self._users.update_one(
-            {"_id": user_id},
-            {
-                "$set": {
-                    "mfa": {
-                        "sealed_secret": sealed.to_doc(),
-                        "last_step": 0,
-                        "enrolled_at": datetime.now(UTC),
-                    },
-                    "recovery_codes": recovery_digests,
-                }
-            },
+        mfa = {"sealed_secret": sealed.to_doc(), "last_step": 0, "enrolled_at": datetime.now(UTC)}
+        await retried(
+            lambda: self._users.update_one(
+                {"_id": user_id}, {"$set": {"mfa": mfa, "recovery_codes": recovery_digests}}
+            )
         )
 
     async def mfa_secret(self, user: User) -> str | None:

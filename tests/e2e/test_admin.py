@@ -12,7 +12,9 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from gateway.appkeys import AUTH
+from gateway.appkeys import AUDIT, AUTH
+from gateway.audit.codes import USER_SYSTEM
+from gateway.audit.store import AuditQuery, AuditReader
 from gateway.cli import main
 from gateway.cli.admin import register_demo
 from smart_auth.accounts.users import Role
@@ -212,11 +214,13 @@ async def test_p08_p09_admin_api_roles_and_typed_bodies(gateway: RunningGateway)
             f"{gateway.base}/admin/keys/rotate", headers=headers
         ) as response:
             assert response.status == 200
-        events = await gateway.server.app[AUTH].events.recent(
-            (await gateway.server.app[AUTH].users.by_username("admin2")).user_id  # type: ignore[union-attr]
-        )
-        kinds = {e["kind"] for e in events}
-        assert {"admin-client-added", "admin-client-removed", "admin-keys-rotated"} <= kinds
+        user = await gateway.server.app[AUTH].users.by_username("admin2")
+        assert user is not None
+        reader = AuditReader(gateway.server.app[AUTH].db)
+        page = await reader.search(AuditQuery(agent=f"{USER_SYSTEM}|{user.user_id}", count=100))
+        acts = {(e["subtype"][0]["code"], e["action"]) for e in page.events}
+        # P-09, A-01: an app registered and removed, the signing key rotated
+        assert {("110131", "C"), ("110131", "D"), ("110129", "U")} <= acts
     finally:
         await admin.close()
 
@@ -252,8 +256,9 @@ PRIVATE_KEY = json.loads((KEYS / "backend-service.private.jwk.json").read_text()
 
 async def test_demo_registrations_from_fixtures(gateway: RunningGateway) -> None:
     auth = gateway.server.app[AUTH]
-    first = await register_demo(auth)
-    again = await register_demo(auth)  # idempotent
+    audit = gateway.server.app[AUDIT]
+    first = await register_demo(auth, audit)
+    again = await register_demo(auth, audit)  # idempotent
     assert first == again
     assert {"demo-patient-app", "demo-clinician-app", "demo-backend-service"} <= set(first)
     maria = await auth.users.by_username("maria")

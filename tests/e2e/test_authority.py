@@ -229,6 +229,46 @@ async def test_c23_an_app_reads_only_the_consents_that_concern_it(
     assert await _status(app, "GET", f"{gateway.fhir}/Consent/{other['id']}") == 404
 
 
+async def test_c23_consents_the_upstream_holds_are_never_released(
+    gateway: RunningGateway, session_for: SessionFor, fresh_upstream: Stack
+) -> None:
+    """A Consent stored in the FHIR server behind the gateway (another app's, say) would escape
+    C-23's rule that an app reads only the Consents that concern it: it is released by no route,
+    and /fhir/Consent answers from the gateway's own store only (C-02)."""
+    upstream_consent = grant(AMELIA, ["Observation"], client_id="another-app")
+    upstream_consent["id"] = "upstream-consent-1"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(
+            f"{fresh_upstream.upstream.base_url}/Consent/upstream-consent-1",
+            data=orjson.dumps(upstream_consent),
+            headers={"Content-Type": "application/fhir+json"},
+        ) as response,
+    ):
+        assert response.status in (200, 201), await response.text()
+    try:
+        trusted = await session_for(
+            scope="system/*.rs", user_id=None, fhir_user=None, patient=None, acts_for=()
+        )
+        mine = await app_session(session_for, scope="patient/*.rs patient/Consent.rs")
+        for http, path in (
+            (trusted, f"Patient/{AMELIA}/$everything"),
+            (mine, f"Patient/{AMELIA}/$everything"),
+            (trusted, f"Patient?_id={AMELIA}&_revinclude=Consent:patient"),
+            (mine, f"Patient?_id={AMELIA}&_revinclude=Consent:patient"),
+            (trusted, "_history?_count=1000"),
+        ):
+            async with http.get(f"{gateway.fhir}/{path}") as response:
+                bundle = await _json(response)
+                assert response.status == 200, (path, bundle)
+            types = {e.get("resource", {}).get("resourceType") for e in bundle.get("entry", [])}
+            assert "Consent" not in types, path
+        assert await _status(mine, "GET", f"{gateway.fhir}/Consent/upstream-consent-1") == 404
+        assert await _status(trusted, "GET", f"{gateway.fhir}/Consent/upstream-consent-1") == 404
+    finally:
+        fresh_upstream.upstream.reset()
+
+
 async def test_c23_administrators_change_consent_with_a_documented_reason(
     gateway: RunningGateway,
     local_stack_env: Stack,

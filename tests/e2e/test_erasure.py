@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
+from gateway.audit.store import AuditQuery, AuditReader
 from tests.conftest import SESSION_KEK, RunningGateway
 from tests.support.tokens import AMELIA as AMELIA_USER
 from tests.support.tokens import PUBLIC_APP, flow_token, services
@@ -57,7 +58,8 @@ async def test_c22_erasure_revokes_every_app_and_withdraws_the_consents(
 
     status, output = await _cli(gateway, "patients", "erase", "--patient", AMELIA)
     assert status == 0, output
-    assert f"Patient/{AMELIA}: 1 app grant(s) revoked, 1 consent(s) withdrawn" in output
+    assert f"Patient/{AMELIA}: 1 app grant(s) revoked, 0 cache key(s) destroyed" in output
+    assert "1 consent(s) withdrawn" in output
 
     async with http.get(url, headers=headers) as response:
         assert response.status == 401
@@ -72,8 +74,15 @@ async def test_c22_erasure_revokes_every_app_and_withdraws_the_consents(
         assert response.status == 400
     consents = await services(gateway).db["consents"].find({"patient_id": AMELIA}).to_list()
     assert consents and all(c["status"] == "inactive" for c in consents)  # kept as evidence
-    event = await services(gateway).db["security_events"].find_one({"kind": "patient-erased"})
-    assert event is not None and event["detail"]["patient"] == AMELIA
+    # The erasure is in the audit trail, which is kept (C-22, A-01): a Patient Record delete.
+    erased = await AuditReader(services(gateway).db).search(AuditQuery(patient=AMELIA, count=100))
+    deletes = [
+        e
+        for e in erased.events
+        if e["type"]["code"] == "110110" and e["subtype"][0]["code"] == "delete"
+    ]
+    assert len(deletes) == 1
+    assert deletes[0]["agent"][0]["who"]["identifier"]["value"] == "cli"
 
 
 async def test_c22_p13_an_erasure_names_a_patient_id_not_a_query(gateway: RunningGateway) -> None:

@@ -4,6 +4,7 @@ configured external issuer (S-30)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 import uuid
@@ -263,13 +264,15 @@ class ExternalIssuer:
 
     def __init__(self) -> None:
         self.key = ECKey.generate_key("P-256", parameters={"kid": "kc-1", "alg": "ES256"})
+        self.published = [self.key]
+        self.max_age = 300
         self.fetches = 0
         self.server: TestServer | None = None
 
     async def jwks(self, request: web.Request) -> web.Response:
         self.fetches += 1
-        body = {"keys": [self.key.as_dict(private=False)]}
-        return web.json_response(body, headers={"Cache-Control": "public, max-age=300"})
+        body = {"keys": [key.as_dict(private=False) for key in self.published]}
+        return web.json_response(body, headers={"Cache-Control": f"max-age={self.max_age}"})
 
     @property
     def issuer(self) -> str:
@@ -339,3 +342,30 @@ async def test_s30_an_external_issuers_token_is_accepted_and_an_unknown_issuer_r
         impostor,
     )
     assert (await _get(http, url, forged))[0] == 401
+
+
+async def test_s30_a_key_withdrawn_from_an_issuers_jwks_stops_its_tokens_at_the_next_fetch(
+    start_gateway: StartGateway,
+    local_stack_env: Stack,
+    external: ExternalIssuer,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Emergency withdrawal: the issuer removes a key from its JWKS. A token signed with it and
+    already verified (kept in memory) stops once the gateway fetches the JWKS again, after the
+    JWKS's Cache-Control lifetime, not at the token's expiry."""
+    external.max_age = 1
+    gw = await start_gateway(
+        upstream_url=local_stack_env.upstream.base_url,
+        mongodb_uri=local_stack_env.mongo_uri,
+        external_issuers=[{"issuer": external.issuer, "jwks_uri": f"{external.issuer}/certs"}],
+    )
+    await register_client(gw, "hospital-dashboard", trusted=True)
+    url = f"{gw.fhir}/Patient/{AMELIA}"
+    token = external.token(gw.fhir)
+    assert (await _get(http, url, token))[0] == 200
+    replacement = ECKey.generate_key("P-256", parameters={"kid": "kc-2", "alg": "ES256"})
+    external.published = [replacement]
+    await asyncio.sleep(1.2)
+    status, _, body = await _get(http, url, token)
+    assert status == 401, body
+    assert (await _get(http, url, token))[0] == 401

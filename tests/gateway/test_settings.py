@@ -10,7 +10,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.settings import SettingsError, load_key_provider, load_settings
-from smart_auth.key_provider import version_of
+from smart_auth.key_provider import LocalKeyProvider, version_of
 
 
 def test_environment_wins_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,3 +115,79 @@ def test_p19_a_bad_key_in_the_environment_is_not_echoed(monkeypatch: pytest.Monk
     with pytest.raises(SettingsError, match="FHIR_GATEWAY_KEY_ENCRYPTION_KEY") as refused:
         load_settings()
     assert "passphrase" not in str(refused.value)
+
+
+async def test_p16_previous_key_encryption_keys_unwrap_and_never_wrap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    current, older, oldest = os.urandom(32), os.urandom(32), os.urandom(32)
+    path = tmp_path / "oldest"
+    path.write_text(base64.b64encode(oldest).decode())
+    monkeypatch.setenv("FHIR_GATEWAY_KEY_ENCRYPTION_KEY", base64.b64encode(current).decode())
+    monkeypatch.setenv(
+        "FHIR_GATEWAY_PREVIOUS_KEY_ENCRYPTION_KEYS", base64.b64encode(older).decode()
+    )
+    monkeypatch.setenv("FHIR_GATEWAY_PREVIOUS_KEY_ENCRYPTION_KEY_FILES", str(path))
+    provider = load_key_provider(load_settings())
+    assert provider.current_version == version_of(current)
+    for key in (older, oldest):
+        wrapped = await LocalKeyProvider(key).wrap(b"k" * 32)
+        assert await provider.unwrap(wrapped) == b"k" * 32
+    assert (await provider.wrap(b"k" * 32)).version == version_of(current)
+
+
+def test_p16_a_bad_previous_key_names_its_setting_not_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FHIR_GATEWAY_KEY_ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode())
+    monkeypatch.setenv("FHIR_GATEWAY_PREVIOUS_KEY_ENCRYPTION_KEYS", "my-old-passphrase")
+    with pytest.raises(SettingsError, match="PREVIOUS_KEY_ENCRYPTION_KEYS") as refused:
+        load_settings()
+    assert "passphrase" not in str(refused.value)
+    monkeypatch.delenv("FHIR_GATEWAY_PREVIOUS_KEY_ENCRYPTION_KEYS")
+    monkeypatch.setenv("FHIR_GATEWAY_PREVIOUS_KEY_ENCRYPTION_KEY_FILES", str(tmp_path / "none"))
+    with pytest.raises(SettingsError, match=r"PREVIOUS_KEY_ENCRYPTION_KEY_FILES.*cannot read"):
+        load_key_provider(load_settings())
+
+
+def test_the_cache_settings_and_their_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert settings.cache_enabled and settings.cache_ttl_seconds == 60
+    monkeypatch.setenv("FHIR_GATEWAY_CACHE_ENABLED", "false")
+    monkeypatch.setenv("FHIR_GATEWAY_CACHE_MAX_ENTRIES", "500")
+    settings = load_settings()
+    assert not settings.cache_enabled and settings.cache_max_entries == 500
+    monkeypatch.setenv("FHIR_GATEWAY_CACHE_MAX_BYTES", "1000")
+    with pytest.raises(SettingsError, match="FHIR_GATEWAY_CACHE_MAX_BYTES"):
+        load_settings()
+
+
+def test_audit_forwarding_is_off_by_default_and_takes_upstream_or_a_fhir_base() -> None:
+    assert load_settings().audit_forward_url is None
+    assert load_settings(audit_forward_url="upstream").audit_forward_url == "upstream"
+    url = load_settings(audit_forward_url="https://audit.example/fhir/").audit_forward_url
+    assert url == "https://audit.example/fhir"
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        ({"audit_forward_url": "audit.example"}, "FHIR_GATEWAY_AUDIT_FORWARD_URL"),
+        ({"audit_forward_url": "https://audit.example/fhir?x=1"}, "audit_forward_url"),
+        (
+            {"audit_forward_url": "upstream", "audit_forward_bearer_token": "t"},
+            "upstream_auth settings are used",
+        ),
+        ({"audit_forward_bearer_token": "t"}, "audit_forward_bearer_token"),
+        (
+            {"audit_forward_backoff_seconds": 10, "audit_forward_backoff_max_seconds": 5},
+            "audit_forward_backoff_max_seconds",
+        ),
+        ({"audit_forward_batch_size": 0}, "FHIR_GATEWAY_AUDIT_FORWARD_BATCH_SIZE"),
+    ],
+)
+def test_bad_audit_forwarding_settings_stop_start_up_naming_the_setting(
+    values: dict[str, object], says: str
+) -> None:
+    with pytest.raises(SettingsError, match=says):
+        load_settings(**values)

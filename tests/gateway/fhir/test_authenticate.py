@@ -64,6 +64,7 @@ class Sources:
         self.own_reads = 0
         self.fetches: list[str] = []
         self.external = _public(THEIRS)
+        self.max_age = 600
 
     async def own(self) -> dict[str, Any]:
         self.own_reads += 1
@@ -71,7 +72,7 @@ class Sources:
 
     async def fetch(self, url: str) -> FetchedJwks:
         self.fetches.append(url)
-        return FetchedJwks(self.external, 600)
+        return FetchedJwks(self.external, self.max_age)
 
 
 def _authenticator(sources: Sources) -> Authenticator:
@@ -155,6 +156,21 @@ async def test_s20_a_token_is_verified_once_then_served_from_memory() -> None:
     for _ in range(5):
         await authenticator.authenticate({"Authorization": f"Bearer {token}"}, {})
     assert sources.own_reads == 1
+
+
+async def test_s30_a_key_withdrawn_from_an_external_jwks_stops_its_cached_tokens() -> None:
+    """A verified token is kept in memory; an external one is checked again when the issuer's
+    JWKS has been fetched anew (here it may not be cached at all: every request refetches)."""
+    sources = Sources()
+    sources.max_age = 0
+    authenticator = _authenticator(sources)
+    token = _token(key=THEIRS, alg="ES256", iss=EXTERNAL, typ="JWT")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert (await authenticator.authenticate(headers, {})).external
+    assert (await authenticator.authenticate(headers, {})).external  # same keys: still good
+    sources.external = _public(ECKey.generate_key("P-256", parameters={"kid": "idp-2"}))
+    with pytest.raises(Unauthorized):
+        await authenticator.authenticate(headers, {})
 
 
 def _b64(text: str) -> str:

@@ -80,9 +80,18 @@ class Steps:
             raise Forbidden("refused by the write policy")
         return CIMultiDict()
 
+    # step 7, the audit record
+    async def record(self, facts: Any) -> None:
+        self.log.append(f"audit {facts.status}")
+
     # the Consent API
     async def handle(self, context: Any, interaction: Any, body: Any, headers: Any) -> Answer:
         self.log.append("consents.handle")
+        return Answer(200, {}, {"resourceType": "Bundle", "type": "searchset"})
+
+    # the AuditEvent API
+    async def handle_audit(self, context: Any, call: Call) -> Answer:
+        self.log.append(f"audit_events.handle {call.interaction.kind}")
         return Answer(200, {}, {"resourceType": "Bundle", "type": "searchset"})
 
 
@@ -106,11 +115,13 @@ def pipeline(steps: Steps) -> Pipeline:
         fetcher=_As(fetch=steps.fetch),  # type: ignore[arg-type]
         consent=_As(start=steps.start, refusal=steps.refusal_for_read),  # type: ignore[arg-type]
         consents=_As(handle=steps.handle),  # type: ignore[arg-type]
+        audit_events=_As(handle=steps.handle_audit),  # type: ignore[arg-type]
         pages=_As(),  # type: ignore[arg-type]
         release=_As(answer=steps.answer, written=steps.written),  # type: ignore[arg-type]
         writes=_As(prepare=steps.prepare, check=steps.check),  # type: ignore[arg-type]
         cors=_As(),  # type: ignore[arg-type]
         rate_limit=_As(),  # type: ignore[arg-type]
+        audit=_As(record_request=steps.record),  # type: ignore[arg-type]
     )
 
 
@@ -188,3 +199,31 @@ async def test_c02_consent_is_the_gateways_own_and_never_reaches_the_upstream() 
     steps = Steps()
     await pipeline(steps).run(CONTEXT, call("GET", "Consent"))
     assert steps.log == ["consents.handle"]
+
+
+async def test_a11_the_audit_log_is_the_gateways_own_and_never_reaches_the_upstream() -> None:
+    steps = Steps()
+    for method, path in (
+        ("GET", "AuditEvent"),
+        ("GET", "AuditEvent/e1"),
+        ("GET", "Patient/p1/AuditEvent"),
+        ("PUT", "AuditEvent/e1"),
+        ("DELETE", "AuditEvent/e1"),
+        ("GET", "AuditEvent/e1/_history"),
+    ):
+        await pipeline(steps).run(CONTEXT, call(method, path, body={"resourceType": "AuditEvent"}))
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": "AuditEvent?patient=p1"}}],
+    }
+    await pipeline(steps).run(CONTEXT, Call(interaction=parse("POST", ""), body=batch))
+    assert [step for step in steps.log if step != "revoked?"] == [
+        "audit_events.handle search-type",
+        "audit_events.handle read",
+        "audit_events.handle search-compartment",
+        "audit_events.handle update",
+        "audit_events.handle delete",
+        "audit_events.handle history-instance",
+        "audit_events.handle search-type",
+    ]

@@ -412,12 +412,12 @@ async def test_readyz_reports_each_dependency(
     async with http.get(f"{gw.base}/readyz") as response:
         assert response.status == 200
         assert (await response.json())["checks"] == {"mongodb": "ok", "upstream": "ok"}
-    # MongoDB refuses the next ping (a fail point of the test database); the upstream fails too.
+    # MongoDB refuses the next query (a fail point of the test database); the upstream fails too.
     await gw.server.app[MONGO].admin.command(
         {
             "configureFailPoint": "failCommand",
             "mode": {"times": 1},
-            "data": {"failCommands": ["ping"], "errorCode": 91},
+            "data": {"failCommands": ["find"], "errorCode": 91},
         }
     )
     upstream.status = 503
