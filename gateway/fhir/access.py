@@ -84,6 +84,9 @@ class AccessPolicy:
         default_factory=dict, compare=False, repr=False
     )
     _only_own_patients: bool = field(default=False, compare=False, repr=False)
+    _scopes: dict[tuple[str, frozenset[Letter]], tuple[ResourceScope, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def note_response(self, raw: bytes | None) -> None:
         """Look once at a whole response's JSON: when it names no patient outside the token's
@@ -133,10 +136,13 @@ class AccessPolicy:
         rtype = resource.get("resourceType")
         if not isinstance(rtype, str):
             return False
+        scopes = self._scopes.get((rtype, letters))
+        if scopes is None:  # the token's scopes for this type and letters, in the token's order
+            scopes = tuple(_scopes_for(self.context, rtype, letters))
+            if len(self._scopes) < 256:  # types come from upstream data: bounded
+                self._scopes[(rtype, letters)] = scopes
         reaches: bool | None = None
-        for scope in self.context.scopes:
-            if not scope.covers_type(rtype) or not (scope.letters & letters):
-                continue
+        for scope in scopes:
             if scope.context is Context.PATIENT:
                 if reaches is None:
                     reaches = self._reaches(resource)

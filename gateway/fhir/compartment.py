@@ -161,7 +161,7 @@ def mentioned_patients(raw: bytes) -> frozenset[str] | None:
     text can point at anyone else, and the per-resource search for references can be skipped."""
     if b"Patient?" in raw or b"\\u" in raw:
         return None
-    return frozenset(match.decode() for match in _MENTION.findall(raw))
+    return frozenset(match.decode() for match in set(_MENTION.findall(raw)))
 
 
 def patient_references(
