@@ -56,7 +56,7 @@ from smart_auth.clients import ClientStore
 from smart_auth.revocation import Revoker
 from smart_auth.scopes import Letter
 
-_SEARCH_PARAMS = frozenset({"patient", "status", "_count", "_id"})
+SEARCH_PARAMETERS = frozenset({"patient", "status", "_count", "_id"})
 
 
 def _served(answer: Answer) -> None:
@@ -238,7 +238,7 @@ class ConsentApi:
         params = list(decision.interaction.params)
         if decision.patient_only:
             params = narrow_search(params, "Consent", context.patients, add_constraint=False)
-        unknown = sorted({k for k, _ in params} - _SEARCH_PARAMS)
+        unknown = sorted({k for k, _ in params} - SEARCH_PARAMETERS)
         if unknown:
             raise BadRequest(f"Consent search supports patient, status, _id, _count; not {unknown}")
         values = {k: v for k, v in params}

@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from tests.conftest import RunningGateway, Stack
 
@@ -238,3 +239,32 @@ async def test_readyz_with_the_real_stack(
     async with system_http.get(f"{gateway.base}/readyz") as response:
         assert response.status == 200
         assert (await response.json())["checks"] == {"mongodb": "ok", "upstream": "ok"}
+
+
+async def test_c02_a11_metadata_describes_auditevent_and_consent_as_the_gateway_serves_them(
+    gateway: RunningGateway, local_stack_env: Stack, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{local_stack_env.upstream.base_url}/metadata") as response:
+        upstream = await response.json(content_type=None)
+    theirs = {
+        entry["type"]: {i["code"] for i in entry.get("interaction", [])}
+        for rest in upstream["rest"]
+        for entry in rest.get("resource", [])
+    }
+    assert "create" in theirs["AuditEvent"]  # the upstream would take writes: we do not
+
+    async with http.get(f"{gateway.fhir}/metadata") as response:
+        statement = await response.json(content_type=None)
+    CapabilityStatement.model_validate(statement)
+    (rest,) = statement["rest"]
+    entries = {}
+    for entry in rest["resource"]:
+        assert entry["type"] not in entries  # one entry per type, ours replacing theirs
+        entries[entry["type"]] = entry
+    audit = entries["AuditEvent"]
+    assert {i["code"] for i in audit["interaction"]} == {"read", "search-type"}
+    assert {p["name"] for p in audit["searchParam"]} >= {"patient", "agent", "date", "subtype"}
+    consent = {i["code"] for i in entries["Consent"]["interaction"]}
+    assert consent >= {"read", "search-type", "update"} and "patch" not in consent
+    assert {p["name"] for p in entries["Consent"]["searchParam"]} == {"patient", "status", "_id"}
+    assert "Observation" in entries  # the upstream's own types are kept
