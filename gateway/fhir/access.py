@@ -91,8 +91,9 @@ class AccessPolicy:
     def note_response(self, raw: bytes | None) -> None:
         """Look once at a whole response's JSON: when it names no patient outside the token's
         reach, resources need not be searched one by one for such references."""
-        mentioned = compartment.mentioned_patients(raw) if raw is not None else None
-        self._only_own_patients = mentioned is not None and mentioned <= self.context.patients
+        self._only_own_patients = raw is not None and compartment.mentions_only(
+            raw, self.context.patients
+        )
 
     def owners_of(self, resource: Mapping[str, Any]) -> frozenset[str]:
         """:func:`gateway.fhir.compartment.patients_of`, once per resource object."""
