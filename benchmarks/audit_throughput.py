@@ -43,7 +43,14 @@ from gateway.localstack import EmbeddedMongo
 
 OBSERVER = Observer("bench:8080", "http://127.0.0.1:8080/fhir")
 ROUNDS = 3
-PERMIT = Decision(True, Basis.PERMIT, "permitted", "consent-1", "provision", ("TREAT",))
+PERMIT = Decision(
+    permitted=True,
+    basis=Basis.PERMIT,
+    reason="permitted",
+    consent_id="consent-1",
+    provision="provision",
+    purposes=("TREAT",),
+)
 
 
 def facts() -> RequestFacts:

@@ -51,6 +51,9 @@ class Profile:
     """For resource types not in ``keep``."""
     deidentify: Deidentification | None
     """The keep rules of a de-identifying profile (``None``: it does not de-identify)."""
+    plain: str = ""
+    """What it removes, in one sentence for patients (the profile file's ``plain``; the English
+    id of the message catalogue). Empty for a combination of purposes."""
 
     def elements(self, resource_type: str) -> frozenset[str] | None:
         return self.keep.get(resource_type, self.default)
@@ -133,7 +136,7 @@ def _load() -> dict[str, Profile]:
         default = _elements(data["keep"].get("*", []))
         rules = data["deidentify"]
         deidentify = Deidentification.from_data(rules) if rules else None
-        profiles[code] = Profile((code,), keep, default, deidentify)
+        profiles[code] = Profile((code,), keep, default, deidentify, str(data["plain"]))
     return profiles
 
 

@@ -24,13 +24,14 @@ bodies are bounded in size (``MAX_ELEMENTS``), issues, element names and message
 length.
 
 ``app_grant`` builds the Consent written when a patient approves an app on the authorization
-screen (C-05).
+screen (C-05); ``grant_terms`` reads its terms back for the patient's "Connected apps" (C-19).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -50,6 +51,7 @@ from consent.codes import (
     RESOURCE_TYPES,
     V3_ACT_CODE,
     V3_ACT_REASON,
+    V3_CONFIDENTIALITY,
     V3_PARTICIPATION_TYPE,
 )
 from consent.errors import ConsentInvalid, InvalidParameter, Issue
@@ -340,6 +342,7 @@ def app_grant(
     start: datetime,
     end: datetime | None,
     recorded_by: str | None = None,
+    sensitivity_labels: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The Consent a patient gives by approving an app (C-05): permit the app (actor, role IRCP),
     for its declared purposes, to access the granted resource types, from ``start`` to ``end``.
@@ -348,6 +351,13 @@ def app_grant(
     whole becomes a nested ``deny`` of that type with a nested ``permit`` of the granted codes, so
     only those resources of the type are released. ``recorded_by`` (``Patient/x`` or
     ``RelatedPerson/y``, the person who approved) becomes ``performer``.
+
+    ``sensitivity_labels`` (v3-ActCode: PSY, SUD...) are the sensitive categories the patient
+    ticked (C-26). They become a nested ``permit`` whose ``securityLabel`` names them, with a
+    ``permit`` under it naming the confidentiality levels R and V: a resource with those
+    sensitivity codes (and no others) is released, whether or not it is also marked restricted,
+    while a resource marked restricted with no sensitivity code, or with one not ticked, is not.
+    The other nested provisions (granular scopes) still deny what they deny.
     """
     fhir_id(patient_id, "patient id")
     if not client_id:
@@ -380,8 +390,9 @@ def app_grant(
     }
     if purposes:
         root["purpose"] = [_coding(V3_ACT_REASON, code) for code in dict.fromkeys(purposes)]
+    nested: list[dict[str, Any]] = []
     if limited:
-        root["provision"] = [
+        nested += [
             {
                 "type": "deny",
                 "class": [_coding(RESOURCE_TYPES, name)],
@@ -395,6 +406,25 @@ def app_grant(
             }
             for name, codings in limited.items()
         ]
+    labels = [label.upper() for label in dict.fromkeys(sensitivity_labels)]
+    if labels:
+        nested.append(
+            {
+                "type": "permit",
+                "securityLabel": [_coding(V3_ACT_CODE, label) for label in labels],
+                "provision": [
+                    {
+                        "type": "permit",
+                        "securityLabel": [
+                            _coding(V3_CONFIDENTIALITY, "R"),
+                            _coding(V3_CONFIDENTIALITY, "V"),
+                        ],
+                    }
+                ],
+            }
+        )
+    if nested:
+        root["provision"] = nested
     consent: dict[str, Any] = {
         "resourceType": "Consent",
         "status": "active",
@@ -408,3 +438,60 @@ def app_grant(
     if recorded_by:
         consent["performer"] = [{"reference": recorded_by}]
     return validate(consent)
+
+
+@dataclass(frozen=True, slots=True)
+class GrantTerms:
+    """What a permit Consent lets its apps see, read back for the patient's pages (C-19)."""
+
+    types: tuple[str, ...]
+    """Resource types permitted whole; ``("*",)`` when the permit names no type."""
+    codes: Mapping[str, tuple[str, ...]]
+    """Types permitted only for some codes (a granular scope): type -> ``system|code``."""
+    labels: tuple[str, ...]
+    """Sensitivity codes a nested permit names (the sensitive categories the patient ticked)."""
+    purposes: tuple[str, ...]
+    start: str | None
+    end: str | None
+
+
+def grant_terms(consent: Mapping[str, Any]) -> GrantTerms:
+    """The terms of a permit Consent as :func:`app_grant` writes them (a nested deny of a type
+    with a permit of codes under it; a nested permit naming sensitivity codes). Read from a
+    stored, valid Consent; other nested provisions are not reflected here."""
+    root = consent.get("provision") or {}
+    classes = [
+        c.get("code", "") for c in root.get("class") or () if c.get("system") == RESOURCE_TYPES
+    ]
+    codes: dict[str, tuple[str, ...]] = {}
+    labels: list[str] = []
+    for child in root.get("provision") or ():
+        kinds = [c.get("code", "") for c in child.get("class") or ()]
+        if child.get("type") == "deny" and len(kinds) == 1:
+            permitted = [
+                f"{coding.get('system', '')}|{coding.get('code', '')}"
+                for grandchild in child.get("provision") or ()
+                if grandchild.get("type") == "permit"
+                for concept in grandchild.get("code") or ()
+                for coding in concept.get("coding") or ()
+            ]
+            codes[kinds[0]] = tuple(permitted)
+        elif child.get("type") == "permit" and not kinds:
+            labels += [
+                str(label.get("code", "")).upper()
+                for label in child.get("securityLabel") or ()
+                if label.get("system") == V3_ACT_CODE
+            ]
+    period = root.get("period") or {}
+    purposes = [
+        p.get("code", "") for p in root.get("purpose") or () if p.get("system") == V3_ACT_REASON
+    ]
+    whole = [name for name in classes if name not in codes]
+    return GrantTerms(
+        tuple(whole) or ("*",),
+        codes,
+        tuple(dict.fromkeys(labels)),
+        tuple(purposes),
+        period.get("start"),
+        period.get("end"),
+    )

@@ -474,6 +474,7 @@ class ConsentStore:
         *,
         change: Change,
         supersede: bool = True,
+        sensitivity_labels: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Write the Consent given on the authorization screen (C-05) and return it. With
         ``supersede`` the app's earlier grants for this patient become inactive, so the latest
@@ -489,6 +490,7 @@ class ConsentStore:
             start,
             end,
             recorded_by,
+            sensitivity_labels,
         )
         created = await self.create(consent, change=change)
         if supersede:

@@ -24,6 +24,7 @@ from aiohttp import web
 from pymongo import AsyncMongoClient
 
 from consent.store import ConsentStore
+from gateway.account import setup_account
 from gateway.appkeys import (
     AUDIT,
     AUTH,
@@ -265,6 +266,7 @@ def create_app(
     checks = {"mongodb": mongo_answers, "upstream": upstream_answers}
     Health(checks, metrics, settings.metrics_token).add_routes(app)
     setup_authserver(app)  # before the catch-all /fhir route: it serves /fhir/.well-known/...
+    setup_account(app)
     # Innermost, so that its 503 is rendered by the error middleware of the request's area.
     gate = DatabaseGate(lambda: app.get(MONGO), settings.mongodb_server_selection_timeout_seconds)
     app.middlewares.append(gate.middleware)

@@ -107,7 +107,9 @@ class EmbeddedMongo:
         # retryWrites=false: SecantusDB's retryable-write bookkeeping slows writes as they pile up.
         return f"mongodb://127.0.0.1:{self.port}/?directConnection=true&retryWrites=false"
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, *, same_port: bool = False) -> None:
+        """Start the server on a free port; with ``same_port``, on the port of the previous start
+        (a restart that clients already connected notice by themselves)."""
         executable = shutil.which(
             "secantusd-py", path=str(Path(sys.executable).parent)
         ) or shutil.which("secantusd-py")
@@ -120,7 +122,8 @@ class EmbeddedMongo:
         if self.data_dir:
             self.data_dir.mkdir(parents=True, exist_ok=True)
         for _attempt in range(3):
-            self.port = free_port()
+            if not (same_port and self.port):
+                self.port = free_port()
             args = [
                 executable,
                 "--host",
@@ -158,6 +161,14 @@ class EmbeddedMongo:
     def stop(self) -> None:
         if self.process is not None:
             _stop(self.process)
+            self.process = None
+
+    def kill(self) -> None:
+        """Stop the server at once (SIGKILL), as a crash would: its connections close unanswered."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
             self.process = None
 
 

@@ -53,15 +53,17 @@ npm_ci() {
 npm_ci "$ROOT/fixtures/upstream" "the local FHIR server"
 if [ "$EXTRAS" = test ]; then
   npm_ci "$ROOT/fixtures/smart-js-app" "SMART's JavaScript client for the browser tests"
+  npm_ci "$ROOT/fixtures/axe" "axe-core for the accessibility checks of the browser tests"
 fi
 
-# The consent-screen browser tests drive Debian's Chromium with Playwright (never `playwright
-# install`, which downloads its own browser build).
+# The browser tests (the consent screen, the patient's pages, the JavaScript client) drive
+# Debian's Chromium with Playwright (never `playwright install`, which downloads its own browser
+# build); they look for `chromium` on the PATH, else /usr/bin/chromium.
 if [ "$EXTRAS" = test ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "Installing Debian's chromium for the browser tests"
     apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null
   else
-    say "chromium is missing and cannot be installed without root: the browser tests will be skipped"
+    say "chromium is missing and cannot be installed without root: the browser tests will be skipped (in CI they fail)"
   fi
 fi

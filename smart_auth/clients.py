@@ -35,6 +35,7 @@ COLLECTION = "clients"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._~-]{3,128}$")
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "[::1]"})
 MIN_SECRET_LENGTH = 32
+_MAX_NAME = 200
 
 
 class ClientType(StrEnum):
@@ -90,6 +91,11 @@ class Client(ClientMixin):  # type: ignore[misc]
     introspect_all_tokens: bool = False
     """A resource server: may introspect tokens issued to other clients (RFC 7662 2.2)."""
     url: str | None = None
+    """The app's web address, shown on the consent screen."""
+    publisher: str | None = None
+    """Who makes the app (a company, a hospital), shown on the consent screen."""
+    privacy_policy_url: str | None = None
+    """The app's privacy policy, linked from the consent screen and "Connected apps"."""
     secret_digest: str | None = field(default=None, repr=False)
     jwks: dict[str, Any] | None = None
     jwks_uri: str | None = None
@@ -196,11 +202,28 @@ def _narrowed(scope: ResourceScope, allowed: tuple[ResourceScope, ...]) -> list[
     return kept
 
 
+def _web_page(name: str, value: str | None) -> None:
+    """A page patients are sent to: an absolute https address (http on a loopback address)."""
+    if value is None:
+        return
+    try:
+        url = URL(value)
+    except ValueError:
+        raise ClientError(f"{name}: a web address") from None
+    loopback = _is_loopback_http(url) or url.host == "localhost"
+    if not url.is_absolute() or not (url.scheme == "https" or (url.scheme == "http" and loopback)):
+        raise ClientError(f"{name} {value!r}: an https address")
+
+
 def _check(client: Client) -> None:
     if not _CLIENT_ID.match(client.client_id):
         raise ClientError("client_id: 3-128 characters of A-Z a-z 0-9 . _ ~ -")
-    if not client.name.strip():
-        raise ClientError("name: required")
+    if not client.name.strip() or len(client.name) > _MAX_NAME:
+        raise ClientError(f"name: required, at most {_MAX_NAME} characters")
+    if client.publisher is not None and not 0 < len(client.publisher.strip()) <= _MAX_NAME:
+        raise ClientError(f"publisher: 1-{_MAX_NAME} characters")
+    _web_page("url", client.url)
+    _web_page("privacy policy", client.privacy_policy_url)
     for uri in client.redirect_uris:
         url = URL(uri)
         if not url.is_absolute() or url.fragment:
@@ -256,6 +279,8 @@ def _to_doc(client: Client) -> dict[str, Any]:
         "manages_consent": client.manages_consent,
         "introspect_all_tokens": client.introspect_all_tokens,
         "url": client.url,
+        "publisher": client.publisher,
+        "privacy_policy_url": client.privacy_policy_url,
         "secret_digest": client.secret_digest,
         "jwks": client.jwks,
         "jwks_uri": client.jwks_uri,
@@ -276,6 +301,8 @@ def _from_doc(doc: dict[str, Any]) -> Client:
         manages_consent=bool(doc.get("manages_consent", False)),
         introspect_all_tokens=bool(doc.get("introspect_all_tokens", False)),
         url=doc.get("url"),
+        publisher=doc.get("publisher"),
+        privacy_policy_url=doc.get("privacy_policy_url"),
         secret_digest=doc.get("secret_digest"),
         jwks=doc.get("jwks"),
         jwks_uri=doc.get("jwks_uri"),
@@ -296,6 +323,8 @@ def new_client(
     manages_consent: bool = False,
     introspect_all_tokens: bool = False,
     url: str | None = None,
+    publisher: str | None = None,
+    privacy_policy_url: str | None = None,
     secret: str | None = None,
     jwks: dict[str, Any] | None = None,
     jwks_uri: str | None = None,
@@ -319,6 +348,8 @@ def new_client(
         manages_consent=manages_consent,
         introspect_all_tokens=introspect_all_tokens,
         url=url,
+        publisher=publisher,
+        privacy_policy_url=privacy_policy_url,
         secret_digest=secret_digest(secret) if secret is not None else None,
         jwks=jwks,
         jwks_uri=jwks_uri,

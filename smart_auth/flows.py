@@ -15,7 +15,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -38,6 +38,7 @@ class Flow:
     flow_id: str
     browser: str  # digest of the browser cookie
     csrf: str
+    started_at: datetime
     params: dict[str, str] = field(default_factory=dict)  # the validated authorization request
     next_page: str | None = None
     user_id: str | None = None
@@ -61,6 +62,7 @@ def _from_doc(doc: dict[str, Any]) -> Flow:
         flow_id=doc["_id"],
         browser=doc["browser"],
         csrf=doc["csrf"],
+        started_at=doc.get("started_at") or doc["expires_at"] - LIFETIME,
         params=dict(doc.get("params") or {}),
         next_page=doc.get("next_page"),
         user_id=doc.get("user_id"),
@@ -89,13 +91,15 @@ class FlowStore:
         params: dict[str, str] | None = None,
         next_page: str | None = None,
     ) -> Flow:
+        now = self._clock()
         doc = {
             "_id": secrets.token_urlsafe(24),
             "browser": _digest(browser_cookie),
             "csrf": secrets.token_urlsafe(32),
             "params": {str(k): str(v) for k, v in (params or {}).items()},
             "next_page": next_page,
-            "expires_at": self._clock() + LIFETIME,
+            "started_at": now,
+            "expires_at": now + LIFETIME,
         }
         await insert_once(self._flows, doc)
         return _from_doc(doc)

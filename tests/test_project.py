@@ -1,5 +1,6 @@
 """The project's own promises: the deployment file is valid Compose, the docs document every
-setting, and the README gives the commands CI runs."""
+setting, the README gives the commands CI runs and shows the pages as the browser tests see
+them."""
 
 from __future__ import annotations
 
@@ -86,6 +87,19 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "bash scripts/test" in ci
 
 
+def test_the_readme_shows_the_screenshots_the_browser_tests_take() -> None:
+    """Every picture the README shows is committed and is one the browser tests write with
+    ``UPDATE_DOC_SCREENSHOTS=1``, and every committed screenshot is shown."""
+    readme = (ROOT / "README.md").read_text()
+    shown = set(re.findall(r"\]\(docs/screenshots/([a-z0-9-]+)\.png\)", readme))
+    committed = {p.stem for p in (ROOT / "docs" / "screenshots").glob("*.png")}
+    tests = (ROOT / "tests" / "e2e" / "test_account_browser.py").read_text().splitlines()
+    taken = {name for line in tests if "doc=" in line for name in re.findall(r'"([a-z-]+)"', line)}
+    assert shown, "the README shows no screenshot"
+    assert shown == committed, shown ^ committed
+    assert shown <= taken, shown - taken
+
+
 def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
 
@@ -120,3 +134,29 @@ def test_the_lock_files_satisfy_the_declared_ranges() -> None:
                 f"requirements/{lock}.lock pins {name}=={pins[name]}, outside {requirement}"
             )
     assert "multidict" in {r.name for r in runtime}  # imported by the gateway, so declared
+
+
+def test_every_file_the_packages_read_is_shipped() -> None:
+    """The container image installs the packages (not the checkout): every non-Python file in
+    them must match ``package-data``, or a page would lose its template or its translation."""
+    import fnmatch
+    import tomllib
+
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]
+    listed = subprocess.run(
+        ["git", "ls-files", "gateway", "smart_auth", "consent"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    missing = []
+    for name in listed:
+        package, _, inside = name.partition("/")
+        if name.endswith((".py", ".pot")) or inside.endswith("README.md"):
+            continue  # code, and what only developers and translators read
+        if not any(fnmatch.fnmatch(inside, pattern) for pattern in package_data[package]):
+            missing.append(name)
+    assert not missing, missing

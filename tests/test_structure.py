@@ -15,6 +15,8 @@ LAYERS: dict[str, int] = {
     # the application: the factory and the command line
     "gateway.cli": 90,
     "gateway.app": 80,
+    # the patient's own pages, on the authorization server's sign-in and pages
+    "gateway.account": 75,
     # the authorization server's web face, the typed app state it reads, the audit log
     "gateway.oauth": 70,
     "gateway.appkeys": 60,
@@ -27,6 +29,8 @@ LAYERS: dict[str, int] = {
     "gateway.cache": 45,
     # plumbing: the proxy to the FHIR server, the web layer, settings, the local stack
     "gateway.proxy": 40,
+    # the frame and the message catalogue of every server-rendered page
+    "gateway.pages": 35,
     "gateway.web": 30,
     "gateway.settings": 20,
     "gateway.localstack": 20,

@@ -111,13 +111,22 @@ async def disclosures(
     *,
     since: datetime | None = None,
     until: datetime | None = None,
+    agent: str | None = None,
     page_size: int = 500,
 ) -> AsyncIterator[Disclosure]:
-    """Every row for ``patient``, newest first."""
+    """Every row for ``patient``, newest first (``agent``: only those of one app or person, an
+    :attr:`AuditQuery.agent` key)."""
     cursor: str | None = None
     while True:
         page = await reader.search(
-            AuditQuery(patient=patient, since=since, until=until, count=page_size, cursor=cursor)
+            AuditQuery(
+                patient=patient,
+                agent=agent,
+                since=since,
+                until=until,
+                count=page_size,
+                cursor=cursor,
+            )
         )
         for event in page.events:
             yield disclosure(event, patient)

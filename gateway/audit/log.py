@@ -151,8 +151,8 @@ class AuditLog:
                 f"{exc.strerror or exc} (setting audit_spool_dir)"
             ) from None
         try:
-            stored = await self._records.head(self.chain)
             latest = await self._checkpoints.latest(self.chain)
+            stored = await self._records.head(self.chain, latest.seq if latest else 0)
         except BaseException:
             self._spool.close()
             raise

@@ -86,12 +86,20 @@ class RecordStore:
             raise AuditError(f"audit chain {record['chain']}: an event id was recorded twice")
         raise PositionTaken(index)
 
-    async def head(self, chain: str) -> Head | None:
-        """The chain's last stored record."""
+    async def head(self, chain: str, from_seq: int = 0) -> Head | None:
+        """The chain's last stored record. ``from_seq`` is a ``seq`` known to be stored (the
+        newest checkpoint's): only the records from it on are looked at, then the whole chain if
+        none is there. (SecantusDB reads every record a sorted query matches before it keeps
+        the first: about 1.5 s for a chain of 10,000 on two shared cores, which a start-up
+        bounded by the write timeout cannot wait for.)"""
+        fields = {"seq": 1, "hash": 1}
         with pymongo.timeout(self._timeout):
-            doc = await self._events.find_one(
-                {"chain": chain}, {"seq": 1, "hash": 1}, sort=[("seq", -1)]
-            )
+            doc = None
+            if from_seq > 0:
+                query = {"chain": chain, "seq": {"$gte": from_seq}}
+                doc = await self._events.find_one(query, fields, sort=[("seq", -1)])
+            if doc is None:
+                doc = await self._events.find_one({"chain": chain}, fields, sort=[("seq", -1)])
         return None if doc is None else head_of(doc)
 
     async def from_seq(self, chain: str, first: int) -> list[dict[str, Any]]:

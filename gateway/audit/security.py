@@ -11,6 +11,7 @@ act                       type                       subtype                    
 sign-in (failed: 4)       110114 User Authenticat.   110122 Login                          E
 sign-out                  110114 User Authenticat.   110123 Logout                         E
 second factor changed     alert                      110137 User Security Attributes Chg.  U
+password changed          alert                      110137 User Security Attributes Chg.  U
 app approved / denied     alert                      BALP AuthZ-Consent                    E
 token issued              alert                      BALP AuthZ-Consent (or AuthZ-Role)    E
 token revoked             alert                      110135 Object Security Attributes     D
@@ -230,6 +231,27 @@ def second_factor_changed(
         subtype=c.dicom(c.USER_SECURITY_CHANGED),
         action=c.UPDATE,
         entities=[_user_entity(user_id, [detail("second-factor", change)])],
+        at=at,
+        ids=ids,
+    )
+
+
+def password_changed(
+    observer: Observer,
+    actor: Actor,
+    user_id: str,
+    *,
+    at: datetime | None = None,
+    ids: IdFactory = new_id,
+) -> dict[str, Any]:
+    """An account's password changed by its user (the patient's security page, P-18)."""
+    return _event(
+        observer,
+        actor,
+        type_=c.dicom(c.SECURITY_ALERT),
+        subtype=c.dicom(c.USER_SECURITY_CHANGED),
+        action=c.UPDATE,
+        entities=[_user_entity(user_id, [detail("password", "changed")])],
         at=at,
         ids=ids,
     )

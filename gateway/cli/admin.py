@@ -159,6 +159,8 @@ def _clients_add(args: argparse.Namespace) -> int:
                 manages_consent=args.manages_consent,
                 introspect_all_tokens=args.introspect_all_tokens,
                 url=args.url,
+                publisher=args.publisher,
+                privacy_policy_url=args.privacy_policy,
                 secret=_read(args.secret_file) if args.secret_file else None,
                 jwks=json.loads(_read(args.jwks_file)) if args.jwks_file else None,
                 jwks_uri=args.jwks_uri,
@@ -232,8 +234,9 @@ def _users_add(args: argparse.Namespace) -> int:
 def _patients_erase(args: argparse.Namespace) -> int:
     async def work(services: AuthServices, audit: AuditLog, cache: ResourceCache) -> int:
         try:
+            patient = args.patient_id or args.patient
             erasure = await erase_patient(
-                services, _consents(services, audit), cache, audit, args.patient, actor=Actor.cli()
+                services, _consents(services, audit), cache, audit, patient, actor=Actor.cli()
             )
         except InvalidParameter as exc:
             raise CommandError(str(exc)) from None
@@ -356,6 +359,8 @@ async def register_demo(
             manages_consent=bool(spec.get("manages_consent", False)),
             introspect_all_tokens=bool(spec.get("introspect_all_tokens", False)),
             url=spec.get("url"),
+            publisher=spec.get("publisher"),
+            privacy_policy_url=spec.get("privacy_policy_url"),
             secret=secret,
             jwks=jwks,
             jwks_uri=spec.get("jwks_uri"),
@@ -428,6 +433,14 @@ def add_commands(commands: Any, config_help: str) -> None:
     )
     add.add_argument("--origin", action="append", help="a CORS origin of the app; repeatable")
     add.add_argument("--url", help="the app's web address, shown on the consent screen")
+    add.add_argument(
+        "--publisher", help="who makes the app (a company, a hospital), shown to patients"
+    )
+    add.add_argument(
+        "--privacy-policy",
+        help="the https address of the app's privacy policy, linked from the consent screen "
+        "and the patient's connected apps",
+    )
     add.add_argument("--trusted", action="store_true", help="the hospital's own app (C-04)")
     add.add_argument(
         "--manages-consent",
@@ -485,7 +498,9 @@ def add_commands(commands: Any, config_help: str) -> None:
         help="erase a patient: revoke every app, destroy their cache keys, withdraw their "
         "consents (C-22)",
     )
-    erase.add_argument("--patient", required=True, help="the Patient id")
+    which = erase.add_mutually_exclusive_group(required=True)
+    which.add_argument("patient_id", nargs="?", help="the Patient id")
+    which.add_argument("--patient", help="the Patient id (the same, named)")
     erase.set_defaults(func=_patients_erase)
 
     consent = commands.add_parser(

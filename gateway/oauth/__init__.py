@@ -14,7 +14,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -37,6 +36,7 @@ from gateway.fhir.freshness import ChangeEpochs
 from gateway.fhir.representation import Representation, RepresentationUnknown
 from gateway.oauth import admin, authorize, endpoints, login
 from gateway.oauth.errors import auth_errors
+from gateway.pages import templating as pages
 from gateway.proxy.jwks import http_jwks_fetcher
 from gateway.settings import Settings
 from smart_auth.clock import Clock, system_clock
@@ -48,7 +48,6 @@ from smart_auth.services import AuthConfig, AuthServices, build_services
 
 log = logging.getLogger(__name__)
 
-_STATIC = Path(__file__).parent / "static"
 AUTHLIB_THREADS = 8
 
 
@@ -133,10 +132,6 @@ async def _auth_context(app: web.Application) -> AsyncIterator[None]:
         await http.close()
 
 
-async def _stylesheet(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(_STATIC / "auth.css", headers={"Cache-Control": "public, max-age=3600"})
-
-
 def setup_authserver(app: web.Application) -> None:
     """Add the authorization server to ``app`` (call before the catch-all FHIR routes)."""
     # Authlib logs issued tokens at DEBUG: keep its logger above that, whatever the level (P-14).
@@ -148,4 +143,4 @@ def setup_authserver(app: web.Application) -> None:
     authorize.add_routes(app)
     login.add_routes(app)
     admin.add_routes(app)
-    app.router.add_get("/auth/static/auth.css", _stylesheet)
+    pages.add_routes(app)  # the stylesheet every page uses

@@ -118,6 +118,8 @@ def client_json(client: Client) -> dict[str, Any]:
         "trusted": client.trusted,
         "manages_consent": client.manages_consent,
         "url": client.url,
+        "publisher": client.publisher,
+        "privacy_policy_url": client.privacy_policy_url,
         "jwks_uri": client.jwks_uri,
         "has_jwks": client.jwks is not None,
     }
@@ -158,6 +160,8 @@ async def add_client(request: web.Request) -> web.Response:
             trusted=_bool(body, "trusted", False),
             manages_consent=_bool(body, "manages_consent", False),
             url=_str(body, "url", required=False),
+            publisher=_str(body, "publisher", required=False),
+            privacy_policy_url=_str(body, "privacy_policy_url", required=False),
             secret=_str(body, "secret", required=False),
             jwks=jwks,
             jwks_uri=_str(body, "jwks_uri", required=False),

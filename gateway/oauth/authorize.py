@@ -17,13 +17,14 @@ from typing import Any
 from aiohttp import web
 from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidRequestError
 
+from consent.minimise import PROFILES
 from gateway.appkeys import AUTH, AUTH_SERVER, SETTINGS, UPSTREAM
 from gateway.audit import security
 from gateway.fhir.representation import acts_for
 from gateway.oauth.actsfor import patient_names
 from gateway.oauth.adapter import call, plain_request, stored_request, to_response
 from gateway.oauth.audited import acting, audited
-from gateway.oauth.consents import write_app_consent
+from gateway.oauth.consents import COMPARTMENT_TYPES, write_app_consent
 from gateway.oauth.errors import BadPage, NotAllowed, NotSignedIn
 from gateway.oauth.rendering import (
     BROWSER_COOKIE,
@@ -41,8 +42,11 @@ from smart_auth.consent_screen import (
     DEFAULT_EXPIRY,
     EXPIRY_CHOICES,
     consent_terms,
+    expiry_end,
     granted_scope,
     screen,
+    sensitive_categories,
+    sensitivity_labels,
 )
 from smart_auth.flows import Flow, new_browser_cookie
 from smart_auth.grants import Grant
@@ -133,7 +137,7 @@ async def _signed_in_flow(
 async def picker_page(request: web.Request) -> web.Response:
     flow, _, _ = await _signed_in_flow(request, request.query.get("flow"))
     names = await patient_names(request.app[UPSTREAM], flow.acts_for)
-    return render("patient_picker.html", flow=flow, patients=names)
+    return render(request, "patient_picker.html", flow=flow, patients=names)
 
 
 async def picker_submit(request: web.Request) -> web.Response:
@@ -174,21 +178,29 @@ async def _decision_inputs(
     return validated, client, _offered_scope(validated.request.scope, patient), patient, launch
 
 
+def _consent_written(user: User, patient: str | None) -> bool:
+    """Approving writes the patient's Consent (C-05): a patient user, for a patient."""
+    return user.role is Role.PATIENT and patient is not None
+
+
 async def consent_page(request: web.Request) -> web.Response:
     flow, _, user = await _signed_in_flow(request, request.query.get("flow"))
     validated, client, offered, patient, _ = await _decision_inputs(request, flow, user)
     names = await patient_names(request.app[UPSTREAM], (patient,)) if patient else {}
+    writes_consent = _consent_written(user, patient)
     return render(
+        request,
         "consent.html",
         form_targets=(origin_of(validated.redirect_uri),),
         flow=flow,
         client=client,
-        screen=screen(offered, client.purposes),
+        screen=screen(offered, client.purposes, COMPARTMENT_TYPES),
+        minimisation=[PROFILES[p].plain for p in client.purposes if p in PROFILES],
         patient_name=names.get(patient or "", ""),
-        for_someone_else=patient is not None
-        and patient != user.patient_id
-        and user.role is Role.PATIENT,
-        expiry_choices=[(key, label) for key, (label, _) in EXPIRY_CHOICES.items()],
+        for_someone_else=writes_consent and patient != user.patient_id,
+        sensitive=sensitive_categories() if writes_consent else (),
+        writes_consent=writes_consent,
+        expiry_choices=[(key, expiry_end(flow.started_at, key)) for key in EXPIRY_CHOICES],
         default_expiry=DEFAULT_EXPIRY,
         user=user,
     )
@@ -203,8 +215,14 @@ async def consent_submit(request: web.Request) -> web.Response:
     plain = stored_request(request.app[SETTINGS].public_base_url, flow.params)
     if not await auth.flows.finish(flow.flow_id):
         raise BadPage("This request was already answered.")
-    ticked = [v for v in form.getall("scope", []) if isinstance(v, str)]
-    granted = granted_scope(offered, ticked) if form.get("decision") == "approve" else ""
+    granted = ""
+    if form.get("decision") == "approve":
+        granted = granted_scope(
+            offered,
+            [v for v in form.getall("kind", []) if isinstance(v, str)],
+            offline=form.get("offline") == "1",
+            compartment=COMPARTMENT_TYPES,
+        )
     if not granted:
         await audited(
             request,
@@ -219,10 +237,13 @@ async def consent_submit(request: web.Request) -> web.Response:
         raise AccessDeniedError(redirect_uri=validated.redirect_uri, state=flow.params.get("state"))
     now = datetime.now(UTC)
     expiry = str(form.get("expiry", DEFAULT_EXPIRY))
-    terms = consent_terms(granted, now, expiry if expiry in EXPIRY_CHOICES else DEFAULT_EXPIRY)
+    end = expiry_end(flow.started_at, expiry if expiry in EXPIRY_CHOICES else DEFAULT_EXPIRY)
+    ticked = [v for v in form.getall("sensitive", []) if isinstance(v, str)]
+    terms = consent_terms(granted, now, end, sensitivity_labels(ticked))
     cap = now + timedelta(seconds=request.app[SETTINGS].refresh_token_max_seconds)
     consent_id = None
-    if user.role is Role.PATIENT and patient is not None:
+    if _consent_written(user, patient):
+        assert patient is not None
         consent_id = await write_app_consent(request, client, patient, user, terms)  # C-05
     scopes = granted.split()
     grant = Grant(

@@ -35,6 +35,7 @@ from pymongo.errors import PyMongoError
 from gateway.audit.errors import AuditUnavailable
 from gateway.oauth.adapter import NO_STORE
 from gateway.oauth.rendering import render
+from gateway.pages.i18n import N_
 from gateway.web.errors import FhirError
 from gateway.web.requestkeys import REQUEST_ID
 
@@ -54,27 +55,32 @@ _PAGE_PATHS = (
 
 
 class PageError(Exception):
-    status: ClassVar[int] = 400
-    title: ClassVar[str] = "Something went wrong"
+    """A page's error, for people: ``message`` is the English id of the message catalogue, with
+    ``%(name)s`` placeholders filled from ``params`` once translated (the extractor finds the
+    messages of these classes by their names: ``babel.cfg``)."""
 
-    def __init__(self, message: str) -> None:
+    status: ClassVar[int] = 400
+    title: ClassVar[str] = N_("Something went wrong")
+
+    def __init__(self, message: str, **params: str) -> None:
         super().__init__(message)
         self.message = message
+        self.params = params
 
 
 class BadPage(PageError):
     status = 400
-    title = "This page cannot be used"
+    title = N_("This page cannot be used")
 
 
 class NotSignedIn(PageError):
     status = 401
-    title = "Please sign in"
+    title = N_("Please sign in")
 
 
 class NotAllowed(PageError):
     status = 403
-    title = "Not allowed"
+    title = N_("Not allowed")
 
 
 class ApiError(Exception):
@@ -83,6 +89,14 @@ class ApiError(Exception):
         self.status = status
         self.error = error
         self.description = description
+
+
+_HTTP_PAGES = {
+    400: (N_("This page cannot be used"), N_("The request was not understood.")),
+    404: (N_("This page does not exist"), N_("Check the address, or go back and try again.")),
+    405: (N_("This page cannot be used"), N_("This page cannot be opened this way.")),
+    413: (N_("This page cannot be used"), N_("What was sent is too large.")),
+}
 
 
 def _is_page(request: web.Request) -> bool:
@@ -103,12 +117,17 @@ def oauth_error_response(request: web.Request, error: OAuth2Error) -> web.Respon
         location = add_params_to_uri(error.redirect_uri, error.get_body(), False)
         return web.Response(status=302, headers={"Location": location, **NO_STORE})
     if request.path.startswith("/auth/authorize"):
+        description = error.get_error_description()
         return render(
+            request,
             "error.html",
             400,
-            title="The app's request cannot be accepted",
-            message=error.get_error_description() or error.error,
-            detail=error.error,
+            title=N_("The app's request cannot be accepted"),
+            message=N_(
+                "The app sent a request that cannot be accepted. Go back to the app and try again."
+            ),
+            params={},
+            detail=f"{error.error}: {description}" if description else str(error.error),
         )
     status = 401 if isinstance(error, InvalidClientError) else int(error.status_code or 400)
     body = {"error": str(error.error)}
@@ -122,24 +141,32 @@ def _unexpected(request: web.Request) -> web.Response:
     request_id = request.get(REQUEST_ID, "-")
     if _is_page(request):
         return render(
+            request,
             "error.html",
             500,
-            title="Something went wrong on our side",
-            message=f"Please try again in a moment. Request id {request_id}.",
+            title=N_("Something went wrong on our side"),
+            message=N_("Please try again in a moment. Request id %(request_id)s."),
+            params={"request_id": str(request_id)},
             detail="",
         )
     return _json(500, {"error": "server_error", "error_description": f"request id {request_id}"})
 
 
 def _unavailable(request: web.Request, why: str) -> web.Response:
-    """503: what the gateway could not do now (``why``), and that it was not done."""
+    """503: what the gateway could not do now (``why``, in the JSON answer and as the page's
+    error code), and that it was not done."""
     if _is_page(request):
         return render(
+            request,
             "error.html",
             503,
-            title="Please try again in a moment",
-            message=f"{why[:1].upper()}{why[1:]}, so nothing was done. Please try again shortly.",
-            detail="",
+            title=N_("Please try again in a moment"),
+            message=N_(
+                "Something this needs could not be reached, so nothing was done. "
+                "Please try again shortly."
+            ),
+            params={},
+            detail=why,
         )
     body = {"error": "temporarily_unavailable", "error_description": f"{why}; try again"}
     return _json(503, body, {"Retry-After": "5"})
@@ -155,7 +182,13 @@ async def auth_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return oauth_error_response(request, error)
     except PageError as error:
         return render(
-            "error.html", error.status, title=error.title, message=error.message, detail=""
+            request,
+            "error.html",
+            error.status,
+            title=error.title,
+            message=error.message,
+            params=error.params,
+            detail="",
         )
     except ApiError as error:
         return _json(error.status, {"error": error.error, "error_description": error.description})
@@ -167,7 +200,16 @@ async def auth_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         if _is_page(request):
-            return render("error.html", exc.status, title=exc.reason, message=exc.reason, detail="")
+            title, message = _HTTP_PAGES.get(exc.status, _HTTP_PAGES[400])
+            return render(
+                request,
+                "error.html",
+                exc.status,
+                title=title,
+                message=message,
+                params={},
+                detail=str(exc.status),
+            )
         return _json(exc.status, {"error": "invalid_request", "error_description": exc.reason})
     except PyMongoError as exc:  # slow or gone (timeoutMS, server selection)
         log.warning("the database did not answer: %s", type(exc).__name__)

@@ -25,10 +25,12 @@ from gateway.oauth.rendering import (
     clear_cookie,
     client_address,
     current_session,
+    local_next,
     redirect,
     render,
     set_cookie,
 )
+from gateway.pages.i18n import N_
 from smart_auth.accounts import mfa
 from smart_auth.accounts.passwords import burn_time, verify_password
 from smart_auth.accounts.sessions import Session
@@ -37,10 +39,11 @@ from smart_auth.flows import Flow, new_browser_cookie
 
 log = logging.getLogger(__name__)
 
-GENERIC_FAILURE = (
+GENERIC_FAILURE = N_(
     "The username or password is not right, or sign-in is paused for this account after "
     "too many attempts. Check and try again in a few minutes."
 )
+WRONG_CODE = N_("That code is not right. Try again.")
 
 
 async def _flow(request: web.Request, flow_id: object, csrf: object = None) -> Flow:
@@ -58,12 +61,13 @@ async def login_page(request: web.Request) -> web.Response:
     flow_id = request.query.get("flow")
     if flow_id is None:  # a plain sign-in, not for an app
         browser = request.cookies.get(BROWSER_COOKIE) or new_browser_cookie()
-        flow = await request.app[AUTH].flows.start(browser, next_page="/auth/signed-in")
+        next_page = local_next(request.query.get("next")) or "/auth/signed-in"
+        flow = await request.app[AUTH].flows.start(browser, next_page=next_page)
         response = redirect(f"/auth/login?flow={flow.flow_id}")
         set_cookie(request, response, BROWSER_COOKIE, browser)
         return response
     flow = await _flow(request, flow_id)
-    return render("login.html", flow=flow, error=None, username="")
+    return render(request, "login.html", flow=flow, error=None, username="")
 
 
 async def _password_ok(request: web.Request, username: str, password: str) -> User | None:
@@ -107,7 +111,9 @@ async def login_submit(request: web.Request) -> web.Response:
             succeeded=False,
             reason="the name or the password was not right, or sign-in is locked",
         )
-        return render("login.html", 401, flow=flow, error=GENERIC_FAILURE, username=username)
+        return render(
+            request, "login.html", 401, flow=flow, error=GENERIC_FAILURE, username=username
+        )
     second_factor = user.mfa_enrolled
     enrol = _needs_enrolment(request, user)
     token, session = await request.app[AUTH].sessions.create(
@@ -147,7 +153,7 @@ async def _pending(request: web.Request) -> tuple[Session, User]:
 async def mfa_page(request: web.Request) -> web.Response:
     flow = await _flow(request, request.query.get("flow"))
     await _pending(request)
-    return render("mfa.html", flow=flow, error=None)
+    return render(request, "mfa.html", flow=flow, error=None)
 
 
 async def mfa_submit(request: web.Request) -> web.Response:
@@ -176,7 +182,7 @@ async def mfa_submit(request: web.Request) -> web.Response:
             succeeded=False,
             reason="the second factor was not right",
         )
-        return render("mfa.html", 401, flow=flow, error="That code is not right. Try again.")
+        return render(request, "mfa.html", 401, flow=flow, error=WRONG_CODE)
     await auth.throttle.succeeded(user.username)
     await auth.sessions.mfa_done(session.session_id)
     return await after_sign_in(request, flow, session, user)
@@ -191,9 +197,11 @@ async def mfa_setup_page(request: web.Request) -> web.Response:
     await request.app[AUTH].sessions.set_pending_secret(session.session_id, secret)
     uri = mfa.provisioning_uri(secret, user.username, "FHIR consent gateway")
     return render(
+        request,
         "mfa_setup.html",
         csrf=session.csrf,
         flow_id=flow_id or "",
+        next_page=local_next(request.query.get("next")) or "",
         secret=secret,
         qr=mfa.qr_svg(uri),
         error=None,
@@ -226,7 +234,15 @@ async def mfa_setup_submit(request: web.Request) -> web.Response:
     )
     flow_id = str(form.get("flow", ""))
     next_url = f"/auth/continue?flow={flow_id}" if flow_id else "/auth/signed-in"
-    return render("recovery_codes.html", codes=codes, next_url=next_url)
+    if not flow_id:
+        next_url = local_next(form.get("next")) or next_url
+    return render(
+        request,
+        "recovery_codes.html",
+        title=N_("Two-step verification is on"),
+        codes=codes,
+        next_url=next_url,
+    )
 
 
 async def continue_flow(request: web.Request) -> web.Response:
@@ -248,12 +264,14 @@ async def signed_in(request: web.Request) -> web.Response:
     user = await request.app[AUTH].users.get(session.user_id)
     if user is None:
         raise NotSignedIn("This account no longer exists.")
-    return render("signed_in.html", user=user, csrf=session.csrf)
+    return render(request, "signed_in.html", user=user, csrf=session.csrf)
 
 
 async def logout_page(request: web.Request) -> web.Response:
     session = await current_session(request, allow_mfa_pending=True)
-    return render("logout.html", csrf=session.csrf if session else "", signed_in=bool(session))
+    return render(
+        request, "logout.html", csrf=session.csrf if session else "", signed_in=bool(session)
+    )
 
 
 async def logout_submit(request: web.Request) -> web.Response:
@@ -271,7 +289,7 @@ async def logout_submit(request: web.Request) -> web.Response:
         else:
             await auth.sessions.end(request.get(AUTH_SESSION_TOKEN))
             await audited(request, security.logout, acting(request, user_id=session.user_id))
-    response = render("logout.html", csrf="", signed_in=False)
+    response = render(request, "logout.html", csrf="", signed_in=False)
     clear_cookie(response, SESSION_COOKIE)
     return response
 

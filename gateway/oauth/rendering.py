@@ -1,76 +1,96 @@
-"""Page plumbing for the sign-in and authorization pages: templates, cookies, security headers, the
-current session.
+"""Page plumbing for the sign-in, authorization and account pages: rendering in the visitor's
+language, cookies, the current session, security events.
 
-Every page is server-rendered from ``templates/`` with autoescaping, uses one stylesheet from
-``static/``, runs no script, and is sent with a CSP that forbids scripts, framing (S-15) and
-third-party assets (P-07), plus ``X-Frame-Options: DENY`` and ``Cache-Control: no-store``.
-Cookies are ``HttpOnly``, ``SameSite=Lax`` and ``Secure`` whenever the gateway is reached over
-https (P-06).
+Every page is server-rendered with autoescaping on the shared frame of :mod:`gateway.pages`
+(one stylesheet, no script, a CSP that forbids scripts, framing (S-15) and third-party assets
+(P-07)), in the language the visitor chose or their browser prefers. Cookies are ``HttpOnly``,
+``SameSite=Lax`` and ``Secure`` whenever the gateway is reached over https (P-06).
 """
 
 from __future__ import annotations
 
-from functools import cache
+import re
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from aiohttp import web
 from yarl import URL
 
 from gateway.appkeys import AUTH, AUTH_SESSION, AUTH_SESSION_TOKEN, SETTINGS
+from gateway.pages.i18n import LANG_COOKIE, LOCALES, NAMES, choose
+from gateway.pages.templating import STYLESHEET_URL, Templates, page_headers
 from smart_auth.accounts.sessions import Session
 
 SESSION_COOKIE = "fg_session"
 BROWSER_COOKIE = "fg_browser"
-_HERE = Path(__file__).parent
+TEMPLATES = Templates(Path(__file__).parent / "templates")
 
 
-@cache
-def _templates() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(_HERE / "templates"),
-        autoescape=jinja2.select_autoescape(default=True),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
+def page_language(request: web.Request) -> str:
+    """The language this page is shown in (:func:`gateway.pages.i18n.choose`)."""
+    return choose(
+        request.query.get("lang"),
+        request.cookies.get(LANG_COOKIE),
+        request.headers.get("Accept-Language", ""),
     )
 
 
-def csp(form_targets: tuple[str, ...] = ()) -> str:
-    targets = " ".join(["'self'", *form_targets])
-    return (
-        "default-src 'none'; style-src 'self'; img-src 'self' data:; "
-        f"form-action {targets}; frame-ancestors 'none'; base-uri 'none'"
-    )
-
-
-def page_headers(form_targets: tuple[str, ...] = ()) -> dict[str, str]:
-    return {
-        "Content-Security-Policy": csp(form_targets),
-        "X-Frame-Options": "DENY",
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-        "Cache-Control": "no-store",
-        "Pragma": "no-cache",
-    }
+def _languages(request: web.Request, current: str) -> list[dict[str, str]]:
+    """The language switcher: a link per other language to this same page (pages answering a
+    form have no address to come back to, so they have none)."""
+    if request.method != "GET":
+        return []
+    return [
+        {"code": code, "name": NAMES[code], "url": str(request.rel_url.update_query(lang=code))}
+        for code in LOCALES
+        if code != current
+    ]
 
 
 def render(
+    request: web.Request,
     template: str,
     status: int = 200,
     *,
     form_targets: tuple[str, ...] = (),
+    templates: Templates = TEMPLATES,
     **context: Any,
 ) -> web.Response:
-    html = _templates().get_template(template).render(**context)
-    return web.Response(
+    """A page in the visitor's language, with the security headers of every page."""
+    lang = page_language(request)
+    html = templates.render(
+        lang,
+        template,
+        {
+            "lang": lang,
+            "languages": _languages(request, lang),
+            "stylesheet": STYLESHEET_URL,
+            **context,
+        },
+    )
+    response = web.Response(
         status=status,
         text=html,
         content_type="text/html",
         charset="utf-8",
         headers=page_headers(form_targets),
     )
+    if request.query.get("lang") == lang and request.cookies.get(LANG_COOKIE) != lang:
+        set_cookie(request, response, LANG_COOKIE, lang)
+    return response
+
+
+_LOCAL_NEXT = re.compile(r"^/account(/[A-Za-z0-9/_.-]*)?(\?[A-Za-z0-9_.=&%-]*)?$")
+
+
+def local_next(value: object) -> str | None:
+    """A page to go to after signing in: one of the patient's own pages, or ``None`` (never
+    another site: an open redirect would lend the gateway's name to a phishing page)."""
+    if not isinstance(value, str) or len(value) > 512 or ".." in value or "//" in value:
+        return None
+    if _LOCAL_NEXT.match(value):
+        return value
+    return None
 
 
 def origin_of(url: str) -> str:

@@ -25,7 +25,13 @@ _TRIM = string.digits + string.punctuation + " "
 
 
 class WeakPassword(ValueError):
-    """The password breaks the policy; the message says how, in words for the user."""
+    """The password breaks the policy; the message says how, in words for the user. ``message``
+    is an English id of the pages' message catalogue, ``params`` fill its placeholders."""
+
+    def __init__(self, message: str, **params: int) -> None:
+        super().__init__(message % params if params else message)
+        self.message = message
+        self.params = params
 
 
 @cache
@@ -41,9 +47,9 @@ def common_passwords() -> frozenset[str]:
 def check_policy(password: str, username: str = "") -> None:
     """Raise :class:`WeakPassword` unless ``password`` meets P-03."""
     if len(password) < MIN_LENGTH:
-        raise WeakPassword(f"Use at least {MIN_LENGTH} characters.")
+        raise WeakPassword("Use at least %(count)d characters.", count=MIN_LENGTH)
     if len(password) > MAX_LENGTH:
-        raise WeakPassword(f"Use at most {MAX_LENGTH} characters.")
+        raise WeakPassword("Use at most %(count)d characters.", count=MAX_LENGTH)
     lowered = password.lower()
     listed = common_passwords()
     if lowered in listed or lowered.strip(_TRIM) in listed:

@@ -182,5 +182,20 @@ class SessionStore:
         return (await self._sessions.delete_many({"user_id": user_id})).deleted_count
 
     async def of_user(self, user_id: str) -> list[Session]:
-        cursor = self._sessions.find({"user_id": user_id}).sort("last_seen", -1)
+        """The user's live sessions, most recently used first (P-18: "where am I signed in")."""
+        now = self._clock()
+        query = {"user_id": str(user_id), "idle_until": {"$gt": now}, "expires_at": {"$gt": now}}
+        cursor = self._sessions.find(query).sort("last_seen", -1)
         return [_from_doc(doc) async for doc in cursor]
+
+    async def end_session(self, user_id: str, session_id: str) -> bool:
+        """End one session of this user (by its digest); ``False`` when it is not theirs."""
+        if not isinstance(session_id, str):
+            return False
+        done = await self._sessions.delete_one({"_id": session_id, "user_id": str(user_id)})
+        return done.deleted_count == 1
+
+    async def end_others(self, user_id: str, keep: str) -> int:
+        """End every session of the user but ``keep`` (after a password change)."""
+        query = {"user_id": str(user_id), "_id": {"$ne": str(keep)}}
+        return (await self._sessions.delete_many(query)).deleted_count

@@ -213,6 +213,19 @@ class UserStore:
             )
         )
 
+    async def disable_mfa(self, user_id: str) -> None:
+        """Turn the second factor off: the TOTP secret and the recovery codes go."""
+        await self._users.update_one(
+            {"_id": str(user_id)}, {"$unset": {"mfa": "", "recovery_codes": ""}}
+        )
+
+    async def replace_recovery_codes(self, user_id: str, recovery_digests: list[str]) -> None:
+        """New recovery codes (P-04): the old ones stop working."""
+        await self._users.update_one(
+            {"_id": str(user_id), "mfa": {"$exists": True}},
+            {"$set": {"recovery_codes": recovery_digests}},
+        )
+
     async def mfa_secret(self, user: User) -> str | None:
         """The user's TOTP secret; ``None`` when not enrolled, or when it does not unseal (logged:
         the record was altered or moved, and no code can match it)."""

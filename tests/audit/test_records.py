@@ -43,3 +43,21 @@ async def test_a08_a_taken_position_or_a_reused_id_is_refused(
     reused = chain.append([first[0]["event"]])  # the same event again, at seq 2
     with pytest.raises(AuditError):
         await store.insert(reused)
+
+
+async def test_a08_the_head_is_looked_for_from_a_stored_seq_then_in_the_whole_chain(
+    db: AsyncDatabase[dict[str, Any]],
+) -> None:
+    """A restart finds its chain's head among the records from the newest checkpoint on; where
+    there are none (a checkpoint of records since removed, a database restored from an older
+    backup), in the whole chain."""
+    store = RecordStore(db, timeout=2.0)
+    await store.open()
+    records = Chain("c1").append([event() for _ in range(5)])
+    await store.insert(records)
+    await store.insert(Chain("c2").append([event() for _ in range(7)]))
+    for from_seq in (0, 1, 3, 5, 9):
+        head = await store.head("c1", from_seq)
+        assert head is not None
+        assert (head.seq, head.hash) == (5, records[-1]["hash"])
+    assert await store.head("c3", 2) is None

@@ -347,3 +347,75 @@ def test_c10_look_alike_resources_are_decided_once(monkeypatch: pytest.MonkeyPat
     dated = compile_consents([_consent("grant-data-2021")], _request({}))
     assert len({dated.decide(r) for r in observations}) == 1  # every one outside 2021
     assert len(made) == 1 + 28  # a provision that compares dates: one decision per date
+
+
+def _labelled(
+    rid: str, *labels: tuple[str, str], code: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Condition",
+        "id": rid,
+        "subject": {"reference": "Patient/pat-1"},
+        "meta": {"security": [{"system": s, "code": c} for s, c in labels]},
+    }
+    if code is not None:
+        resource["code"] = {"coding": [{"system": code[0], "code": code[1]}]}
+    return resource
+
+
+def test_c26_a_sensitive_category_ticked_on_the_consent_screen_releases_that_category_only() -> (
+    None
+):
+    """The Consent written for ticked categories (C-05, C-26) releases resources whose sensitivity
+    codes are all ticked, marked restricted or not; nothing with another code, and nothing marked
+    restricted without a code, comes with them."""
+    act = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+    conf = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+    start, end = datetime(2025, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)
+
+    def grant(*labels: str) -> dict[str, Any]:
+        consent = model.app_grant(
+            "pat-1",
+            "app-a",
+            "A",
+            ["PATRQT"],
+            ["Condition"],
+            [],
+            start,
+            end,
+            sensitivity_labels=labels,
+        )
+        return {**consent, "id": "c1"}
+
+    request = RequestAttributes(
+        patient_id="pat-1",
+        client_id="app-a",
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+        purposes=("PATRQT",),
+    )
+    resources = {
+        "plain": _labelled("plain"),
+        "psy-restricted": _labelled("psy-restricted", (act, "PSY"), (conf, "R")),
+        "psy-by-code": _labelled(
+            "psy-by-code", code=("http://hl7.org/fhir/sid/icd-10-cm", "F32.9")
+        ),
+        "psy-and-sud": _labelled("psy-and-sud", (act, "PSY"), (act, "SUD"), (conf, "R")),
+        "sud": _labelled("sud", (act, "SUD"), (conf, "R")),
+        "restricted-only": _labelled("restricted-only", (conf, "R")),
+        "hiv-very-restricted": _labelled("hiv-very-restricted", (act, "HIV"), (conf, "V")),
+    }
+
+    def released(consent: dict[str, Any]) -> set[str]:
+        evaluator = compile_consents([consent], request)
+        return {name for name, r in resources.items() if evaluator.decide(r).permitted}
+
+    assert released(grant()) == {"plain"}  # off unless ticked
+    assert released(grant("PSY")) == {"plain", "psy-restricted", "psy-by-code"}
+    assert released(grant("PSY", "SUD")) == {
+        "plain",
+        "psy-restricted",
+        "psy-by-code",
+        "psy-and-sud",
+        "sud",
+    }
+    assert released(grant("HIV")) == {"plain", "hiv-very-restricted"}

@@ -1,11 +1,12 @@
 """The consent screen in a real browser (S-14, C-05): headless Chromium (Debian's package) driven by
-Playwright signs in, unticks one scope, approves, and the granted scope and the stored Consent are
-exactly what was left ticked."""
+Playwright signs in, unticks one kind of data, picks an end date, approves, and the granted scope
+and the stored Consent are exactly what was left ticked and the date shown."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -43,7 +44,7 @@ async def app_callback() -> AsyncIterator[tuple[str, list[str]]]:
     await server.close()
 
 
-async def test_s14_c05_untick_one_scope_in_chromium(
+async def test_s14_c05_untick_one_kind_in_chromium(
     gateway: RunningGateway, app_callback: tuple[str, list[str]]
 ) -> None:
     require_chromium()
@@ -79,10 +80,11 @@ async def test_s14_c05_untick_one_scope_in_chromium(
             await page.fill("#password", AMELIA.password)
             await page.click("button[type=submit]")
             await page.wait_for_url("**/auth/consent?**")
-            assert await page.is_visible("text=Offline access")
-            assert await page.is_checked("input[value='patient/Condition.rs']")
-            await page.uncheck("input[value='patient/Condition.rs']")
+            assert await page.is_visible("text=Keep access while I am not using the app")
+            assert await page.is_checked("input[name=kind][value=conditions]")
+            await page.uncheck("input[name=kind][value=conditions]")
             await page.check("input[name=expiry][value='30d']")
+            shown_end = await page.locator("label:has(input[value='30d']) .hint").inner_text()
             await page.click("button[value=approve]")
             await page.wait_for_url(f"{redirect}**")
             assert "App received the code" in await page.content()
@@ -103,7 +105,9 @@ async def test_s14_c05_untick_one_scope_in_chromium(
     classes = {c["code"] for c in consents[0]["provision"]["class"]}
     assert classes == {"Patient", "Observation"}  # Condition was unticked
     period = consents[0]["provision"]["period"]
-    assert period["start"] < period["end"]
+    end = datetime.fromisoformat(period["end"].replace("Z", "+00:00"))
+    assert shown_end == f"until {end:%B} {end.day}, {end.year}"  # the date shown is the date kept
+    assert (end.hour, end.minute) == (23, 59) and period["start"] < period["end"]
 
 
 async def _register(gateway: RunningGateway, client_id: str, redirect: str, scope: str) -> None:

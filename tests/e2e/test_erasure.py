@@ -1,5 +1,6 @@
-"""Erasure of a patient (C-22), through the command an operator runs: every app loses access at
-once, the consents are withdrawn (kept as evidence), and the erasure itself is recorded."""
+"""Erasure of a patient (C-22), through the command an operator runs and the admin API: every app
+loses access at once, the consents are withdrawn (kept as evidence), the audit trail is kept and
+the erasure itself is recorded."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 import pytest
 
+from gateway.audit.codes import USER_SYSTEM
 from gateway.audit.store import AuditQuery, AuditReader
 from tests.conftest import SESSION_KEK, RunningGateway
+from tests.support.browser import Page
+from tests.support.pages import signed_in
 from tests.support.tokens import AMELIA as AMELIA_USER
 from tests.support.tokens import PUBLIC_APP, flow_token, services
 
@@ -91,3 +96,74 @@ async def test_c22_p13_an_erasure_names_a_patient_id_not_a_query(gateway: Runnin
     )
     assert status != 0
     assert "patient id" in output
+
+
+async def test_c22_erase_by_id_and_the_patient_still_sees_their_history(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    """``fhir-gateway patients erase ID``: the app is cut off and its Consent ends, and the
+    audit trail is kept — the patient's "Who saw my data" still shows what was sent before,
+    and the erasure itself."""
+    tokens = await flow_token(gateway, user=AMELIA_USER, scope="launch/patient patient/*.rs")
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    async with http.get(f"{gateway.fhir}/Patient/{AMELIA}", headers=headers) as response:
+        assert response.status == 200
+    status, output = await _cli(gateway, "patients", "erase", AMELIA)
+    assert status == 0 and f"Patient/{AMELIA}: 1 app grant(s) revoked" in output, output
+    browser, page = await signed_in(gateway, AMELIA_USER, "/account/apps")
+    async with browser:
+        assert "No app is connected" in page.text
+        history = await browser.get(f"{gateway.base}/account/history")
+        assert isinstance(history, Page)
+        assert "Data of this record erased" in history.text
+        assert "1 record(s): Patient" in history.text  # what was sent before is still shown
+
+
+async def test_c22_p08_an_administrator_erases_through_the_admin_api(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    """``POST /admin/patients/{id}/erase``: refused without the session's CSRF token (nothing
+    changes), done with it; the app is cut off and the erasure is recorded against the
+    administrator, beside the trail it keeps."""
+    from tests.e2e.test_admin import _admin_browser
+
+    tokens = await flow_token(gateway, user=AMELIA_USER, scope="launch/patient patient/*.rs")
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    url = f"{gateway.fhir}/Patient/{AMELIA}"
+    admin = await _admin_browser(gateway)
+    try:
+        erase = f"{gateway.base}/admin/patients/{AMELIA}/erase"
+        async with admin.session.post(erase) as response:
+            assert response.status == 403  # no CSRF header
+        async with http.get(url, headers=headers) as response:
+            assert response.status == 200  # nothing was erased
+        async with admin.session.get(f"{gateway.base}/auth/session") as response:
+            csrf = (await response.json())["csrf"]
+        async with admin.session.post(
+            f"{gateway.base}/admin/patients/{quote('$where: 1')}/erase",
+            headers={"X-CSRF-Token": csrf},
+        ) as response:
+            assert response.status == 400  # a patient id, never an operator (P-13)
+        async with admin.session.post(erase, headers={"X-CSRF-Token": csrf}) as response:
+            assert response.status == 200
+            done = await response.json()
+    finally:
+        await admin.close()
+    assert done["patient"] == AMELIA and done["grants_revoked"] == 1
+    assert len(done["consents_withdrawn"]) == 1
+    async with http.get(url, headers=headers) as response:
+        assert response.status == 401
+    user = await services(gateway).users.by_username("admin2")
+    assert user is not None
+    trail = await AuditReader(services(gateway).db).search(AuditQuery(patient=AMELIA, count=100))
+    deletes = [
+        e
+        for e in trail.events
+        if e["type"]["code"] == "110110" and e["subtype"][0]["code"] == "delete"
+    ]
+    assert len(deletes) == 1
+    assert deletes[0]["agent"][0]["who"]["identifier"] == {
+        "system": USER_SYSTEM,
+        "value": user.user_id,
+    }
+    assert any(e["type"]["code"] == "rest" for e in trail.events)  # the read before is kept

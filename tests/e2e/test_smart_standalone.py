@@ -144,7 +144,8 @@ async def test_s16_s19_whole_standalone_launch_with_fhirclient_paging_and_refres
         page = await browser.submit(page, form, form.data(radio={"patient": "pat-leo-garcia"}))
         assert isinstance(page, Page) and page.url.startswith(f"{gateway.base}/auth/consent")
         assert "Test Patient App" in page.text and "https://app.example.org" in page.text
-        assert "Offline access" in page.text  # S-14: spelled out
+        assert "Keep access while I am not using the app" in page.text  # S-14: spelled out
+        assert "Leo Garcia" in page.text  # whose record, every time
         form = page.forms[0]
         callback = await browser.submit(page, form, form.data(button=("decision", "approve")))
     assert isinstance(callback, str) and callback.startswith(REDIRECT)
