@@ -75,6 +75,7 @@ TOKEN_PATIENTS = {
 
 
 CACHED = "gateway, cache hits"
+BIG_SEARCH = "search (1,000 Observations)"
 
 
 @dataclass
@@ -342,6 +343,7 @@ def main() -> None:
             results: dict[tuple[str, str], list[Sample]] = {}
             single: dict[tuple[str, str], list[Sample]] = {}
             cpu: dict[str, list[dict[str, float]]] = {}
+            searched: dict[str, list[dict[str, float]]] = {}
             crypto = _crypto_cost(upstream.base_url + SCENARIOS["read"].removeprefix("/fhir"))
             for _ in range(args.rounds):
                 for scenario, path in SCENARIOS.items():
@@ -362,14 +364,24 @@ def main() -> None:
                                 }
                             )
                         # One request at a time: the latency a request gains, without queueing.
+                        before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
                         alone = load(base + path, tokens[scenario], connections=1)
                         single.setdefault((scenario, target), []).append(alone)
+                        if scenario == BIG_SEARCH and target in ("upstream alone", "gateway"):
+                            requests = alone.rps * args.seconds
+                            searched.setdefault(target, []).append(
+                                {
+                                    name: (_cpu_seconds(pid) - before[name]) / requests * 1e3
+                                    for name, pid in pids.items()
+                                }
+                            )
         finally:
             for process in processes:
                 process.terminate()
                 process.wait()
     _report(results, single, targets, args, use_wrk)
     _report_cache(results, single, crypto, cpu)
+    _report_search_cpu(searched)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -488,6 +500,31 @@ def _report_cache(
         f"\ncache hit / upstream read throughput: {hit.rps / miss.rps:.2f}x (goal >= 1.5x); "
         f"encryption + decryption of the resource: {crypto_us:.1f} us = {share:.2f}% of a "
         f"cached read alone (goal < 2%)"
+    )
+
+
+def _report_search_cpu(searched: dict[str, list[dict[str, float]]]) -> None:
+    """The CPU one 1,000-entry search costs each process, one request at a time: less disturbed
+    by other work on the machine than its latency (time spent waiting for a CPU is not in it)."""
+    if set(searched) != {"upstream alone", "gateway"}:
+        return
+    print(f"\nCPU per {BIG_SEARCH[8:-1]} search, one at a time, by process (ms)\n")
+    print("| target | gateway | MongoDB | upstream | together |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    together: dict[str, float] = {}
+    for target in ("upstream alone", "gateway"):
+        used = {
+            name: statistics.median(round_[name] for round_ in searched[target])
+            for name in ("gateway", "MongoDB", "upstream")
+        }
+        together[target] = sum(used.values())
+        print(
+            f"| {target} | {used['gateway']:.2f} | {used['MongoDB']:.2f} "
+            f"| {used['upstream']:.2f} | {together[target]:.2f} |"
+        )
+    print(
+        f"\nthrough the gateway / the upstream alone, CPU per search: "
+        f"{together['gateway'] / together['upstream alone']:.2f}x"
     )
 
 

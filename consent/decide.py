@@ -49,6 +49,19 @@ The rules:
   unless a deny matches.
 - C-11 Every decision names the Consent id and provision path that decided (none for the base
   policy).
+
+Deciding a response's resources: a response holds many resources that look alike to the
+provisions (a thousand heart rates differ in their ids, dates and values, none of which a
+provision without ``dataPeriod`` or ``data`` compares). :meth:`Evaluator.decide` reads every
+resource afresh -- its facts (:func:`consent.facts.facts_key`: type, labels, confidentiality,
+problems, mentions, and the codes, date, own reference and references when a provision compares
+them) -- and remembers the decision it reached for each distinct set of facts. This is exact:
+a decision is a function of the compiled provisions, which do not change for the evaluator's
+life, and of those facts alone (``matches``, ``covers`` and the rules above read nothing else),
+so equal facts give the same decision, field for field. What no provision compares is left out
+of the facts, never guessed. The memory lives as long as the evaluator (one request, one
+patient) and is bounded. :meth:`Evaluator.decide_afresh` decides without it, from
+:func:`consent.facts.facts`: the reference the memory is tested against.
 """
 
 from __future__ import annotations
@@ -60,7 +73,7 @@ from enum import StrEnum
 from typing import Any
 
 from consent.codes import ACCESS
-from consent.facts import facts
+from consent.facts import FactsKey, ResourceFacts, facts, facts_key
 from consent.model import client_key
 from consent.provision import Compiler, Provision, covers, deepest
 
@@ -130,6 +143,11 @@ class Decision:
     sensitivity label and deny nothing."""
 
 
+_REMEMBERED = 1024
+"""Distinct sets of facts an evaluator remembers a decision for (a response rarely holds more
+than a few dozen; past the bound, decisions are still made, only not remembered)."""
+
+
 def _where(node: Provision) -> str:
     return f"Consent/{node.consent_id} {node.path}"
 
@@ -143,6 +161,8 @@ class Evaluator:
         self._references = any(root.uses_dependents() for root in roots)
         self._codes = any(root.uses_codes() for root in roots)
         self._dates = any(root.uses_dates() for root in roots)
+        self._reference = any(root.uses_data() for root in roots)
+        self._decided: dict[FactsKey, Decision] = {}
         self._mentions_kept = any(root.permits_every_label() for root in roots) and not any(
             root.has_deny() for root in roots
         )
@@ -169,12 +189,34 @@ class Evaluator:
         return None
 
     def decide(self, resource: Mapping[str, Any]) -> Decision:
+        """The decision for one resource: read afresh, decided once per distinct set of facts
+        (the module's docstring)."""
+        key = facts_key(
+            resource,
+            with_references=self._references,
+            with_codes=self._codes,
+            with_date=self._dates,
+            with_reference=self._reference,
+        )
+        decision = self._decided.get(key)
+        if decision is None:
+            decision = self._decide(ResourceFacts(*key))
+            if len(self._decided) < _REMEMBERED:
+                self._decided[key] = decision
+        return decision
+
+    def decide_afresh(self, resource: Mapping[str, Any]) -> Decision:
+        """The decision for one resource, made from its facts alone without what this evaluator
+        decided before (what :meth:`decide` must always equal)."""
         seen = facts(
             resource,
             with_references=self._references,
             with_codes=self._codes,
             with_date=self._dates,
         )
+        return self._decide(seen)
+
+    def _decide(self, seen: ResourceFacts) -> Decision:
         if seen.undecidable is not None:
             reason = f"its sensitivity cannot be decided ({seen.undecidable}), so it is withheld"
             return Decision(permitted=False, basis=Basis.UNDECIDABLE, reason=reason)

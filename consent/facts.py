@@ -309,6 +309,52 @@ def references(resource: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(_read(resource, True).references or ())
 
 
+FactsKey = tuple[
+    str,
+    str,
+    frozenset[str],
+    int,
+    frozenset[tuple[str, str]],
+    fhirtime.Interval | None,
+    frozenset[str],
+    str | None,
+    bool,
+]
+"""The fields of :class:`ResourceFacts`, in order, as a plain tuple (:func:`facts_key`)."""
+
+_NONE: frozenset[Any] = frozenset()
+
+
+def facts_key(
+    resource: Mapping[str, Any],
+    *,
+    with_references: bool = False,
+    with_codes: bool = True,
+    with_date: bool = True,
+    with_reference: bool = True,
+) -> FactsKey:
+    """The facts of one resource as a tuple, ``ResourceFacts(*key)`` field by field: hashable
+    and cheap to build, so a caller can remember what it concluded from equal facts. What was
+    not asked for is left empty (``with_reference``: the resource's own ``Type/id``)."""
+    resource_type = str(resource.get("resourceType", ""))
+    reference = ""
+    if with_reference:
+        resource_id = resource.get("id")
+        reference = f"{resource_type}/{resource_id}" if isinstance(resource_id, str) else ""
+    found = _read(resource, with_references)
+    return (
+        resource_type,
+        reference,
+        frozenset(found.labels) if found.labels else _NONE,
+        found.level,
+        _code_pairs(resource) if with_codes else _NONE,
+        clinical_date(resource) if with_date else None,
+        frozenset(found.references) if found.references else _NONE,
+        found.problem,
+        found.mentions,
+    )
+
+
 def facts(
     resource: Mapping[str, Any],
     *,

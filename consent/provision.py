@@ -68,6 +68,11 @@ class Provision:
         own = any(meaning == "dependents" for meaning, _ in self.data or ())
         return own or any(child.uses_dependents() for child in self.children)
 
+    def uses_data(self) -> bool:
+        """A provision in this tree names resources by reference (``data``): the resource's own
+        reference is compared."""
+        return self.data is not None or any(child.uses_data() for child in self.children)
+
     def uses_codes(self) -> bool:
         return self.codes is not None or any(child.uses_codes() for child in self.children)
 

@@ -84,12 +84,16 @@ class AccessPolicy:
         default_factory=dict, compare=False, repr=False
     )
     _only_own_patients: bool = field(default=False, compare=False, repr=False)
+    _scopes: dict[tuple[str, frozenset[Letter]], tuple[ResourceScope, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def note_response(self, raw: bytes | None) -> None:
         """Look once at a whole response's JSON: when it names no patient outside the token's
         reach, resources need not be searched one by one for such references."""
-        mentioned = compartment.mentioned_patients(raw) if raw is not None else None
-        self._only_own_patients = mentioned is not None and mentioned <= self.context.patients
+        self._only_own_patients = raw is not None and compartment.mentions_only(
+            raw, self.context.patients
+        )
 
     def owners_of(self, resource: Mapping[str, Any]) -> frozenset[str]:
         """:func:`gateway.fhir.compartment.patients_of`, once per resource object."""
@@ -133,10 +137,13 @@ class AccessPolicy:
         rtype = resource.get("resourceType")
         if not isinstance(rtype, str):
             return False
+        scopes = self._scopes.get((rtype, letters))
+        if scopes is None:  # the token's scopes for this type and letters, in the token's order
+            scopes = tuple(_scopes_for(self.context, rtype, letters))
+            if len(self._scopes) < 256:  # types come from upstream data: bounded
+                self._scopes[(rtype, letters)] = scopes
         reaches: bool | None = None
-        for scope in self.context.scopes:
-            if not scope.covers_type(rtype) or not (scope.letters & letters):
-                continue
+        for scope in scopes:
             if scope.context is Context.PATIENT:
                 if reaches is None:
                     reaches = self._reaches(resource)

@@ -161,7 +161,28 @@ def mentioned_patients(raw: bytes) -> frozenset[str] | None:
     text can point at anyone else, and the per-resource search for references can be skipped."""
     if b"Patient?" in raw or b"\\u" in raw:
         return None
-    return frozenset(match.decode() for match in _MENTION.findall(raw))
+    return frozenset(match.decode() for match in set(_MENTION.findall(raw)))
+
+
+_ID = re.compile(rb"[A-Za-z0-9\-.]{1,64}")
+
+
+def mentions_only(raw: bytes, patients: frozenset[str]) -> bool:
+    """Whether :func:`mentioned_patients` finds in ``raw`` no patient outside ``patients`` (and
+    nothing that could hide one). Usually answered by counting: in a text without a backslash
+    (so without escapes), when every ``Patient`` is one of ``patients`` written
+    ``Patient/<id>"``, each is a mention of that patient and of no one else; otherwise the text
+    is read as ``mentioned_patients`` reads it."""
+    if b"\\" not in raw:
+        own = 0
+        for patient in patients:
+            wanted = patient.encode()
+            if _ID.fullmatch(wanted):
+                own += raw.count(b"Patient/" + wanted + b'"')
+        if own == raw.count(b"Patient"):
+            return True
+    mentioned = mentioned_patients(raw)
+    return mentioned is not None and mentioned <= patients
 
 
 def patient_references(

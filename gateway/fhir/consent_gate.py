@@ -29,7 +29,7 @@ from consent.codes import ACCESS
 from consent.decide import Basis, Decision, Evaluator, RequestAttributes, compile_consents
 from consent.errors import ConsentError, Unreleasable
 from consent.mentions import without_mentions
-from consent.minimise import profile_for
+from consent.minimise import Profile, profile_for
 from consent.references import patient_id
 from consent.store import ConsentStore
 from gateway.fhir import auditing, compartment
@@ -65,6 +65,10 @@ class RequestConsent:
     contexts: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     """Binary security contexts read for this request (``Type/id`` -> the resource): a Binary is
     decided as the resource it belongs to (FHIR R4 Binary 2.3.1.1)."""
+    _profiles: dict[tuple[str, ...], Profile] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    """The minimisation profile of each combination of purposes met (``_profile``)."""
 
     def attributes(self, patient: str) -> RequestAttributes:
         actors = (self.context.fhir_user,) if self.context.fhir_user else ()
@@ -110,7 +114,7 @@ class RequestConsent:
         decided = self._decided_as(resource)
         purposes: tuple[str, ...] = self.context.purposes
         hide_mentions = False
-        for patient in sorted(owners):
+        for patient in owners if len(owners) == 1 else sorted(owners):
             evaluator = self.evaluators.get(patient)
             if evaluator is None:  # not loaded: nothing may be assumed
                 return None
@@ -120,12 +124,10 @@ class RequestConsent:
             if not decision.permitted:
                 return None
             # Several owners: only what every one of them permits it for (the strictest profile).
-            purposes = tuple(p for p in purposes if p in decision.purposes)
+            if purposes != decision.purposes:
+                purposes = tuple(p for p in purposes if p in decision.purposes)
             hide_mentions = hide_mentions or decision.hide_mentions
-        try:
-            profile = profile_for(purposes)
-        except ConsentError:  # a purpose without a profile: keep nothing but the bare resource
-            profile = profile_for(())
+        profile = self._profile(purposes)
         released = resource  # nothing to remove: the pipeline owns this parsed resource
         if not profile.keeps_everything(str(resource.get("resourceType", ""))):
             try:
@@ -141,6 +143,17 @@ class RequestConsent:
             self._tally(patient).released(resource)
         # C-26: narrative and references' displays may mention what consent withholds.
         return without_mentions(released) if hide_mentions else released
+
+    def _profile(self, purposes: tuple[str, ...]) -> Profile:
+        """The minimisation profile for these purposes, once per request and combination."""
+        profile = self._profiles.get(purposes)
+        if profile is None:
+            try:
+                profile = profile_for(purposes)
+            except ConsentError:  # a purpose without a profile: keep nothing but the bare resource
+                profile = profile_for(())
+            self._profiles[purposes] = profile
+        return profile
 
     def _decided_as(self, resource: dict[str, Any]) -> dict[str, Any]:
         """What a resource's consent decision looks at: itself, or for a Binary the resource of

@@ -3,7 +3,9 @@ caller's parameters that could escape that limit are refused (DESIGN.md "Narrow 
 after"; SMART.md S-26).
 
 Ordinary search parameters are ANDed with the patient constraint, so they can only narrow further
-and pass unchanged. What is treated explicitly:
+and pass unchanged. A caller who already sends the constraint word for word
+(``patient=Patient/<id>`` for a token of one patient) has it sent once, not twice. What is treated
+explicitly:
 
 - a parameter that can point at a Patient (``patient``, ``subject``, ``performer``...): kept only
   when every value (comma lists included, repeated parameters each) names a patient the token
@@ -105,5 +107,6 @@ def narrow_search(
             )
         targets = sorted(allowed)
         value = ",".join(targets if param == "_id" else [f"Patient/{p}" for p in targets])
-        kept.append((param, value))
+        if (param, value) not in kept:  # the caller's own, word for word: sent once
+            kept.append((param, value))
     return kept

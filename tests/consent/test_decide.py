@@ -17,6 +17,7 @@ from consent import model
 from consent.decide import (
     Basis,
     Decision,
+    Evaluator,
     RequestAttributes,
     compile_consents,
     decide,
@@ -27,6 +28,7 @@ from consent.mentions import without_mentions
 from consent.minimise import PURPOSES, minimise
 from tests.consent import crafted
 from tests.consent.conftest import seed_resources
+from tests.support import lookalikes
 
 TABLE: dict[str, Any] = orjson.loads(
     (Path(__file__).parent / "fixtures" / "decision-table.json").read_bytes()
@@ -275,6 +277,76 @@ def test_c26_released_text_that_may_mention_withheld_data_must_be_hidden() -> No
     assert every.permitted and not every.hide_mentions
     with_a_deny = decide([_grant_every_label(), _consent("deny-psy")], _request({}), resource)
     assert with_a_deny.permitted and with_a_deny.hide_mentions  # a deny may withhold the target
+
+
+# --- C-10: decided once per shape -------------------------------------------------------------
+
+CONSENT_IDS = sorted(TABLE["consents"])
+COMBINATIONS = [
+    ["grant-app-a"],
+    ["grant-app-a", "deny-psy", "deny-restricted"],
+    ["grant-psy", "grant-hiv-very-restricted", "grant-psy-without-level"],
+    ["grant-data-2021", "deny-data-2020", "grant-hba1c"],
+    ["grant-instance-obs-2", "deny-instance-obs-1", "grant-dependents-enc-1"],
+    ["grant-except-conditions", "grant-nested-deny-in-may", "grant-related-enc-1"],
+    ["deny-except-lab-for-app-a", "grant-two-deny-siblings", "grant-lab-only-granular"],
+]
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids="+".join)
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(
+    resources=lookalikes.responses(),
+    others=st.lists(st.sampled_from(CONSENT_IDS), max_size=1),
+    every_label=st.booleans(),
+    trusted=st.booleans(),
+    purposes=st.sampled_from([["TREAT"], [], ["TREAT", "HRESCH"]]),
+)
+def test_c10_property_decisions_remembered_per_shape_equal_decisions_made_one_by_one(
+    combination: list[str],
+    resources: list[dict[str, Any]],
+    others: list[str],
+    every_label: bool,
+    trusted: bool,
+    purposes: list[str],
+) -> None:
+    """An evaluator decides each distinct set of facts once and reuses the decision for the
+    look-alikes of a response; every decision must equal the one made for that resource alone
+    from its facts (``decide_afresh``), field for field: reason, labels, obligations."""
+    consents = [_consent(c) for c in [*combination, *others]]
+    if every_label:
+        consents.append(_grant_every_label())
+    request = _request({"request": {"trusted": trusted, "purposes": purposes}})
+    evaluator = compile_consents(consents, request)
+    remembered = [evaluator.decide(resource) for resource in resources]
+    assert remembered == [evaluator.decide_afresh(resource) for resource in resources]
+
+
+def test_c10_look_alike_resources_are_decided_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thousand Observations that differ only in ids, dates and values are one decision."""
+    made: list[object] = []
+    original = Evaluator._decide
+
+    def counted(self: Evaluator, seen: Any) -> Decision:
+        made.append(seen)
+        return original(self, seen)
+
+    monkeypatch.setattr(Evaluator, "_decide", counted)
+    observations = [
+        {
+            **TABLE["resources"]["obs-1"],
+            "id": f"o{i}",
+            "effectiveDateTime": f"2025-01-{1 + i % 28:02d}",
+        }
+        for i in range(1000)
+    ]
+    evaluator = compile_consents([_consent("grant-app-a")], _request({}))
+    decisions = [evaluator.decide(resource) for resource in observations]
+    assert len(made) == 1
+    assert all(d.permitted for d in decisions)
+    dated = compile_consents([_consent("grant-data-2021")], _request({}))
+    assert len({dated.decide(r) for r in observations}) == 1  # every one outside 2021
+    assert len(made) == 1 + 28  # a provision that compares dates: one decision per date
 
 
 def _labelled(

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gateway.fhir import compartment
 from gateway.fhir.compartment import (
     PUBLIC_TYPES,
     UNATTRIBUTED,
@@ -277,3 +280,50 @@ def test_s26_compartment_params_are_recognised_in_any_form(
     rtype: str, name: str, expected: bool
 ) -> None:
     assert is_compartment_param(rtype, name) is expected
+
+
+_PIECES = [
+    b'"Patient/p1"',
+    b'"Patient\\/p1"',
+    b'"Patient/p2"',
+    b'"Patient/p1x"',
+    b'"Patient/p1/_history/2"',
+    b"Patient/p1",
+    b'Patient/"',
+    b'"Patient?identifier=x"',
+    b'"\\u0050atient/p3"',
+    b'"Patient/' + b"a" * 70 + b'"',
+    b'"Patient/' + b"a" * 64 + b'"',
+    b'"RelatedPatient/p1"',
+    b'"Patient"',
+    b'"\\/"',
+    b'"Patient/p\\"1"',
+    b'{"reference":',
+    b"}",
+    b" ",
+]
+_OWN = [
+    frozenset({"p1"}),
+    frozenset({"p1", "p2"}),
+    frozenset({"a" * 64}),
+    frozenset({"a" * 70}),
+    frozenset({"p/1"}),
+    frozenset(),
+]
+
+
+@settings(max_examples=400, derandomize=True, database=None)
+@given(
+    pieces=st.lists(st.sampled_from(_PIECES), max_size=12),
+    patients=st.sampled_from(_OWN),
+)
+def test_s26_property_counting_mentions_agrees_with_reading_them(
+    pieces: list[bytes], patients: frozenset[str]
+) -> None:
+    """The quick answer to "does this text name only these patients" is the one
+    ``mentioned_patients`` gives, whatever the text holds."""
+    raw = b"".join(pieces)
+    mentioned = compartment.mentioned_patients(raw)
+    assert compartment.mentions_only(raw, patients) == (
+        mentioned is not None and mentioned <= patients
+    )

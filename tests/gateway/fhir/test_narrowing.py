@@ -118,6 +118,29 @@ def test_s26_constraint_names_every_patient_the_token_reaches_and_no_other() -> 
     assert narrow_search([], "Patient", frozenset({MARIA, LEO})) == [("_id", f"{LEO},{MARIA}")]
 
 
+def test_s26_the_callers_own_constraint_word_for_word_is_sent_once() -> None:
+    """``patient=Patient/<own id>`` is the constraint itself: the upstream is not asked to apply
+    the same filter twice. Any other form of it (a bare id, a modifier, another order of a list,
+    one patient of several) still gets the constraint beside it."""
+    own = [("_count", "1000"), ("patient", f"Patient/{A}")]
+    assert narrow_search(own, "Observation", ALLOWED) == own
+    assert narrow_search([("_id", A)], "Patient", ALLOWED) == [("_id", A)]
+    for caller in ([("patient", A)], [("patient:Patient", f"Patient/{A}")]):
+        assert narrow_search(caller, "Observation", ALLOWED) == [
+            *caller,
+            ("patient", f"Patient/{A}"),
+        ]
+    family = frozenset({MARIA, LEO})
+    for caller in (
+        [("patient", f"Patient/{LEO}")],
+        [("patient", f"Patient/{MARIA},Patient/{LEO}")],
+    ):
+        assert narrow_search(caller, "Observation", family) == [
+            *caller,
+            ("patient", f"Patient/{LEO},Patient/{MARIA}"),
+        ]
+
+
 def test_s26_compartment_search_is_checked_without_a_second_constraint() -> None:
     params = [("code", "8867-4"), ("patient", A)]
     assert narrow_search(params, "Observation", ALLOWED, add_constraint=False) == params
@@ -166,7 +189,8 @@ ORDINARY = [
 @pytest.mark.parametrize(("name", "value"), ORDINARY, ids=[f"{n}={v}" for n, v in ORDINARY])
 def test_s26_ordinary_parameters_pass_and_the_constraint_is_added(name: str, value: str) -> None:
     kept = narrow_search([(name, value)], "Observation", ALLOWED)
-    assert kept == [(name, value), ("patient", f"Patient/{A}")]
+    constraint = ("patient", f"Patient/{A}")
+    assert kept == [(name, value)] + ([constraint] if (name, value) != constraint else [])
 
 
 def test_s26_a_reference_to_a_practitioner_only_narrows() -> None:

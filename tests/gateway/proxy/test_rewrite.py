@@ -90,3 +90,44 @@ def test_request_bodies_point_back_at_the_upstream(rewriter: UrlRewriter) -> Non
     body = orjson.dumps({"entry": [{"fullUrl": f"{PUBLIC}/Patient/new"}]})
     out = orjson.loads(rewriter.body_to_upstream(body))
     assert out["entry"][0]["fullUrl"] == f"{UPSTREAM}/Patient/new"
+
+
+def _replaced_form_by_form(body: bytes, sources: list[str], target: str) -> bytes:
+    """Every form of every base replaced in turn, each looked for in the whole body: what the
+    rewriter must equal however it skips work."""
+
+    def forms(base: str) -> list[bytes]:
+        plain = base.encode()
+        escaped = plain.replace(b"/", b"\\/")
+        return [plain + b for b in (b"/", b"?", b"#", b'"')] + [
+            escaped + b for b in (b"\\/", b"?", b"#", b'"')
+        ]
+
+    for source in sources:
+        for old, new in zip(forms(source), forms(target), strict=True):
+            body = body.replace(old, new)
+    return body
+
+
+_BODY_PIECES = [
+    UPSTREAM,
+    ALIAS,
+    PUBLIC,
+    UPSTREAM.replace("/", "\\/"),
+    ALIAS.replace("/", "\\/"),
+    "/",
+    "\\/",
+    "\\",
+    "?",
+    "#",
+    '"',
+    "x",
+]
+
+
+@given(st.lists(st.sampled_from(_BODY_PIECES), max_size=16))
+def test_p11_property_rewriting_equals_replacing_every_form_in_turn(pieces: list[str]) -> None:
+    body = "".join(pieces).encode()
+    rewriter = UrlRewriter([UPSTREAM, ALIAS], PUBLIC)
+    assert rewriter.body_to_public(body) == _replaced_form_by_form(body, [UPSTREAM, ALIAS], PUBLIC)
+    assert rewriter.body_to_upstream(body) == _replaced_form_by_form(body, [PUBLIC], UPSTREAM)
