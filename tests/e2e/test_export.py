@@ -401,6 +401,17 @@ async def test_one_job_per_client_and_a_cancelled_job_leaves_no_file(
     assert status == 202  # the cancelled one no longer counts
 
 
+async def _under_way(db: AsyncDatabase[dict[str, Any]], job_id: str) -> None:
+    """Wait until the job has done two of its searches and written some of its files."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = await db[JOBS].find_one({"_id": job_id})
+        if job is not None and job["tasks"] and job["cursor"]["task"] >= 2:
+            break
+        await asyncio.sleep(0.02)
+    assert await db[CHUNKS].count_documents({"job": job_id}) > 0
+
+
 async def test_a_job_cancelled_while_it_runs_stops_and_leaves_no_file(
     start_gateway: StartGateway, local_stack_env: Stack, http: aiohttp.ClientSession
 ) -> None:
@@ -415,13 +426,7 @@ async def test_a_job_cancelled_while_it_runs_stops_and_leaves_no_file(
     status_url = headers["Content-Location"]
     job_id = status_url.rsplit("/", 1)[1]
     db = _db(gateway)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        job = await db[JOBS].find_one({"_id": job_id})
-        if job is not None and job["tasks"] and job["cursor"]["task"] >= 2:
-            break
-        await asyncio.sleep(0.02)
-    assert await db[CHUNKS].count_documents({"job": job_id}) > 0
+    await _under_way(db, job_id)
     async with http.delete(status_url, headers=bearer(token)) as response:
         assert response.status == 202
     await asyncio.sleep(1.0)  # the runner finds out at its next page
@@ -450,13 +455,7 @@ async def test_s25_a_job_whose_token_is_revoked_or_client_removed_stops_at_its_n
     _, headers, _ = await kick_off(http, token, f"{gateway.fhir}/Patient/$export")
     job_id = headers["Content-Location"].rsplit("/", 1)[1]
     db = _db(gateway)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        job = await db[JOBS].find_one({"_id": job_id})
-        if job is not None and job["tasks"] and job["cursor"]["task"] >= 2:
-            break
-        await asyncio.sleep(0.02)
-    assert await db[CHUNKS].count_documents({"job": job_id}) > 0
+    await _under_way(db, job_id)
     auth = gateway.server.app[AUTH]
     if cut_off == "token revoked":
         claims = pyjwt.decode(token, options={"verify_signature": False})
