@@ -57,7 +57,12 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strictly: only the one unpadded encoding :func:`_b64` writes decodes (its last character
+    carries bits a lenient decoder ignores, so an altered one could otherwise decode the same)."""
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(raw) != text:
+        raise ValueError("not the canonical encoding")
+    return raw
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

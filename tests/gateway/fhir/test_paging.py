@@ -4,6 +4,7 @@ readable in the token."""
 from __future__ import annotations
 
 import base64
+import string
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ LINK = PageLink(
     resource_type="Observation",
     letters="s",
 )
+ALPHABET = string.ascii_letters + string.digits + "-_"
 ALICE = AccessContext(
     issuer="https://gw.example",
     subject="user-a",
@@ -40,18 +42,17 @@ def test_a_link_opens_for_the_token_it_was_issued_to() -> None:
     assert pages.open(pages.seal(LINK, ALICE), replace(ALICE, jti="j2")) == LINK
 
 
-@pytest.mark.parametrize("position", [0, 5, 20, -10, -1])
-def test_changing_one_byte_is_refused(position: int) -> None:
+@pytest.mark.parametrize("position", [0, 5, 20, -10, -2, -1])
+def test_changing_one_character_is_refused(position: int) -> None:
+    """Every other character at the position, the last included: its low bits are padding that
+    a lenient base64 decoder ignores, so only a strict reading refuses all of them."""
     pages = PageSealer(SECRET, 60)
-    token = pages.seal(LINK, ALICE)
-    swapped = "A" if token[position] != "A" else "B"
-    tampered = (
-        token[:position] + swapped + token[position + 1 :]
-        if position >= 0
-        else (token[: len(token) + position] + swapped + token[len(token) + position + 1 :])
-    )
-    with pytest.raises(Forbidden):
-        pages.open(tampered, ALICE)
+    for _ in range(8):  # fresh salt and nonce each time: other last characters
+        token = pages.seal(LINK, ALICE)
+        at = position % len(token)
+        for swapped in ALPHABET.replace(token[at], ""):
+            with pytest.raises(Forbidden):
+                pages.open(token[:at] + swapped + token[at + 1 :], ALICE)
 
 
 @pytest.mark.parametrize(
