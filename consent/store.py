@@ -49,6 +49,7 @@ from consent.errors import (
     VersionConflict,
 )
 from consent.fhirtime import fhir_instant
+from smart_auth.idempotent import retried
 
 COLLECTION: Final = "consents"
 HISTORY: Final = "consent_history"
@@ -232,8 +233,12 @@ class ConsentStore:
 
     async def _changed(self) -> None:
         """Move the consents' change counter (after every write): readers that cache consents
-        check it on each request and read again when it moved (C-12)."""
-        await self._epochs.update_one({"_id": "consents"}, {"$inc": {"n": 1}}, upsert=True)
+        check it on each request and read again when it moved (C-12). Sent again once when the
+        connection dies under it: moved twice, a cache is refilled once more; not moved, a
+        withdrawal could go unseen by the instances that cache consents."""
+        await retried(
+            lambda: self._epochs.update_one({"_id": "consents"}, {"$inc": {"n": 1}}, upsert=True)
+        )
 
     async def _written(self, written: Written) -> None:
         if self._on_change is not None:

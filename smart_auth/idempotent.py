@@ -13,8 +13,9 @@ here:
 
 Writes whose second run would differ — ``$inc``, ``$push``, a conditional update whose result is
 read (a code redeemed once, a TOTP step claimed once), an insert whose duplicate means a replay —
-are not retried; the one ``$inc`` that is, a change counter, only has to move (moved twice, a cache
-is refilled once more). Timeouts are not retried: the operation's time bound holds (``timeoutMS``).
+are not retried; the ``$inc``s that are, the change counters of revocations and of consents, only
+have to move (moved twice, a cache is refilled once more). Timeouts are not retried: the
+operation's time bound holds (``timeoutMS``).
 """
 
 from __future__ import annotations

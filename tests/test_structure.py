@@ -39,7 +39,7 @@ LAYERS: dict[str, int] = {
     "smart_auth.accounts": 12,
     "smart_auth.key_provider": 10,
     "smart_auth.clock": 10,
-    "smart_auth.idempotent": 10,
+    "smart_auth.idempotent": 9,  # the consent store's change counter uses it too
     "consent": 10,
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from consent.errors import (
     VersionConflict,
 )
 from consent.store import COLLECTION, Change, Channel, ConsentStore
+from tests.conftest import Stack
 from tests.consent import crafted
 from tests.consent.conftest import seed_resource
 
@@ -405,3 +407,37 @@ async def test_p22_property_crafted_bodies_raise_only_the_documented_errors(
         run(lambda: store.update(existing["id"], body, if_match=if_match, change=CHANGE))
 
     await asyncio.to_thread(writes)
+
+
+async def test_c12_the_change_counter_moves_when_the_connection_dies_under_it(
+    local_stack_env: Stack,
+) -> None:
+    """The consents' change counter is what tells caching readers that a Consent changed: the
+    database closing the connection under its ``$inc`` (an idle connection cut, a failover) is
+    sent once more, so the change is not left unseen."""
+    name = f"counter-{uuid.uuid4().hex[:8]}"
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        local_stack_env.mongo_uri, tz_aware=True, appName=name
+    )
+    db = client[f"consent_{uuid.uuid4().hex[:12]}"]
+    try:
+        consents = ConsentStore(db)
+        await consents.ensure_indexes()
+        await consents.create(grant(), change=CHANGE)
+        before = (await db["change_epochs"].find_one({"_id": "consents"}) or {})["n"]
+        # The next update on this store's connections dies: creating a Consent inserts it and
+        # its history entry, then moves the counter (the only update).
+        await client.admin.command(
+            {
+                "configureFailPoint": "failCommand",
+                "mode": {"times": 1},
+                "data": {"failCommands": ["update"], "closeConnection": True, "appName": name},
+            }
+        )
+        await consents.create(grant(client_id="app-b"), change=CHANGE)
+        after = (await db["change_epochs"].find_one({"_id": "consents"}) or {})["n"]
+        assert after == before + 1
+    finally:
+        await client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+        await client.drop_database(db.name)
+        await client.close()
