@@ -129,17 +129,30 @@ class Reach:
     def shown(self, event: dict[str, Any]) -> dict[str, Any]:
         """The event as this token gets it: whole for an administrator; for a patient without
         the raw request of a search (``entity.query``), which can name other patients (one
-        search, one event per patient, each with the same query)."""
+        search, one event per patient, each with the same query), and without what identifies
+        the people and sessions on the other side rather than what they did: the network
+        address a request came from (a clinician's workstation) and the token's id
+        (``agent.policy``). Who (the app, the person), what, when and why stay."""
+        if self.everything:
+            return event
+        shown = dict(event)
         entities = event.get("entity")
-        if self.everything or not isinstance(entities, list):
-            return event
-        if not any(isinstance(e, dict) and "query" in e for e in entities):
-            return event
-        kept = [
-            {k: v for k, v in e.items() if k != "query"} if isinstance(e, dict) else e
-            for e in entities
-        ]
-        return {**event, "entity": kept}
+        if isinstance(entities, list):
+            shown["entity"] = [
+                {k: v for k, v in e.items() if k != "query"} if isinstance(e, dict) else e
+                for e in entities
+            ]
+        agents = event.get("agent")
+        if isinstance(agents, list):
+            shown["agent"] = [_without_caller(a) if isinstance(a, dict) else a for a in agents]
+        return shown
+
+
+def _without_caller(agent: Mapping[str, Any]) -> dict[str, Any]:
+    """An agent without its token id and, unless it is the gateway's own URI, its address."""
+    network = agent.get("network")
+    own_uri = isinstance(network, dict) and network.get("type") == "5"  # the gateway's base
+    return {k: v for k, v in agent.items() if k != "policy" and (k != "network" or own_uri)}
 
 
 class AuditApi:

@@ -321,6 +321,10 @@ async def test_a11_a_parent_sees_her_own_and_her_childs_events(
     assert status == 200 and event["entity"]
     assert not any("query" in entity for entity in event["entity"])
     assert OTHER not in str(event)
+    # Nor the caller's network address nor the token's id: who, what, when and why stay.
+    assert not any("policy" in agent for agent in event["agent"])
+    assert [a["network"]["type"] for a in event["agent"] if "network" in a] == ["5"]
+    assert any(a.get("requestor") for a in event["agent"])
     admin = await session_for(
         client_id="audit-admin",
         scope="system/AuditEvent.rs",
@@ -331,6 +335,8 @@ async def test_a11_a_parent_sees_her_own_and_her_childs_events(
     )
     status, whole = await get(admin, f"{gateway.fhir}/AuditEvent/{log['maria-search']}")
     queries = [base64.b64decode(e["query"]).decode() for e in whole["entity"] if "query" in e]
+    assert any("policy" in agent for agent in whole["agent"])
+    assert {a["network"]["type"] for a in whole["agent"] if "network" in a} == {"2", "5"}
     assert queries == [f"GET Observation?patient={MARIA},{OTHER}"]
     assert await names(maria, gateway, log, patient=LEO) == ["leo-refused"]
     status, body = await get(maria, f"{gateway.fhir}/AuditEvent", patient=AMELIA)
