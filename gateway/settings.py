@@ -122,6 +122,13 @@ class Settings(BaseSettings):
         description="A request's line and headers must arrive within this time of their first "
         "byte; a client that trickles them is disconnected.",
     )
+    body_idle_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="A request body from which nothing arrives for this long (a client that "
+        "stops sending, or trickles) is answered 408 and its connection closed.",
+    )
 
     # --- the upstream FHIR server
     upstream_url: str | None = Field(default=None, description="The upstream FHIR base URL.")

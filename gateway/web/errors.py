@@ -123,6 +123,11 @@ class PreconditionFailed(FhirError):
     code = "conflict"
 
 
+class RequestTimeout(FhirError):
+    status = 408
+    code = "timeout"
+
+
 class PayloadTooLarge(FhirError):
     status = 413
     code = "too-long"

@@ -8,7 +8,12 @@ application's settings and metrics):
    renders FHIR errors; no stack trace ever reaches the caller (P-14). A MongoDB failure that no
    step turned into a FHIR error (a timeout, an outage) is a 503: the gateway refuses rather than
    answer without its checks.
-3. ``request_limits`` — URL length, header count and size, declared body size (P-12).
+3. ``request_limits`` — URL length, header count and size, declared body size (P-12), and a
+   body that stalls: while a request's body is still arriving, nothing new for
+   ``body_idle_timeout_seconds`` makes every read of it fail with 408, and the connection closes
+   after the answer (slow loris on the body; the head has its own timeout in
+   :mod:`gateway.web.server`). Handlers read bodies when they need them (a token that may not
+   write is refused unread), so the watch measures the client's progress, not the handler's.
 
 With ``trusted_proxies`` set, ``forwarded`` comes first (:mod:`gateway.web.forwarded`). Two
 ``on_response_prepare`` signals finish every response: :func:`add_request_id` and
@@ -17,6 +22,7 @@ With ``trusted_proxies`` set, ``forwarded`` comes first (:mod:`gateway.web.forwa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -31,6 +37,7 @@ from gateway.web.errors import (
     HeadersTooLarge,
     InternalError,
     PayloadTooLarge,
+    RequestTimeout,
     ServiceUnavailable,
     UriTooLong,
     error_for_status,
@@ -58,7 +65,17 @@ def middlewares(settings: Settings, metrics: Metrics) -> list[Middleware]:
     @web.middleware
     async def request_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
         _check_limits(request, settings)
-        return await handler(request)
+        if not request.body_exists:
+            return await handler(request)
+        watch = asyncio.create_task(_watch_body(request, settings.body_idle_timeout_seconds))
+        try:
+            return await handler(request)
+        except RequestTimeout as exc:
+            response = error_response(exc)
+            response.force_close()  # the rest of the body will not come: no keep-alive
+            return response
+        finally:
+            watch.cancel()
 
     chain: list[Middleware] = [request_context, fhir_errors, request_limits]
     return [forwarded(settings.trusted_proxies), *chain] if settings.trusted_proxies else chain
@@ -107,6 +124,20 @@ async def fhir_errors(request: web.Request, handler: Handler) -> web.StreamRespo
                 f"the gateway failed to handle this request (request id {request[REQUEST_ID]})"
             )
         )
+
+
+async def _watch_body(request: web.Request, idle: float) -> None:
+    """Until the body has arrived whole: when nothing of it came for ``idle`` seconds, every
+    read of it fails with :class:`RequestTimeout` (the module's docstring)."""
+    content = request.content
+    seen = -1
+    while not content.is_eof():
+        if content.total_bytes == seen:
+            log.info("a request body stalled for %.0f s; answering 408", idle)
+            content.set_exception(RequestTimeout("the request body stopped arriving"))
+            return
+        seen = content.total_bytes
+        await asyncio.sleep(idle)
 
 
 def _check_limits(request: web.Request, settings: Settings) -> None:

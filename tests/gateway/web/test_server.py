@@ -170,3 +170,66 @@ async def _closed(reader: asyncio.StreamReader, wait: float) -> bool:
     except TimeoutError:
         return False
     return data == b""
+
+
+def _post_head(target: bytes, length: int) -> bytes:
+    return (
+        b"POST " + target + b" HTTP/1.1\r\nHost: gateway\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: %d\r\n\r\n" % length
+    )
+
+
+async def test_a_request_body_that_stops_arriving_is_a_408_and_the_connection_closes(
+    start_gateway: StartGateway, local_stack_env: Stack
+) -> None:
+    """Slow loris on the body: a client that sent its head and a part of its body, then nothing,
+    held its connection and handler until the 75 s keep-alive; now ``body_idle_timeout_seconds``
+    without a byte is a 408, and the connection closes after it."""
+    gateway = await start_gateway(
+        upstream_url=local_stack_env.upstream.base_url,
+        mongodb_uri=local_stack_env.mongo_uri,
+        body_idle_timeout_seconds=1.0,
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.settings.port)
+    started = time.monotonic()
+    try:
+        writer.write(_post_head(b"/auth/token", 500) + b"grant_type=client_cre")
+        await writer.drain()
+        async with asyncio.timeout(10):
+            answer = await reader.read()  # to the close
+    finally:
+        writer.close()
+    elapsed = time.monotonic() - started
+    outcome = _outcome(answer, 408)
+    assert outcome["issue"][0]["code"] == "timeout"  # type: ignore[index]
+    assert 0.9 < elapsed < 3.5, elapsed
+
+
+async def test_a_slow_body_that_keeps_arriving_is_read_whole(
+    start_gateway: StartGateway, local_stack_env: Stack
+) -> None:
+    """The timeout is on silence, not on the whole body: a body trickling in a few bytes at a
+    time, each within the timeout, is read to its end and answered (here by the token
+    endpoint's own refusal of an unknown client, RFC 6749 JSON)."""
+    gateway = await start_gateway(
+        upstream_url=local_stack_env.upstream.base_url,
+        mongodb_uri=local_stack_env.mongo_uri,
+        body_idle_timeout_seconds=0.6,
+    )
+    body = b"grant_type=client_credentials&client_id=nobody&client_secret=x"
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.settings.port)
+    started = time.monotonic()
+    try:
+        writer.write(_post_head(b"/auth/token", len(body)))
+        for at in range(0, len(body), 8):
+            writer.write(body[at : at + 8])
+            await writer.drain()
+            await asyncio.sleep(0.25)
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+    assert time.monotonic() - started > 1.5  # longer than the timeout, all told
+    status = int(head.split(b" ", 2)[1])
+    assert status == 401, head
