@@ -437,6 +437,19 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("paging_secret")
+    @classmethod
+    def _paging_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # At least 32 characters, 16 of them different: what a random value of that length has
+        # (openssl rand -base64 32) and a word, a date or a repeated pattern has not.
+        text = "" if value is None else value.get_secret_value()
+        if value is not None and (len(text) < 32 or len(set(text)) < 16):
+            raise ValueError(
+                "paging_secret is too weak to encrypt paging links: use at least 32 random "
+                "characters (openssl rand -base64 32), or leave it unset for a generated one"
+            )
+        return value
+
     @field_validator("key_encryption_key")
     @classmethod
     def _key(cls, value: SecretStr | None) -> SecretStr | None:

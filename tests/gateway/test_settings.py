@@ -191,3 +191,26 @@ def test_bad_audit_forwarding_settings_stop_start_up_naming_the_setting(
 ) -> None:
     with pytest.raises(SettingsError, match=says):
         load_settings(**values)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["correct horse battery staple", "2026-12-01" * 4, "ab" * 32, "x" * 64],
+)
+def test_a_weak_paging_secret_stops_start_up_without_echoing_it(
+    secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paging links are encrypted under a key derived from ``paging_secret``: a word, a date or a
+    repeated pattern could be guessed offline and links forged for any search."""
+    monkeypatch.setenv("FHIR_GATEWAY_PAGING_SECRET", secret)
+    with pytest.raises(SettingsError, match="FHIR_GATEWAY_PAGING_SECRET") as refused:
+        load_settings()
+    assert secret not in str(refused.value)
+
+
+def test_a_random_paging_secret_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = base64.b64encode(os.urandom(32)).decode()
+    monkeypatch.setenv("FHIR_GATEWAY_PAGING_SECRET", secret)
+    settings = load_settings()
+    assert settings.paging_secret is not None
+    assert settings.paging_secret.get_secret_value() == secret
