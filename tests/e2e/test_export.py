@@ -433,6 +433,12 @@ async def test_a_job_cancelled_while_it_runs_stops_and_leaves_no_file(
     job = await db[JOBS].find_one({"_id": job_id})
     assert job is not None and job["status"] == "cancelled"
     assert job["cursor"]["task"] < len(job["tasks"])  # it stopped mid-job
+    # A page the runner wrote after the cancel is deleted when it finds out: wait for that.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if await db[CHUNKS].count_documents({"job": job_id}) == 0:
+            break
+        await asyncio.sleep(0.1)
     assert await db[CHUNKS].count_documents({"job": job_id}) == 0
     async with http.get(status_url, headers=bearer(token)) as response:
         assert response.status == 404
