@@ -50,6 +50,7 @@ from gateway.audit.acts import consent_written, grants_revoked
 from gateway.audit.forward import open_forwarder
 from gateway.audit.runtime import open_audit
 from gateway.audit.store import AuditReader
+from gateway.audit.tasks import cancel_and_wait
 from gateway.cache.cache import CacheLimits, ResourceCache
 from gateway.fhir.audit_api import AuditApi
 from gateway.fhir.authenticate import Authenticator
@@ -85,9 +86,6 @@ from smart_auth.revocations import EPOCHS as EPOCHS_COLLECTION
 
 FHIR_ROUTES = frozenset({"fhir-base", "fhir"})
 """The names of the routes the FHIR pipeline answers."""
-
-_EXPORT_STOP_SECONDS = 10.0
-"""The longest the export runner may take to stop when the application stops."""
 
 MONGODB_APP_NAME = "fhir-gateway"
 """How the gateway's connections introduce themselves to MongoDB (its logs, ``currentOp``)."""
@@ -272,10 +270,8 @@ async def _export_context(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()  # a job stopped mid-page resumes from its last written page
-        await asyncio.wait([task], timeout=_EXPORT_STOP_SECONDS)
-        if task.done() and not task.cancelled():
-            task.exception()
+        # A job stopped mid-page resumes from its last written page.
+        await cancel_and_wait(task)
 
 
 async def _audit_forward_context(app: web.Application) -> AsyncIterator[None]:

@@ -55,6 +55,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from gateway.audit.store import EVENTS
+from gateway.audit.tasks import cancel_and_wait
 from gateway.proxy.credentials import Credentials, StaticCredentials, credentials_for
 from gateway.proxy.upstream import create_session
 from gateway.settings import Settings
@@ -196,9 +197,7 @@ class Forwarder:
     async def close(self) -> None:
         """Stop, and give up this instance's leases so that another takes over at once."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         try:
             with pymongo.timeout(2.0):

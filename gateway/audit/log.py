@@ -48,6 +48,7 @@ from gateway.audit.events import request_events
 from gateway.audit.facts import Observer, RequestFacts
 from gateway.audit.records import PositionTaken, RecordStore
 from gateway.audit.spool import Spool
+from gateway.audit.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.audit")
 
@@ -203,11 +204,8 @@ class AuditLog:
                 log.warning(
                     "audit chain %s: no final checkpoint (%s)", self.chain, type(exc).__name__
                 )
-        for task in others:
-            task.cancel()
-        for task in others:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task  # (each loop logs its own errors and never ends by itself)
+        for task in others:  # (each loop logs its own errors and never ends by itself)
+            await cancel_and_wait(task)
         self._spool.close()
 
     # --- recording

@@ -38,9 +38,11 @@ async def repository() -> AsyncIterator[Repository]:
 @pytest_asyncio.fixture
 async def gateway(
     start_gateway: StartGateway, local_stack_env: Stack, repository: Repository
-) -> RunningGateway:
-    """A gateway that forwards its database's audit log to the stand-in repository."""
-    return await start_gateway(
+) -> AsyncIterator[RunningGateway]:
+    """A gateway that forwards its database's audit log to the stand-in repository; it stops
+    (its forwarder with it) before the repository does, so that nothing is still sending to
+    the repository while it shuts down."""
+    running = await start_gateway(
         upstream_url=local_stack_env.upstream.base_url,
         mongodb_uri=local_stack_env.mongo_uri,
         audit_forward_url=repository.base,
@@ -49,6 +51,8 @@ async def gateway(
         audit_forward_backoff_max_seconds=0.2,
         metrics_token=METRICS_TOKEN,
     )
+    yield running
+    await running.server.close()
 
 
 async def backlog(http: aiohttp.ClientSession, gateway: RunningGateway) -> float | None:
