@@ -138,17 +138,22 @@ async def log(
     yield Log({name: event["id"] for name, event in written.items()})
 
 
-@pytest_asyncio.fixture
-async def admin(session_for: SessionFor) -> aiohttp.ClientSession:
-    """A trusted backend service with system/AuditEvent.rs: the hospital's compliance tooling."""
+async def backend_session(session_for: SessionFor, scope: str) -> aiohttp.ClientSession:
+    """A trusted backend service (no user, no patient) with ``scope``."""
     return await session_for(
         client_id="audit-admin",
-        scope="system/AuditEvent.rs",
+        scope=scope,
         user_id=None,
         fhir_user=None,
         patient=None,
         acts_for=(),
     )
+
+
+@pytest_asyncio.fixture
+async def admin(session_for: SessionFor) -> aiohttp.ClientSession:
+    """A trusted backend service with system/AuditEvent.rs: the hospital's compliance tooling."""
+    return await backend_session(session_for, "system/AuditEvent.rs")
 
 
 @pytest_asyncio.fixture
@@ -325,14 +330,7 @@ async def test_a11_a_parent_sees_her_own_and_her_childs_events(
     assert not any("policy" in agent for agent in event["agent"])
     assert [a["network"]["type"] for a in event["agent"] if "network" in a] == ["5"]
     assert any(a.get("requestor") for a in event["agent"])
-    admin = await session_for(
-        client_id="audit-admin",
-        scope="system/AuditEvent.rs",
-        user_id=None,
-        fhir_user=None,
-        patient=None,
-        acts_for=(),
-    )
+    admin = await backend_session(session_for, "system/AuditEvent.rs")
     status, whole = await get(admin, f"{gateway.fhir}/AuditEvent/{log['maria-search']}")
     queries = [base64.b64decode(e["query"]).decode() for e in whole["entity"] if "query" in e]
     assert any("policy" in agent for agent in whole["agent"])
@@ -409,23 +407,9 @@ async def test_a06_no_write_reaches_the_audit_log_nor_the_upstream(
     http: aiohttp.ClientSession,
 ) -> None:
     # A trusted app whose scopes would allow any write: the audit log still takes none.
-    writer = await session_for(
-        client_id="audit-admin",
-        scope="system/*.cruds system/AuditEvent.cruds",
-        user_id=None,
-        fhir_user=None,
-        patient=None,
-        acts_for=(),
-    )
+    writer = await backend_session(session_for, "system/*.cruds system/AuditEvent.cruds")
     status, event = await get(
-        await session_for(
-            client_id="audit-admin",
-            scope="system/AuditEvent.rs",
-            user_id=None,
-            fhir_user=None,
-            patient=None,
-            acts_for=(),
-        ),
+        await backend_session(session_for, "system/AuditEvent.rs"),
         f"{gateway.fhir}/AuditEvent/{log['login']}",
     )
     assert status == 200
@@ -556,14 +540,7 @@ async def test_a11_paging_walks_the_whole_log_with_links_bound_to_the_token(
 async def test_a11_a_proxy_paging_link_does_not_open_the_audit_log(
     gateway: RunningGateway, log: Log, session_for: SessionFor
 ) -> None:
-    app = await session_for(
-        client_id="audit-admin",
-        scope="system/AuditEvent.rs system/Observation.rs",
-        user_id=None,
-        fhir_user=None,
-        patient=None,
-        acts_for=(),
-    )
+    app = await backend_session(session_for, "system/AuditEvent.rs system/Observation.rs")
     status, bundle = await get(app, f"{gateway.fhir}/Observation", _count="1")
     link = _next(bundle)
     assert status == 200 and link is not None and "/_page/" in link
@@ -662,14 +639,7 @@ async def upstream_audit_event(
 async def test_a11_the_upstreams_audit_events_are_never_released(
     gateway: RunningGateway, session_for: SessionFor, upstream_audit_event: str
 ) -> None:
-    everything = await session_for(
-        client_id="audit-admin",
-        scope="system/*.rs system/AuditEvent.rs",
-        user_id=None,
-        fhir_user=None,
-        patient=None,
-        acts_for=(),
-    )
+    everything = await backend_session(session_for, "system/*.rs system/AuditEvent.rs")
     patient = await session_for(scope="patient/*.rs patient/AuditEvent.rs")
     status, body = await get(everything, f"{gateway.fhir}/AuditEvent/{upstream_audit_event}")
     refused(status, body, 404, "no such AuditEvent")  # not in the log: the upstream is not asked
